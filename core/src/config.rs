@@ -1,0 +1,97 @@
+//! Settings shared by every binary. Each binary flattens [`CommonConfig`] into its own clap
+//! struct, so every setting has a default, an environment variable and a flag.
+
+use clap::{Args, ValueEnum};
+
+/// Connection settings and topic names shared by all processes.
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// Postgres connection string.
+    #[arg(
+        long,
+        env = "ESK_DATABASE_URL",
+        default_value = "postgres://esk:esk@127.0.0.1:5433/esk"
+    )]
+    pub database_url: String,
+
+    /// Kafka bootstrap servers (comma separated host:port).
+    #[arg(long, env = "ESK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    #[command(flatten)]
+    pub topics: Topics,
+
+    /// Log output format.
+    #[arg(long, env = "ESK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Topic names; partition counts are fixed when the topics are created.
+#[derive(Debug, Clone, Args)]
+pub struct Topics {
+    /// Append requests produced by clients over Kafka.
+    #[arg(
+        long = "topic-appends",
+        env = "ESK_TOPIC_APPENDS",
+        default_value = "appends"
+    )]
+    pub appends: String,
+    /// Events from ingest before they are known committed (read only by the indexer).
+    #[arg(
+        long = "topic-ingest-log",
+        env = "ESK_TOPIC_INGEST_LOG",
+        default_value = "ingest-log"
+    )]
+    pub ingest_log: String,
+    /// One outcome per request from the appends topic.
+    #[arg(
+        long = "topic-append-results",
+        env = "ESK_TOPIC_APPEND_RESULTS",
+        default_value = "append-results"
+    )]
+    pub append_results: String,
+    /// Canonical topic of committed events for downstream consumers.
+    #[arg(
+        long = "topic-events",
+        env = "ESK_TOPIC_EVENTS",
+        default_value = "events"
+    )]
+    pub events: String,
+}
+
+impl Topics {
+    /// All four topic names, in a fixed order.
+    pub fn all(&self) -> [&str; 4] {
+        [
+            &self.appends,
+            &self.ingest_log,
+            &self.append_results,
+            &self.events,
+        ]
+    }
+
+    /// Topic names with a common prefix, for isolated test runs.
+    pub fn with_prefix(prefix: &str) -> Self {
+        Topics {
+            appends: format!("{prefix}appends"),
+            ingest_log: format!("{prefix}ingest-log"),
+            append_results: format!("{prefix}append-results"),
+            events: format!("{prefix}events"),
+        }
+    }
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Topics::with_prefix("")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

@@ -1,0 +1,54 @@
+//! Postgres access: pools and the schema migrations (sqlx, `migrations/` at the repo root).
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+/// The schema migrations, embedded at compile time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Failures reaching or preparing the database.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The connection string does not parse.
+    #[error("invalid database url: {0}")]
+    InvalidUrl(#[source] sqlx::Error),
+    /// The server could not be reached or refused us.
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("schema migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Opens a pool of at most `max_connections`. Custom plans are forced: generic plans for
+/// statements over `unnest(...)` arrays fell back to sequential scans as tables grew.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
+    connect_with_settings(url, max_connections, &[]).await
+}
+
+/// Like [`connect`], with extra session settings (`lock_timeout`, ...) on every connection.
+pub async fn connect_with_settings(
+    url: &str,
+    max_connections: u32,
+    settings: &[(&str, String)],
+) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = url.parse().map_err(DbError::InvalidUrl)?;
+    let options = options
+        .options([("plan_cache_mode", "force_custom_plan")])
+        .options(settings.iter().map(|(k, v)| (*k, v.as_str())))
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Applies every pending migration; applying twice is a no-op.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

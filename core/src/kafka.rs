@@ -1,0 +1,91 @@
+//! Kafka client settings and topic administration. Only features that both Apache Kafka and
+//! Tansu support are used: the idempotent producer, headers, consumer groups, pause/resume.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientConfig;
+
+/// Failures of topic administration.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaAdminError {
+    /// The client could not be created or the request failed.
+    #[error("kafka admin request failed: {0}")]
+    Client(#[from] KafkaError),
+    /// The broker refused to create a topic.
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic {
+        /// Topic name.
+        topic: String,
+        /// Broker error code.
+        code: RDKafkaErrorCode,
+    },
+}
+
+/// Base settings for every client.
+pub fn base_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("socket.keepalive.enable", "true")
+        .set("log_level", "4");
+    config
+}
+
+/// An idempotent, `acks=all` producer tuned for throughput.
+pub fn producer_config(brokers: &str) -> ClientConfig {
+    let mut config = base_config(brokers);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2")
+        .set("batch.num.messages", "10000")
+        .set("batch.size", "1048576")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.kbytes", "262144")
+        .set("delivery.timeout.ms", "30000")
+        .set("message.max.bytes", "4194304");
+    config
+}
+
+/// A consumer in `group` that commits only what the caller stores. `session.timeout.ms` is kept
+/// short: Tansu takes about 23 s to form a group at the default.
+pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
+    let mut config = base_config(brokers);
+    config
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("max.poll.interval.ms", "300000")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.max.messages.kbytes", "65536")
+        .set("fetch.max.bytes", "16777216");
+    config
+}
+
+/// Creates `topics` with `partitions` partitions and `replication` replicas each; existing topics are left as they are.
+pub async fn create_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+    replication: i32,
+) -> Result<(), KafkaAdminError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaAdminError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Shared pieces of the esk event store: the event model and its validation, the Kafka record
+//! formats, Postgres schema access, typed configuration and telemetry.
+
+pub mod config;
+pub mod db;
+pub mod kafka;
+pub mod model;
+pub mod telemetry;
+pub mod validate;
+pub mod wire;

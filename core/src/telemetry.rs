@@ -1,0 +1,216 @@
+//! Logging and metrics plumbing shared by the binaries: tracing setup, a Prometheus registry,
+//! and the `/metrics` + `/health` router every long-running process serves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Installs the global tracing subscriber (`RUST_LOG` filters; default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second call (tests start several processes' logic in one) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Liveness and readiness of a process, with the reasons it is unhealthy.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: AtomicBool,
+    problems: Mutex<Vec<String>>,
+}
+
+impl Health {
+    /// Marks the process ready to serve.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether the process said it is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Records a problem that makes the process unhealthy until restarted (a halted partition).
+    pub fn report_problem(&self, problem: String) {
+        if let Ok(mut problems) = self.problems.lock() {
+            if !problems.contains(&problem) {
+                problems.push(problem);
+            }
+        }
+    }
+
+    /// Current problems.
+    pub fn problems(&self) -> Vec<String> {
+        self.problems.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+/// What the telemetry routes need.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// The process's metric registry.
+    pub registry: Registry,
+    /// The process's health.
+    pub health: Arc<Health>,
+}
+
+impl Telemetry {
+    /// A fresh registry with a `process` label set and an empty health record.
+    pub fn new(process: &str) -> Self {
+        let labels = [("process".to_string(), process.to_string())]
+            .into_iter()
+            .collect();
+        let registry = Registry::new_custom(Some("esk".into()), Some(labels))
+            .unwrap_or_else(|_| Registry::new());
+        Telemetry {
+            registry,
+            health: Arc::new(Health::default()),
+        }
+    }
+
+    /// `/metrics`, `/health` and `/ready`.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(metrics))
+            .route("/health", get(health))
+            .route("/ready", get(ready))
+            .with_state(self.clone())
+    }
+}
+
+async fn metrics(State(t): State<Telemetry>) -> Response {
+    let mut buffer = Vec::new();
+    match TextEncoder::new().encode(&t.registry.gather(), &mut buffer) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buffer).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn health(State(t): State<Telemetry>) -> Response {
+    let problems = t.health.problems();
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if problems.is_empty() { "ok" } else { "unhealthy" },
+        "problems": problems,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn ready(State(t): State<Telemetry>) -> Response {
+    if t.health.is_ready() && t.health.problems().is_empty() {
+        (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"status": "ready"})),
+        )
+            .into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"status": "not_ready"})),
+        )
+            .into_response()
+    }
+}
+
+/// Registers a collector, returning it; a name clash is a programming error caught by tests.
+pub fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> C {
+    if let Err(e) = registry.register(Box::new(collector.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    collector
+}
+
+/// Metric constructors over a registry. Names and help texts are literals, so a bad definition
+/// is a programming error that the first test run reports.
+#[derive(Debug, Clone)]
+pub struct MetricFactory<'a> {
+    registry: &'a Registry,
+}
+
+impl<'a> MetricFactory<'a> {
+    /// Constructors registering into `registry`.
+    pub fn new(registry: &'a Registry) -> Self {
+        MetricFactory { registry }
+    }
+
+    /// A counter.
+    pub fn counter(&self, name: &str, help: &str) -> prometheus::IntCounter {
+        register(
+            self.registry,
+            prometheus::IntCounter::new(name, help).expect("valid counter definition"),
+        )
+    }
+
+    /// A labelled counter.
+    pub fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::IntCounterVec {
+        register(
+            self.registry,
+            prometheus::IntCounterVec::new(prometheus::Opts::new(name, help), labels)
+                .expect("valid counter definition"),
+        )
+    }
+
+    /// A gauge.
+    pub fn gauge(&self, name: &str, help: &str) -> prometheus::IntGauge {
+        register(
+            self.registry,
+            prometheus::IntGauge::new(name, help).expect("valid gauge definition"),
+        )
+    }
+
+    /// A labelled gauge.
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::IntGaugeVec {
+        register(
+            self.registry,
+            prometheus::IntGaugeVec::new(prometheus::Opts::new(name, help), labels)
+                .expect("valid gauge definition"),
+        )
+    }
+
+    /// A histogram with explicit buckets.
+    pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogram {
+        register(
+            self.registry,
+            prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            )
+            .expect("valid histogram definition"),
+        )
+    }
+}
+
+/// Buckets for durations in seconds, 1 ms to 10 s.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets for batch sizes, 1 to 10,000.
+pub const SIZE_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];

@@ -1,0 +1,203 @@
+//! The HTTP API: appends, the OpenAPI document, and JSON errors for everything that goes wrong
+//! (axum's plain-text rejections are replaced).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use esk_core::validate::{parse_append, InvalidAppend, Limits};
+use esk_core::wire::{ErrorBody, ErrorEnvelope};
+use serde_json::{json, Value};
+
+use crate::metrics::IngestMetrics;
+use crate::outcome::{AppendOutcome, Rejection};
+use crate::pipeline::{AppendCommand, Pipeline};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub(crate) pipeline: Pipeline,
+    pub(crate) limits: Limits,
+    pub(crate) metrics: Arc<IngestMetrics>,
+    pub(crate) max_body_bytes: usize,
+}
+
+/// The API routes (telemetry routes are merged by the caller).
+pub(crate) fn router(state: AppState) -> Router {
+    let body_limit = state.max_body_bytes;
+    Router::new()
+        .route("/streams/{stream_id}/events", post(append))
+        .route("/openapi.json", get(openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(state)
+}
+
+/// An HTTP error with a JSON body.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                code: code.into(),
+                message: message.into(),
+                actual_version: None,
+            },
+            retry_after: None,
+        }
+    }
+
+    fn invalid(error: &InvalidAppend) -> Self {
+        let status = match error {
+            InvalidAppend::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            InvalidAppend::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        ApiError::new(status, error.code(), error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(ErrorEnvelope { error: self.body })).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+async fn append(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let Path(stream_id) = path
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream_id", e.body_text()))?;
+    let body = body.map_err(|e| {
+        let status = e.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "payload_too_large"
+        } else {
+            "invalid_body"
+        };
+        ApiError::new(status, code, e.body_text())
+    })?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        });
+    if !is_json {
+        state.metrics.invalid("unsupported_media_type");
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let append = decode(&stream_id, &body, &state.limits).map_err(|e| {
+        state.metrics.invalid(e.code());
+        ApiError::invalid(&e)
+    })?;
+    let append_id = append.append_id;
+    let (command, reply) = AppendCommand::new(append);
+    if state.pipeline.try_submit(command).is_err() {
+        state
+            .metrics
+            .unavailable
+            .with_label_values(&["overloaded"])
+            .inc();
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "ingest is at capacity; nothing was written: retry with the same append id",
+        );
+        error.retry_after = Some(1);
+        return Err(error);
+    }
+    let outcome = reply.await.map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "ingest is shutting down; retry with the same append id",
+        )
+    })?;
+    match outcome {
+        Ok(AppendOutcome::Accepted {
+            first_version,
+            last_version,
+        }) => Ok((
+            StatusCode::CREATED,
+            Json(json!({
+                "stream_id": stream_id,
+                "first_version": first_version,
+                "last_version": last_version,
+                "append_id": append_id,
+            })),
+        )
+            .into_response()),
+        Ok(AppendOutcome::Rejected(rejection)) => Err(ApiError {
+            status: match rejection {
+                Rejection::WrongExpectedVersion { .. }
+                | Rejection::DuplicateEventId
+                | Rejection::AppendIdReused => StatusCode::CONFLICT,
+            },
+            body: rejection.to_error_body(),
+            retry_after: None,
+        }),
+        Err(unavailable) => Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: unavailable.to_error_body(),
+            retry_after: Some(1),
+        }),
+    }
+}
+
+/// Parses and validates a request body for `stream_id`.
+pub(crate) fn decode(
+    stream_id: &str,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<esk_core::model::Append, InvalidAppend> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| InvalidAppend::MalformedJson(e.to_string()))?;
+    let object = value.as_object().ok_or(InvalidAppend::NotAnObject)?;
+    parse_append(stream_id, object, &[], limits)
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}

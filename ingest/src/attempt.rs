@@ -1,0 +1,196 @@
+//! One ingest attempt: a single Postgres transaction over a micro-batch of appends, following
+//! the brief's steps 1–6 in order (the order is what keeps idempotency, I4).
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::Utc;
+use esk_core::model::{advisory_key, Append, NO_STREAM};
+use rdkafka::error::KafkaError;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::ingest_log::{Accepted, IngestLog};
+use crate::outcome::{AppendOutcome, Rejection};
+use crate::{event_claims, ledger, stream_index};
+
+/// Why an attempt produced no outcomes. Every variant is retryable with the same append ids:
+/// before the commit nothing was written, and after an unknown commit the ledger answers.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AttemptError {
+    /// A statement before the commit failed; the transaction rolled back.
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The broker did not acknowledge every event; the transaction rolled back.
+    #[error("kafka: {0}")]
+    Produce(#[from] KafkaError),
+    /// COMMIT failed: the transaction may or may not have committed.
+    #[error("commit outcome unknown: {0}")]
+    CommitUnknown(#[source] sqlx::Error),
+    /// A ledger row that blocked our claim could not be read back.
+    #[error("ledger row for append {0} vanished during the attempt")]
+    LedgerRowMissing(Uuid),
+}
+
+impl AttemptError {
+    /// The stage, for metrics and the client's error code.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            AttemptError::CommitUnknown(_) => "commit_outcome_unknown",
+            _ => "unavailable",
+        }
+    }
+}
+
+/// Runs one attempt over `appends` (distinct append ids, in arrival order) and returns the
+/// outcome of each, in the same order.
+pub(crate) async fn run(
+    pool: &PgPool,
+    ingest_log: &IngestLog,
+    appends: &[&Append],
+) -> Result<Vec<AppendOutcome>, AttemptError> {
+    let attempt_id = Uuid::new_v4();
+    let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; appends.len()];
+
+    // Step 1: the attempt's advisory lock lets the indexer wait for this transaction's end.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(advisory_key(attempt_id))
+        .execute(&mut *tx)
+        .await?;
+
+    // Step 2: claim the append ids; those already decided are answered from the ledger.
+    let claimed: HashSet<Uuid> = ledger::claim(&mut tx, attempt_id, appends)
+        .await?
+        .into_iter()
+        .collect();
+    let decided_earlier: Vec<Uuid> = appends
+        .iter()
+        .map(|a| a.append_id)
+        .filter(|id| !claimed.contains(id))
+        .collect();
+    if !decided_earlier.is_empty() {
+        let entries = ledger::load(&mut tx, &decided_earlier).await?;
+        for (slot, append) in outcomes.iter_mut().zip(appends) {
+            if claimed.contains(&append.append_id) {
+                continue;
+            }
+            let entry = entries
+                .get(&append.append_id)
+                .ok_or(AttemptError::LedgerRowMissing(append.append_id))?;
+            *slot = Some(
+                entry
+                    .outcome_for(append)
+                    .ok_or(AttemptError::LedgerRowMissing(append.append_id))?,
+            );
+        }
+    }
+    let new_appends: Vec<&Append> = appends
+        .iter()
+        .copied()
+        .filter(|a| claimed.contains(&a.append_id))
+        .collect();
+
+    // Step 3: claim the event ids; an id owned by another append rejects this one.
+    let mut rejected_with_claims: Vec<Uuid> = Vec::new();
+    if !new_appends.is_empty() {
+        let claimed_events = event_claims::claim(&mut tx, &new_appends).await?;
+        for (slot, append) in outcomes.iter_mut().zip(appends) {
+            if slot.is_none()
+                && append
+                    .events
+                    .iter()
+                    .any(|e| !claimed_events.contains(&e.id))
+            {
+                *slot = Some(AppendOutcome::Rejected(Rejection::DuplicateEventId));
+                rejected_with_claims.push(append.append_id);
+            }
+        }
+    }
+
+    // Step 4: compare-and-set the stream index, streams in sorted order, appends to one stream
+    // chained in arrival order.
+    let mut streams: Vec<&str> = appends
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| o.is_none())
+        .map(|(a, _)| a.stream_id.as_str())
+        .collect();
+    streams.sort_unstable();
+    streams.dedup();
+    let mut accepted: Vec<Accepted<'_>> = Vec::new();
+    if !streams.is_empty() {
+        let before = stream_index::lock(&mut tx, &streams).await?;
+        let mut current: HashMap<&str, i64> = streams
+            .iter()
+            .map(|s| (*s, before.get(*s).copied().unwrap_or(NO_STREAM)))
+            .collect();
+        for (slot, append) in outcomes.iter_mut().zip(appends) {
+            if slot.is_some() {
+                continue;
+            }
+            let version = current
+                .entry(append.stream_id.as_str())
+                .or_insert(NO_STREAM);
+            if append.expected_version.admits(*version) {
+                let first_version = *version + 1;
+                let last_version = *version + append.events.len() as i64;
+                *version = last_version;
+                accepted.push(Accepted {
+                    append,
+                    first_version,
+                });
+                *slot = Some(AppendOutcome::Accepted {
+                    first_version,
+                    last_version,
+                });
+            } else {
+                let actual = (*version != NO_STREAM).then_some(*version);
+                *slot = Some(AppendOutcome::Rejected(Rejection::WrongExpectedVersion {
+                    actual,
+                }));
+                rejected_with_claims.push(append.append_id);
+            }
+        }
+        let mut updates: Vec<(&str, i64)> = Vec::new();
+        let mut unfilled: Vec<&str> = Vec::new();
+        for stream in &streams {
+            let old = before.get(*stream).copied().unwrap_or(NO_STREAM);
+            let new = current.get(stream).copied().unwrap_or(NO_STREAM);
+            if new != old {
+                updates.push((stream, new));
+            } else if new == NO_STREAM {
+                unfilled.push(stream);
+            }
+        }
+        stream_index::store(&mut tx, &updates, &unfilled).await?;
+    }
+
+    // Record every outcome of an append claimed by this attempt, rejections included: a
+    // redelivered rejected request must not be accepted later.
+    let recorded: Vec<(Uuid, &AppendOutcome)> = appends
+        .iter()
+        .zip(&outcomes)
+        .filter(|(a, _)| claimed.contains(&a.append_id))
+        .filter_map(|(a, o)| o.as_ref().map(|o| (a.append_id, o)))
+        .collect();
+    if !recorded.is_empty() {
+        ledger::record_outcomes(&mut tx, &recorded).await?;
+    }
+    event_claims::release(&mut tx, &rejected_with_claims).await?;
+
+    // Step 5: every accepted event must be acknowledged by the broker before the commit.
+    if !accepted.is_empty() {
+        ingest_log
+            .produce(&accepted, attempt_id, Utc::now())
+            .await?;
+    }
+
+    // Step 6: commit; only now may anyone be answered.
+    tx.commit().await.map_err(AttemptError::CommitUnknown)?;
+
+    outcomes
+        .into_iter()
+        .zip(appends)
+        .map(|(o, a)| o.ok_or(AttemptError::LedgerRowMissing(a.append_id)))
+        .collect()
+}

@@ -1,0 +1,70 @@
+//! The ingest process's settings: defaults ← environment ← flags.
+
+use clap::Parser;
+use esk_core::config::CommonConfig;
+use esk_core::validate::Limits;
+
+/// Settings of the `ingest` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ingest",
+    version,
+    about = "Accept appends and decide them against Postgres"
+)]
+pub(crate) struct IngestConfig {
+    #[command(flatten)]
+    pub(crate) common: CommonConfig,
+    #[command(flatten)]
+    pub(crate) limits: Limits,
+    /// HTTP listen address (API, /metrics, /health).
+    #[arg(long, env = "ESK_INGEST_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub(crate) http_addr: String,
+    /// Batching workers, each with its own Postgres transaction in flight; streams are sharded
+    /// across them so one stream's appends stay in arrival order.
+    #[arg(long, env = "ESK_INGEST_WORKERS", default_value_t = 2)]
+    pub(crate) workers: usize,
+    /// Most appends in one ingest transaction.
+    #[arg(long, env = "ESK_INGEST_MAX_BATCH", default_value_t = 400)]
+    pub(crate) max_batch: usize,
+    /// Appends queued per worker before HTTP answers 503 and the Kafka consumer pauses.
+    #[arg(long, env = "ESK_INGEST_QUEUE", default_value_t = 2000)]
+    pub(crate) queue_capacity: usize,
+    /// Largest HTTP request body, in bytes.
+    #[arg(long, env = "ESK_INGEST_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub(crate) max_body_bytes: usize,
+    /// Postgres connections in the pool.
+    #[arg(long, env = "ESK_INGEST_PG_CONNECTIONS", default_value_t = 8)]
+    pub(crate) pg_connections: u32,
+    /// How long a statement may wait for a lock before the attempt is retried (ms).
+    #[arg(long, env = "ESK_INGEST_LOCK_TIMEOUT_MS", default_value_t = 5000)]
+    pub(crate) lock_timeout_ms: u64,
+    /// Kafka producer delivery timeout (ms). Postgres's idle-in-transaction timeout is set above
+    /// it so a vanished ingest's transaction rolls back and its late records become phantoms.
+    #[arg(long, env = "ESK_INGEST_DELIVERY_TIMEOUT_MS", default_value_t = 30000)]
+    pub(crate) delivery_timeout_ms: u64,
+    /// Retries of an attempt that failed transiently, before answering 503.
+    #[arg(long, env = "ESK_INGEST_ATTEMPT_RETRIES", default_value_t = 3)]
+    pub(crate) attempt_retries: usize,
+    /// Consume append requests from the appends topic.
+    #[arg(long, env = "ESK_INGEST_KAFKA_APPENDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) kafka_appends: bool,
+    /// Consumer group for the appends topic.
+    #[arg(long, env = "ESK_INGEST_GROUP", default_value = "esk-ingest")]
+    pub(crate) group_id: String,
+    /// Apply schema migrations at start-up.
+    #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) migrate: bool,
+}
+
+impl IngestConfig {
+    /// Session settings of every ingest connection.
+    pub(crate) fn session_settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("lock_timeout", format!("{}ms", self.lock_timeout_ms)),
+            (
+                "idle_in_transaction_session_timeout",
+                format!("{}ms", self.delivery_timeout_ms + 15_000),
+            ),
+        ]
+    }
+}

@@ -1,0 +1,52 @@
+//! Event-id claims (step 3): event ids are unique in the store, enforced at ingest so a
+//! duplicate is refused before it is acknowledged, never dropped later by the indexer.
+
+use std::collections::HashSet;
+
+use esk_core::model::Append;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// Claims every event id of `appends` for its append, in event-id order. Returns the ids
+/// claimed now; an id missing from the result already belongs to another append.
+pub(crate) async fn claim(
+    conn: &mut PgConnection,
+    appends: &[&Append],
+) -> Result<HashSet<Uuid>, sqlx::Error> {
+    let total = appends.iter().map(|a| a.events.len()).sum();
+    let mut event_ids = Vec::with_capacity(total);
+    let mut owners = Vec::with_capacity(total);
+    for append in appends {
+        for event in &append.events {
+            event_ids.push(event.id);
+            owners.push(append.append_id);
+        }
+    }
+    let claimed: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO event_claims (event_id, append_id)
+         SELECT e, a FROM unnest($1::uuid[], $2::uuid[]) AS t(e, a)
+         ORDER BY e
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(&event_ids)
+    .bind(&owners)
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed.into_iter().collect())
+}
+
+/// Releases the claims of appends this attempt rejected, so their ids stay usable.
+pub(crate) async fn release(
+    conn: &mut PgConnection,
+    append_ids: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    if append_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM event_claims WHERE append_id = ANY($1)")
+        .bind(append_ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! The Kafka entry point: append requests from the `appends` topic, exactly one outcome per
+//! request on `append-results`, request offsets committed only after the outcome is delivered.
+//!
+//! Request (JSON, `schema_version` 1): `{"schema_version": 1, "request_id": str?, "reply_to":
+//! str?, "stream_id": str, "expected_version": ..., "append_id": uuid?, "events": [...]}`.
+//! The result is keyed by `reply_to` (else the request's key) and carries `request_id`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use esk_core::model::Append;
+use esk_core::validate::{parse_append, InvalidAppend, Limits};
+use esk_core::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::TopicPartitionList;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::IngestConfig;
+use crate::metrics::IngestMetrics;
+use crate::offsets::OffsetTracker;
+use crate::outcome::{AppendOutcome, AppendReply};
+use crate::pipeline::{AppendCommand, Pipeline};
+
+/// Where a request came from and where its answer goes.
+#[derive(Debug, Clone)]
+struct RequestContext {
+    partition: i32,
+    offset: i64,
+    request_id: Option<String>,
+    reply_key: Option<Vec<u8>>,
+    stream_id: Option<String>,
+}
+
+/// Everything the per-request tasks share.
+struct Shared {
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    results_topic: String,
+    appends_topic: String,
+    tracker: Mutex<OffsetTracker>,
+    pipeline: Pipeline,
+    metrics: Arc<IngestMetrics>,
+    shutdown: CancellationToken,
+}
+
+/// Starts consuming the appends topic.
+pub(crate) fn spawn(
+    config: &IngestConfig,
+    pipeline: Pipeline,
+    producer: FutureProducer,
+    metrics: Arc<IngestMetrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<JoinHandle<()>> {
+    let consumer: StreamConsumer =
+        esk_core::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id)
+            .create()?;
+    consumer.subscribe(&[&config.common.topics.appends])?;
+    let shared = Arc::new(Shared {
+        consumer,
+        producer,
+        results_topic: config.common.topics.append_results.clone(),
+        appends_topic: config.common.topics.appends.clone(),
+        tracker: Mutex::new(OffsetTracker::default()),
+        pipeline,
+        metrics,
+        shutdown,
+    });
+    Ok(tokio::spawn(consume(shared, config.limits.clone())))
+}
+
+async fn consume(shared: Arc<Shared>, limits: Limits) {
+    loop {
+        let message = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            m = shared.consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, "appends consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let mut context = RequestContext {
+            partition: message.partition(),
+            offset: message.offset(),
+            request_id: None,
+            reply_key: message.key().map(<[u8]>::to_vec),
+            stream_id: None,
+        };
+        if let Ok(mut tracker) = shared.tracker.lock() {
+            tracker.begin(context.partition, context.offset);
+        }
+        let decoded = decode_request(message.payload(), &limits, &mut context);
+        drop(message);
+        match decoded {
+            Err(invalid) => {
+                shared.metrics.invalid(invalid.code());
+                let result = rejection_result(&context, &invalid);
+                tokio::spawn(respond(shared.clone(), context, result));
+            }
+            Ok(append) => {
+                let (command, reply) = AppendCommand::new(append.clone());
+                if let Err(command) = shared.pipeline.try_submit(command) {
+                    // Backpressure: stop fetching while the pipeline is full.
+                    set_paused(&shared.consumer, &shared.appends_topic, true);
+                    let submitted = shared.pipeline.submit(command).await;
+                    set_paused(&shared.consumer, &shared.appends_topic, false);
+                    if submitted.is_err() {
+                        break;
+                    }
+                }
+                tokio::spawn(await_and_respond(shared.clone(), context, append, reply));
+            }
+        }
+    }
+    tracing::info!("appends consumer stopped");
+}
+
+fn set_paused(consumer: &StreamConsumer, topic: &str, paused: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let mut partitions = TopicPartitionList::new();
+    for element in assignment.elements_for_topic(topic) {
+        partitions.add_partition(topic, element.partition());
+    }
+    let result = if paused {
+        consumer.pause(&partitions)
+    } else {
+        consumer.resume(&partitions)
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, paused, "cannot pause/resume the appends consumer");
+    }
+}
+
+/// Reads a request; an undecodable or invalid one is answered with a typed rejection.
+fn decode_request(
+    payload: Option<&[u8]>,
+    limits: &Limits,
+    context: &mut RequestContext,
+) -> Result<Append, InvalidAppend> {
+    let value: Value = serde_json::from_slice(payload.unwrap_or_default())
+        .map_err(|e| InvalidAppend::MalformedJson(e.to_string()))?;
+    let object = value.as_object().ok_or(InvalidAppend::NotAnObject)?;
+    context.request_id = object
+        .get("request_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(reply_to) = object.get("reply_to").and_then(Value::as_str) {
+        context.reply_key = Some(reply_to.as_bytes().to_vec());
+    }
+    match object.get("schema_version") {
+        Some(v) if v.as_u64() == Some(u64::from(APPEND_SCHEMA_VERSION)) => {}
+        Some(_) => {
+            return Err(InvalidAppend::WrongType {
+                field: "schema_version".into(),
+                expected: "1",
+            })
+        }
+        None => return Err(InvalidAppend::MissingField("schema_version".into())),
+    }
+    let stream_id = object
+        .get("stream_id")
+        .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?
+        .as_str()
+        .ok_or_else(|| InvalidAppend::WrongType {
+            field: "stream_id".into(),
+            expected: "a string",
+        })?;
+    context.stream_id = Some(stream_id.to_owned());
+    parse_append(
+        stream_id,
+        object,
+        &["schema_version", "request_id", "reply_to", "stream_id"],
+        limits,
+    )
+}
+
+fn base_result(context: &RequestContext, outcome: Outcome) -> AppendResult {
+    AppendResult {
+        schema_version: APPEND_SCHEMA_VERSION,
+        request_id: context.request_id.clone(),
+        request_partition: context.partition,
+        request_offset: context.offset,
+        stream_id: context.stream_id.clone(),
+        append_id: None,
+        outcome,
+        first_version: None,
+        last_version: None,
+        error: None,
+    }
+}
+
+fn rejection_result(context: &RequestContext, invalid: &InvalidAppend) -> AppendResult {
+    let mut result = base_result(context, Outcome::Rejected);
+    result.error = Some(esk_core::wire::ErrorBody {
+        code: invalid.code().into(),
+        message: invalid.to_string(),
+        actual_version: None,
+    });
+    result
+}
+
+/// Waits for the append's outcome. "Unavailable" is not an outcome: the same append is
+/// submitted again (idempotent by its append id) until it gets a definite one.
+async fn await_and_respond(
+    shared: Arc<Shared>,
+    context: RequestContext,
+    append: Append,
+    mut reply: tokio::sync::oneshot::Receiver<AppendReply>,
+) {
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .build();
+    let outcome = loop {
+        match reply.await {
+            Ok(Ok(outcome)) => break outcome,
+            Ok(Err(unavailable)) => {
+                tracing::warn!(stream_id = %append.stream_id, append_id = %append.append_id,
+                    code = unavailable.code, "append unavailable; resubmitting");
+            }
+            Err(_) => {
+                tracing::warn!(append_id = %append.append_id, "pipeline dropped an append; resubmitting")
+            }
+        }
+        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let (command, next) = AppendCommand::new(append.clone());
+        if shared.pipeline.submit(command).await.is_err() {
+            return;
+        }
+        reply = next;
+    };
+    let mut result = base_result(&context, Outcome::Accepted);
+    result.append_id = Some(append.append_id);
+    match outcome {
+        AppendOutcome::Accepted {
+            first_version,
+            last_version,
+        } => {
+            result.first_version = Some(first_version);
+            result.last_version = Some(last_version);
+        }
+        AppendOutcome::Rejected(rejection) => {
+            result.outcome = Outcome::Rejected;
+            result.error = Some(rejection.to_error_body());
+        }
+    }
+    respond(shared, context, result).await;
+}
+
+/// Delivers the result, then lets the request's offset be committed.
+async fn respond(shared: Arc<Shared>, context: RequestContext, result: AppendResult) {
+    let payload = match serde_json::to_vec(&result) {
+        Ok(p) => p,
+        Err(error) => {
+            tracing::error!(%error, "cannot encode an append result");
+            return;
+        }
+    };
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .build();
+    loop {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&shared.results_topic).payload(&payload);
+        if let Some(key) = &context.reply_key {
+            record = record.key(key.as_slice());
+        }
+        match shared.producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => break,
+            Err((error, _)) => {
+                tracing::warn!(%error, "cannot deliver an append result; retrying");
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    let commit_to = shared
+        .tracker
+        .lock()
+        .ok()
+        .and_then(|mut t| t.finish(context.partition, context.offset));
+    if let Some(next) = commit_to {
+        if let Err(error) =
+            shared
+                .consumer
+                .store_offset(&shared.appends_topic, context.partition, next)
+        {
+            // The partition moved to another member; it will redeliver and the ledger answers.
+            tracing::debug!(%error, partition = context.partition, "cannot store offset");
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! `ingest`: accepts appends over HTTP and Kafka, decides them against the Postgres stream index
+//! and produces the accepted events to `ingest-log`.
+
+mod api;
+mod attempt;
+mod config;
+mod event_claims;
+mod ingest_log;
+mod kafka_appends;
+mod ledger;
+mod metrics;
+mod offsets;
+mod openapi;
+mod outcome;
+mod pipeline;
+mod stream_index;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use esk_core::telemetry::{init_tracing, Telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = config::IngestConfig::parse();
+    init_tracing(config.common.log_format);
+    let telemetry = Telemetry::new("ingest");
+    let metrics = Arc::new(metrics::IngestMetrics::new(&telemetry.registry));
+
+    let pool = esk_core::db::connect_with_settings(
+        &config.common.database_url,
+        config.pg_connections,
+        &config.session_settings(),
+    )
+    .await?;
+    if config.migrate {
+        esk_core::db::migrate(&pool).await?;
+    }
+    let ingest_log = ingest_log::IngestLog::new(&config)?;
+    let producer = ingest_log.producer().clone();
+    let pipeline = pipeline::Pipeline::start(&config, pool.clone(), ingest_log, metrics.clone());
+
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let kafka_task = if config.kafka_appends {
+        Some(kafka_appends::spawn(
+            &config,
+            pipeline.clone(),
+            producer,
+            metrics.clone(),
+            shutdown.clone(),
+        )?)
+    } else {
+        None
+    };
+
+    let app = api::router(api::AppState {
+        pipeline,
+        limits: config.limits.clone(),
+        metrics,
+        max_body_bytes: config.max_body_bytes,
+    })
+    .merge(telemetry.router());
+    let listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    tracing::info!(addr = %config.http_addr, "ingest listening");
+    telemetry.health.set_ready(true);
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            wait_for_signal().await;
+            stop.cancel();
+        })
+        .await?;
+    if let Some(task) = kafka_task {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,103 @@
+//! Ingest's metrics, recorded in one place per outcome so logs and counters agree.
+
+use std::time::Duration;
+
+use esk_core::model::Append;
+use esk_core::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+
+use crate::outcome::{AppendOutcome, AppendReply, Rejection};
+
+/// Counters, gauges and histograms of the ingest process.
+#[derive(Debug)]
+pub(crate) struct IngestMetrics {
+    pub(crate) appends_accepted: IntCounter,
+    pub(crate) events_accepted: IntCounter,
+    pub(crate) appends_rejected: IntCounterVec,
+    pub(crate) conflicts: IntCounter,
+    pub(crate) unavailable: IntCounterVec,
+    pub(crate) attempt_failures: IntCounterVec,
+    pub(crate) batch_appends: Histogram,
+    pub(crate) batch_events: Histogram,
+    pub(crate) append_latency: Histogram,
+    pub(crate) attempt_seconds: Histogram,
+    pub(crate) in_flight: IntGauge,
+}
+
+impl IngestMetrics {
+    pub(crate) fn new(registry: &Registry) -> Self {
+        let m = MetricFactory::new(registry);
+        IngestMetrics {
+            appends_accepted: m.counter("ingest_appends_accepted_total", "Appends accepted"),
+            events_accepted: m.counter("ingest_events_accepted_total", "Events accepted"),
+            appends_rejected: m.counter_vec(
+                "ingest_appends_rejected_total",
+                "Appends rejected, by reason",
+                &["reason"],
+            ),
+            conflicts: m.counter(
+                "ingest_conflicts_total",
+                "Appends rejected for a wrong expected version",
+            ),
+            unavailable: m.counter_vec(
+                "ingest_unavailable_total",
+                "Appends answered 503, by code",
+                &["code"],
+            ),
+            attempt_failures: m.counter_vec(
+                "ingest_attempt_failures_total",
+                "Failed ingest transactions, by code",
+                &["code"],
+            ),
+            batch_appends: m.histogram(
+                "ingest_batch_appends",
+                "Appends per ingest transaction",
+                SIZE_BUCKETS,
+            ),
+            batch_events: m.histogram(
+                "ingest_batch_events",
+                "Events per ingest transaction",
+                SIZE_BUCKETS,
+            ),
+            append_latency: m.histogram(
+                "ingest_append_latency_seconds",
+                "Time from receipt to outcome",
+                SECONDS_BUCKETS,
+            ),
+            attempt_seconds: m.histogram(
+                "ingest_attempt_seconds",
+                "Duration of an ingest transaction, retries included",
+                SECONDS_BUCKETS,
+            ),
+            in_flight: m.gauge("ingest_in_flight_appends", "Appends queued for a worker"),
+        }
+    }
+
+    /// Counts one append's reply.
+    pub(crate) fn record(&self, append: &Append, reply: &AppendReply, latency: Duration) {
+        self.append_latency.observe(latency.as_secs_f64());
+        match reply {
+            Ok(AppendOutcome::Accepted { .. }) => {
+                self.appends_accepted.inc();
+                self.events_accepted.inc_by(append.events.len() as u64);
+            }
+            Ok(AppendOutcome::Rejected(rejection)) => self.rejected(rejection.code(), rejection),
+            Err(unavailable) => self
+                .unavailable
+                .with_label_values(&[unavailable.code])
+                .inc(),
+        }
+    }
+
+    fn rejected(&self, code: &str, rejection: &Rejection) {
+        self.appends_rejected.with_label_values(&[code]).inc();
+        if matches!(rejection, Rejection::WrongExpectedVersion { .. }) {
+            self.conflicts.inc();
+        }
+    }
+
+    /// Counts an append refused before the pipeline (invalid input).
+    pub(crate) fn invalid(&self, code: &str) {
+        self.appends_rejected.with_label_values(&[code]).inc();
+    }
+}

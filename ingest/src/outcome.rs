@@ -1,0 +1,98 @@
+//! What an append gets back: accepted with versions, rejected with a reason, or "unavailable,
+//! retry with the same append id".
+
+use esk_core::wire::ErrorBody;
+
+/// The final outcome of an append (also what the ledger records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AppendOutcome {
+    /// Written with these versions.
+    Accepted {
+        first_version: i64,
+        last_version: i64,
+    },
+    /// Not written.
+    Rejected(Rejection),
+}
+
+/// Why an append was not written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    /// The stream was not at the expected version; `None`: no stream.
+    WrongExpectedVersion { actual: Option<i64> },
+    /// An event id already belongs to another append.
+    DuplicateEventId,
+    /// The append id was used before for different events.
+    AppendIdReused,
+}
+
+impl Rejection {
+    /// Stable machine code, also stored in the ledger.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Rejection::WrongExpectedVersion { .. } => "wrong_expected_version",
+            Rejection::DuplicateEventId => "duplicate_event_id",
+            Rejection::AppendIdReused => "append_id_reused",
+        }
+    }
+
+    /// Rebuilds a rejection from its ledger columns.
+    pub(crate) fn from_ledger(code: &str, actual_version: Option<i64>) -> Option<Self> {
+        match code {
+            "wrong_expected_version" => Some(Rejection::WrongExpectedVersion {
+                actual: actual_version,
+            }),
+            "duplicate_event_id" => Some(Rejection::DuplicateEventId),
+            _ => None,
+        }
+    }
+
+    /// The error object clients see.
+    pub(crate) fn to_error_body(&self) -> ErrorBody {
+        match self {
+            Rejection::WrongExpectedVersion { actual } => ErrorBody {
+                code: self.code().into(),
+                message: match actual {
+                    Some(v) => format!("the stream is at version {v}"),
+                    None => "the stream does not exist".into(),
+                },
+                actual_version: Some(*actual),
+            },
+            Rejection::DuplicateEventId => ErrorBody {
+                code: self.code().into(),
+                message: "an event id in this append already belongs to another append".into(),
+                actual_version: None,
+            },
+            Rejection::AppendIdReused => ErrorBody {
+                code: self.code().into(),
+                message: "this append id was already used for different events".into(),
+                actual_version: None,
+            },
+        }
+    }
+}
+
+/// The store could not decide now; all of the append or none of it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Unavailable {
+    /// `unavailable`, `commit_outcome_unknown` or `overloaded`.
+    pub(crate) code: &'static str,
+    /// Human-readable cause.
+    pub(crate) message: String,
+}
+
+impl Unavailable {
+    pub(crate) fn to_error_body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.into(),
+            message: format!(
+                "{}; all of the append or none of it was written: retry with the same append id",
+                self.message
+            ),
+            actual_version: None,
+        }
+    }
+}
+
+/// What the pipeline answers for one append.
+pub(crate) type AppendReply = Result<AppendOutcome, Unavailable>;

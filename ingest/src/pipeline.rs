@@ -1,0 +1,226 @@
+//! The batching pipeline both entry points feed: bounded queues sharded by stream, one worker
+//! per shard turning whatever has queued up into one attempt.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use esk_core::model::Append;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::attempt::{self, AttemptError};
+use crate::config::IngestConfig;
+use crate::ingest_log::IngestLog;
+use crate::metrics::IngestMetrics;
+use crate::outcome::{AppendOutcome, AppendReply, Rejection, Unavailable};
+
+/// An append waiting for its outcome.
+#[derive(Debug)]
+pub(crate) struct AppendCommand {
+    pub(crate) append: Append,
+    pub(crate) reply: oneshot::Sender<AppendReply>,
+    pub(crate) received: Instant,
+}
+
+impl AppendCommand {
+    /// A command and the receiver of its reply.
+    pub(crate) fn new(append: Append) -> (Self, oneshot::Receiver<AppendReply>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            AppendCommand {
+                append,
+                reply,
+                received: Instant::now(),
+            },
+            rx,
+        )
+    }
+}
+
+/// Handle to the workers; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Pipeline {
+    shards: Arc<Vec<mpsc::Sender<AppendCommand>>>,
+    metrics: Arc<IngestMetrics>,
+}
+
+struct Worker {
+    pool: PgPool,
+    ingest_log: IngestLog,
+    metrics: Arc<IngestMetrics>,
+    max_batch: usize,
+    retries: usize,
+}
+
+impl Pipeline {
+    /// Starts one worker per shard.
+    pub(crate) fn start(
+        config: &IngestConfig,
+        pool: PgPool,
+        ingest_log: IngestLog,
+        metrics: Arc<IngestMetrics>,
+    ) -> Self {
+        let workers = config.workers.max(1);
+        let mut shards = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+            shards.push(tx);
+            let worker = Worker {
+                pool: pool.clone(),
+                ingest_log: ingest_log.clone(),
+                metrics: metrics.clone(),
+                max_batch: config.max_batch.max(1),
+                retries: config.attempt_retries,
+            };
+            tokio::spawn(worker.run(rx));
+        }
+        Pipeline {
+            shards: Arc::new(shards),
+            metrics,
+        }
+    }
+
+    fn shard(&self, stream_id: &str) -> &mpsc::Sender<AppendCommand> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        stream_id.hash(&mut hasher);
+        let index = (hasher.finish() % self.shards.len() as u64) as usize;
+        &self.shards[index]
+    }
+
+    /// Queues a command, or hands it back when its shard's queue is full.
+    pub(crate) fn try_submit(&self, command: AppendCommand) -> Result<(), AppendCommand> {
+        match self.shard(&command.append.stream_id).try_send(command) {
+            Ok(()) => {
+                self.metrics.in_flight.inc();
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(c)) | Err(mpsc::error::TrySendError::Closed(c)) => {
+                Err(c)
+            }
+        }
+    }
+
+    /// Queues a command, waiting for room.
+    pub(crate) async fn submit(&self, command: AppendCommand) -> Result<(), AppendCommand> {
+        let shard = self.shard(&command.append.stream_id).clone();
+        self.metrics.in_flight.inc();
+        shard.send(command).await.map_err(|e| {
+            self.metrics.in_flight.dec();
+            e.0
+        })
+    }
+}
+
+impl Worker {
+    async fn run(self, mut rx: mpsc::Receiver<AppendCommand>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.process(batch).await;
+        }
+    }
+
+    async fn process(&self, batch: Vec<AppendCommand>) {
+        self.metrics.in_flight.sub(batch.len() as i64);
+        // A retry can share a batch with its first attempt: decide each append id once and
+        // answer the later copies from the first.
+        let mut first_of: HashMap<Uuid, usize> = HashMap::with_capacity(batch.len());
+        let mut primaries: Vec<&Append> = Vec::with_capacity(batch.len());
+        let mut primary_index: Vec<usize> = Vec::with_capacity(batch.len());
+        for command in &batch {
+            let slot = *first_of.entry(command.append.append_id).or_insert_with(|| {
+                primaries.push(&command.append);
+                primaries.len() - 1
+            });
+            primary_index.push(slot);
+        }
+        let events: usize = primaries.iter().map(|a| a.events.len()).sum();
+        self.metrics.batch_appends.observe(primaries.len() as f64);
+        self.metrics.batch_events.observe(events as f64);
+
+        let started = Instant::now();
+        let result = (|| attempt::run(&self.pool, &self.ingest_log, &primaries))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(20))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_max_times(self.retries),
+            )
+            .notify(|error: &AttemptError, delay| {
+                self.metrics.attempt_failures.with_label_values(&[error.code()]).inc();
+                tracing::warn!(%error, retry_in = ?delay, appends = primaries.len(), "ingest attempt failed; retrying");
+            })
+            .await;
+        self.metrics
+            .attempt_seconds
+            .observe(started.elapsed().as_secs_f64());
+
+        let outcomes: Vec<AppendReply> = match result {
+            Ok(outcomes) => batch
+                .iter()
+                .zip(&primary_index)
+                .map(|(command, slot)| {
+                    let primary = primaries[*slot];
+                    let outcome = outcomes[*slot].clone();
+                    if primary.fingerprint() != command.append.fingerprint() {
+                        Ok(AppendOutcome::Rejected(Rejection::AppendIdReused))
+                    } else {
+                        Ok(outcome)
+                    }
+                })
+                .collect(),
+            Err(error) => {
+                self.metrics
+                    .attempt_failures
+                    .with_label_values(&[error.code()])
+                    .inc();
+                tracing::error!(%error, appends = primaries.len(), "ingest attempt failed; answering 503");
+                let unavailable = Unavailable {
+                    code: error.code(),
+                    message: error.to_string(),
+                };
+                batch.iter().map(|_| Err(unavailable.clone())).collect()
+            }
+        };
+        for (command, reply) in batch.into_iter().zip(outcomes) {
+            self.metrics
+                .record(&command.append, &reply, command.received.elapsed());
+            if let Ok(outcome) = &reply {
+                log_outcome(&command.append, outcome);
+            }
+            // The client may have gone; its outcome is in the ledger either way.
+            let _ = command.reply.send(reply);
+        }
+    }
+}
+
+fn log_outcome(append: &Append, outcome: &AppendOutcome) {
+    let correlation_id = append.events.first().and_then(|e| e.correlation_id());
+    match outcome {
+        AppendOutcome::Accepted {
+            first_version,
+            last_version,
+        } => tracing::debug!(
+            stream_id = %append.stream_id,
+            append_id = %append.append_id,
+            event_id = %append.events.first().map(|e| e.id).unwrap_or_default(),
+            correlation_id = correlation_id.unwrap_or(""),
+            first_version, last_version, "append accepted"
+        ),
+        AppendOutcome::Rejected(rejection) => tracing::info!(
+            stream_id = %append.stream_id,
+            append_id = %append.append_id,
+            correlation_id = correlation_id.unwrap_or(""),
+            reason = rejection.code(), "append rejected"
+        ),
+    }
+}
