@@ -1,1 +1,127 @@
-//! Test harness.
+//! Test harness: connects to the running local stack (see `deploy/local/stack`), gives each
+//! test its own Postgres database, topics and consumer groups, and spawns the real binaries.
+//!
+//! Settings (environment, with defaults matching the local stack):
+//! - `ESK_TEST_DATABASE_URL` (else `ESK_DATABASE_URL`): a database whose role may create
+//!   databases; each test creates `esk_t_<name>_<random>` next to it.
+//! - `ESK_KAFKA_BROKERS`: the broker.
+
+pub mod kafka;
+pub mod process;
+
+#[cfg(feature = "testcontainers")]
+pub mod containers;
+
+use std::time::Duration;
+
+use esk_core::config::Topics;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Partitions of each test topic.
+pub const TEST_PARTITIONS: i32 = 3;
+
+/// The base database URL of the running stack.
+pub fn base_database_url() -> String {
+    std::env::var("ESK_TEST_DATABASE_URL")
+        .or_else(|_| std::env::var("ESK_DATABASE_URL"))
+        .unwrap_or_else(|_| "postgres://esk:esk@127.0.0.1:5433/esk".into())
+}
+
+/// The broker of the running stack.
+pub fn brokers() -> String {
+    std::env::var("ESK_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// One test's private slice of the stack.
+#[derive(Debug)]
+pub struct TestContext {
+    /// Unique name (database name and topic prefix).
+    pub name: String,
+    /// URL of the test's own database.
+    pub database_url: String,
+    /// A pool on it.
+    pub pool: PgPool,
+    /// The test's own topics.
+    pub topics: Topics,
+    /// The broker.
+    pub brokers: String,
+}
+
+impl TestContext {
+    /// Creates a database (migrated) and topics for the test called `name`.
+    pub async fn new(name: &str) -> anyhow::Result<Self> {
+        let context = Self::without_topics(name).await?;
+        let topics = context.topics.all();
+        esk_core::kafka::create_topics(&context.brokers, &topics, TEST_PARTITIONS, 1).await?;
+        Ok(context)
+    }
+
+    /// Like [`TestContext::new`], but leaves the topics to the test.
+    pub async fn without_topics(name: &str) -> anyhow::Result<Self> {
+        let suffix = &Uuid::new_v4().simple().to_string()[..8];
+        let unique = format!("{}_{suffix}", name.replace('-', "_")).to_lowercase();
+        let database_url = create_database(&format!("esk_t_{unique}")).await?;
+        let pool = esk_core::db::connect(&database_url, 8).await?;
+        esk_core::db::migrate(&pool).await?;
+        Ok(TestContext {
+            name: unique.clone(),
+            database_url,
+            pool,
+            topics: Topics::with_prefix(&format!("t-{unique}-")),
+            brokers: brokers(),
+        })
+    }
+
+    /// The environment that points a spawned binary at this test's database and topics.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("ESK_DATABASE_URL".into(), self.database_url.clone()),
+            ("ESK_KAFKA_BROKERS".into(), self.brokers.clone()),
+            ("ESK_TOPIC_APPENDS".into(), self.topics.appends.clone()),
+            (
+                "ESK_TOPIC_INGEST_LOG".into(),
+                self.topics.ingest_log.clone(),
+            ),
+            (
+                "ESK_TOPIC_APPEND_RESULTS".into(),
+                self.topics.append_results.clone(),
+            ),
+            ("ESK_TOPIC_EVENTS".into(), self.topics.events.clone()),
+            ("ESK_INGEST_GROUP".into(), format!("{}-ingest", self.name)),
+            ("ESK_INDEXER_GROUP".into(), format!("{}-indexer", self.name)),
+        ]
+    }
+}
+
+/// Creates a fresh database next to the base one and returns its URL.
+pub async fn create_database(name: &str) -> anyhow::Result<String> {
+    let base = base_database_url();
+    let admin = esk_core::db::connect(&base, 1).await?;
+    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("database url has no database name: {base}"))?;
+    Ok(format!("{prefix}/{name}"))
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

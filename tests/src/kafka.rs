@@ -1,0 +1,69 @@
+//! Kafka helpers for tests: produce, and read a whole topic back without a consumer group
+//! (Tansu forms groups slowly; assignment is instant).
+
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+/// An idempotent producer on the test broker.
+pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    Ok(esk_core::kafka::producer_config(brokers).create()?)
+}
+
+/// Produces one record and waits for its delivery.
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<(i32, i64)> {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|d| (d.partition, d.offset))
+        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))
+}
+
+/// Reads `topic` from the beginning of every partition until `count` records arrived (or
+/// `timeout` passed) and returns them. Counting records, not end offsets, because Tansu
+/// reports wrong end offsets for single multi-record batches.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = esk_core::kafka::base_config(brokers)
+        .set("group.id", "esk-tests-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while messages.len() < count && std::time::Instant::now() < deadline {
+        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(result?.detach());
+        }
+    }
+    Ok(messages)
+}
+
+/// The record's payload parsed as JSON.
+pub fn json_payload(message: &OwnedMessage) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_slice(
+        message.payload().unwrap_or_default(),
+    )?)
+}
