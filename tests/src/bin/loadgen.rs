@@ -1,0 +1,363 @@
+//! `loadgen`: a load generator for the ingest HTTP API, running the same workload as the anchor
+//! benchmark `seed_template_bench.py` so the two compare as a ratio.
+//!
+//! Workload: `--writers` concurrent writers, each owning its own streams
+//! (`Order-<run id>-<writer>-<n>`, with a random run id so repeated runs never collide), append
+//! `--batch` `ItemAdded` events at a time with an exact expected version (`"no_stream"` for a
+//! stream's first append, then the stream's last version), and roll to a fresh stream every
+//! `--stream-events` events.
+//!
+//! Responses: 201 is a success; 409 is a conflict (counted; the writer moves to a new stream);
+//! 503 is retried with the very same body (same event ids, so the retry is idempotent) after a
+//! short sleep and counted as a retry; anything else, or a transport failure, is counted as an
+//! error and the writer moves to a new stream.
+//!
+//! The first `--warmup-seconds` run the workload but are not measured. Throughput and latency
+//! (first send of an append to its final response, retries included) cover the appends sent after
+//! the warm-up; conflicts, retries and errors are counted over the whole run. The result is one
+//! JSON line on stdout. The exit status is non-zero if there was any error or no measured append
+//! succeeded.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde::Serialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Pause before re-sending an append that was answered 503.
+const RETRY_SLEEP: Duration = Duration::from_millis(50);
+/// How long after the end of the run a 503 is still retried before it counts as an error.
+const RETRY_GRACE: Duration = Duration::from_secs(30);
+/// Timeout of one HTTP request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Error messages printed to stderr per writer (the rest are only counted).
+const ERRORS_REPORTED_PER_WRITER: u64 = 3;
+
+/// Command-line options.
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    about = "Drive the ingest HTTP API with the anchor workload and print one JSON line"
+)]
+struct Args {
+    /// Base URL of the ingest HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Concurrent writers, each with its own streams.
+    #[arg(long, default_value_t = 16)]
+    writers: usize,
+    /// Measured duration, in seconds (after the warm-up).
+    #[arg(long, default_value_t = 15.0)]
+    seconds: f64,
+    /// Events per append.
+    #[arg(long, default_value_t = 5)]
+    batch: usize,
+    /// Events per stream before a writer moves to a new stream.
+    #[arg(long, default_value_t = 50)]
+    stream_events: usize,
+    /// Seconds of load before measuring starts.
+    #[arg(long, default_value_t = 2.0)]
+    warmup_seconds: f64,
+    /// Runtime threads of the load generator itself (1 = single-threaded, like the anchor).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// When the phases of the run end.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    /// Appends sent from here on are measured.
+    measure_from: Instant,
+    /// No append is started after this.
+    end: Instant,
+}
+
+/// What one writer saw.
+#[derive(Debug, Default)]
+struct WriterStats {
+    /// Latency of each measured successful append, in milliseconds.
+    latencies_ms: Vec<f64>,
+    /// Events in measured successful appends.
+    events: u64,
+    conflicts: u64,
+    retries_503: u64,
+    errors: u64,
+}
+
+/// How one append ended.
+#[derive(Debug)]
+enum Outcome {
+    /// 201, with the stream's new last version.
+    Appended { last_version: i64 },
+    /// 409.
+    Conflict,
+    /// Anything else (after retrying 503s).
+    Failed(String),
+}
+
+/// The JSON line printed at the end (fields in this order).
+#[derive(Debug, Serialize)]
+struct Report {
+    bench: &'static str,
+    writers: usize,
+    batch: usize,
+    seconds: f64,
+    events_per_s: u64,
+    appends_per_s: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    conflicts: u64,
+    retries_503: u64,
+    errors: u64,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    anyhow::ensure!(args.writers > 0, "--writers must be at least 1");
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(args.stream_events > 0, "--stream-events must be at least 1");
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let measured = Duration::try_from_secs_f64(args.seconds).context("--seconds")?;
+    let warmup = Duration::try_from_secs_f64(args.warmup_seconds).context("--warmup-seconds")?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.writers)
+        .tcp_nodelay(true)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("building the HTTP client")?;
+    let base = Arc::new(args.url.trim_end_matches('/').to_owned());
+    let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let payload = Arc::new(event_payloads(args.batch));
+
+    let start = Instant::now();
+    let schedule = Schedule {
+        measure_from: start + warmup,
+        end: start + warmup + measured,
+    };
+    let mut tasks = Vec::with_capacity(args.writers);
+    for writer in 0..args.writers {
+        let client = client.clone();
+        let base = Arc::clone(&base);
+        let payload = Arc::clone(&payload);
+        let prefix = format!("Order-{run_id}-{writer}");
+        let stream_events = args.stream_events;
+        tasks.push(tokio::spawn(async move {
+            run_writer(&client, &base, &prefix, &payload, stream_events, schedule).await
+        }));
+    }
+    let mut total = WriterStats::default();
+    for task in futures::future::join_all(tasks).await {
+        let stats = task.context("a writer task panicked")?;
+        total.latencies_ms.extend(stats.latencies_ms);
+        total.events += stats.events;
+        total.conflicts += stats.conflicts;
+        total.retries_503 += stats.retries_503;
+        total.errors += stats.errors;
+    }
+    let elapsed = schedule.measure_from.elapsed().as_secs_f64();
+
+    let mut latencies = total.latencies_ms;
+    latencies.sort_by(f64::total_cmp);
+    let appends = latencies.len() as f64;
+    let report = Report {
+        bench: "ingest-http",
+        writers: args.writers,
+        batch: args.batch,
+        seconds: round2(elapsed),
+        events_per_s: per_second(total.events as f64, elapsed),
+        appends_per_s: per_second(appends, elapsed),
+        p50_ms: round2(percentile(&latencies, 0.5)),
+        p99_ms: round2(percentile(&latencies, 0.99)),
+        conflicts: total.conflicts,
+        retries_503: total.retries_503,
+        errors: total.errors,
+    };
+    println!("{}", serde_json::to_string(&report)?);
+
+    if report.errors > 0 {
+        eprintln!("loadgen: {} append(s) failed", report.errors);
+        return Ok(ExitCode::FAILURE);
+    }
+    if latencies.is_empty() {
+        eprintln!("loadgen: no measured append succeeded");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `data` of the events of one append: `{"sku": "sku-i", "qty": i, "note": "xxx…"}`.
+fn event_payloads(batch: usize) -> Vec<Value> {
+    let note = "x".repeat(100);
+    (0..batch)
+        .map(|i| json!({"sku": format!("sku-{i}"), "qty": i, "note": note}))
+        .collect()
+}
+
+/// One writer: appends to its own streams until the schedule ends.
+async fn run_writer(
+    client: &reqwest::Client,
+    base: &str,
+    prefix: &str,
+    payload: &[Value],
+    stream_events: usize,
+    schedule: Schedule,
+) -> WriterStats {
+    let mut stats = WriterStats::default();
+    let mut stream = 0_u64;
+    // The stream's last version; `None` until its first append succeeded.
+    let mut version: Option<i64> = None;
+    let mut stream_len = 0_usize;
+    let mut reported = 0_u64;
+    loop {
+        let sent = Instant::now();
+        if sent >= schedule.end {
+            break;
+        }
+        if stream_len >= stream_events {
+            (stream, version, stream_len) = (stream + 1, None, 0);
+        }
+        let url = format!("{base}/streams/{prefix}-{stream}/events");
+        let body = append_body(version, payload);
+        let (outcome, retries) = send_append(client, &url, body, schedule.end).await;
+        let latency = sent.elapsed();
+        stats.retries_503 += retries;
+        match outcome {
+            Outcome::Appended { last_version } => {
+                version = Some(last_version);
+                stream_len += payload.len();
+                if sent >= schedule.measure_from {
+                    stats.latencies_ms.push(latency.as_secs_f64() * 1000.0);
+                    stats.events += payload.len() as u64;
+                }
+            }
+            Outcome::Conflict => {
+                stats.conflicts += 1;
+                stream_len = stream_events;
+            }
+            Outcome::Failed(message) => {
+                stats.errors += 1;
+                if reported < ERRORS_REPORTED_PER_WRITER {
+                    reported += 1;
+                    eprintln!("loadgen: POST {url}: {message}");
+                }
+                // The stream's version is unknown now: move on to a fresh one, after a pause so a
+                // dead server is not hammered in a tight loop.
+                stream_len = stream_events;
+                tokio::time::sleep(RETRY_SLEEP).await;
+            }
+        }
+    }
+    stats
+}
+
+/// The JSON body of one append, serialised once so retries send identical bytes.
+fn append_body(version: Option<i64>, payload: &[Value]) -> Vec<u8> {
+    let expected = match version {
+        None => json!("no_stream"),
+        Some(v) => json!(v),
+    };
+    let events: Vec<Value> = payload
+        .iter()
+        .map(|data| {
+            json!({
+                "id": Uuid::new_v4().to_string(),
+                "type": "ItemAdded",
+                "data": data,
+            })
+        })
+        .collect();
+    json!({"expected_version": expected, "events": events})
+        .to_string()
+        .into_bytes()
+}
+
+/// Sends one append, re-sending the same body while the answer is 503. Returns the outcome and
+/// the number of retries.
+async fn send_append(
+    client: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    end: Instant,
+) -> (Outcome, u64) {
+    let mut retries = 0;
+    loop {
+        let response = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => return (Outcome::Failed(format!("request failed: {e}")), retries),
+        };
+        let status = response.status();
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(e) => {
+                return (
+                    Outcome::Failed(format!("{status}: reading the body failed: {e}")),
+                    retries,
+                )
+            }
+        };
+        match status.as_u16() {
+            201 => return (parse_created(&text), retries),
+            409 => return (Outcome::Conflict, retries),
+            503 if Instant::now() < end + RETRY_GRACE => {
+                retries += 1;
+                tokio::time::sleep(RETRY_SLEEP).await;
+            }
+            _ => return (Outcome::Failed(format!("{status}: {text}")), retries),
+        }
+    }
+}
+
+/// Reads `last_version` from a 201 body.
+fn parse_created(text: &str) -> Outcome {
+    let last_version = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|body| body.get("last_version").and_then(Value::as_i64));
+    match last_version {
+        Some(last_version) => Outcome::Appended { last_version },
+        None => Outcome::Failed(format!("201 without a last_version: {text}")),
+    }
+}
+
+/// The anchor's percentile: `sorted[min(n - 1, floor(q * n))]`; 0 when there are no samples.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((q * sorted.len() as f64) as usize).min(sorted.len() - 1);
+    sorted[index]
+}
+
+fn per_second(count: f64, seconds: f64) -> u64 {
+    if seconds > 0.0 {
+        (count / seconds).round() as u64
+    } else {
+        0
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}

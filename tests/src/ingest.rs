@@ -1,0 +1,165 @@
+//! Driving the ingest binary over HTTP.
+
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::process::Process;
+use crate::TestContext;
+
+/// Starts `ingest` on the test's database and topics.
+pub async fn spawn(ctx: &TestContext, extra_env: &[(&str, &str)]) -> anyhow::Result<Process> {
+    let mut env = ctx.env();
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    Process::spawn("ingest", &env, "ESK_INGEST_HTTP_ADDR", &[]).await
+}
+
+/// A new event with a random id.
+pub fn event(event_type: &str) -> Value {
+    json!({"id": Uuid::new_v4(), "type": event_type, "data": {"n": 1}})
+}
+
+/// `n` new events.
+pub fn events(n: usize) -> Vec<Value> {
+    (0..n).map(|_| event("Happened")).collect()
+}
+
+/// An HTTP client for one ingest process.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+/// Status and JSON body of a response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Parsed body (Null when it is not JSON).
+    pub body: Value,
+}
+
+impl Reply {
+    /// The error code of an error body.
+    pub fn code(&self) -> Option<&str> {
+        self.body.pointer("/error/code").and_then(Value::as_str)
+    }
+}
+
+impl Client {
+    /// A client for the process's HTTP address.
+    pub fn new(process: &Process) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: process.http.clone(),
+        }
+    }
+
+    /// A client for a base URL.
+    pub fn for_url(base: &str) -> Self {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+        }
+    }
+
+    /// `POST /streams/{stream}/events` with a JSON body.
+    pub async fn append(&self, stream: &str, body: &Value) -> anyhow::Result<Reply> {
+        self.post_raw(
+            &format!("/streams/{}/events", urlencode(stream)),
+            "application/json",
+            serde_json::to_vec(body)?,
+        )
+        .await
+    }
+
+    /// A POST with any body and content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
+        let response = self
+            .http
+            .post(format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await?;
+        Self::reply(response).await
+    }
+
+    /// A GET.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
+        let response = self
+            .http
+            .get(format!("{}{}", self.base, path))
+            .send()
+            .await?;
+        Self::reply(response).await
+    }
+
+    async fn reply(response: reqwest::Response) -> anyhow::Result<Reply> {
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply { status, body })
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn urlencode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A committed ledger row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LedgerRow {
+    /// Append id.
+    pub append_id: Uuid,
+    /// Attempt that decided it.
+    pub attempt_id: Uuid,
+    /// Stream.
+    pub stream_id: String,
+    /// `accepted` or `rejected`.
+    pub status: String,
+    /// First version, when accepted.
+    pub first_version: Option<i64>,
+    /// Last version, when accepted.
+    pub last_version: Option<i64>,
+    /// Reason, when rejected.
+    pub reject_code: Option<String>,
+}
+
+/// Every ledger row of the test's database.
+pub async fn ledger(ctx: &TestContext) -> anyhow::Result<Vec<LedgerRow>> {
+    Ok(sqlx::query_as(
+        "SELECT append_id, attempt_id, stream_id, status, first_version, last_version, reject_code
+         FROM append_ledger ORDER BY stream_id, first_version",
+    )
+    .fetch_all(&ctx.pool)
+    .await?)
+}
+
+/// A stream's version in the stream index (None: no stream).
+pub async fn stream_version(ctx: &TestContext, stream: &str) -> anyhow::Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT version FROM streams WHERE stream_id = $1 AND version >= 0")
+            .bind(stream)
+            .fetch_optional(&ctx.pool)
+            .await?,
+    )
+}
