@@ -10,6 +10,9 @@ use rdkafka::Message;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+/// What, path, content type, body, status, code.
+type RawCase<'a> = (&'a str, &'a str, &'a str, Vec<u8>, u16, &'a str);
+
 const HTTP_ONLY: &[(&str, &str)] = &[("ESK_INGEST_KAFKA_APPENDS", "false")];
 
 async fn start(name: &str) -> anyhow::Result<(TestContext, esk_tests::process::Process, Client)> {
@@ -495,7 +498,7 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() -> anyhow::Result<()> 
             "{what}"
         );
     }
-    let raw_cases: Vec<(&str, &str, &str, Vec<u8>, u16, &str)> = vec![
+    let raw_cases: Vec<RawCase<'_>> = vec![
         (
             "broken JSON",
             "/streams/S-1/events",
