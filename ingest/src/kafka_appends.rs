@@ -299,10 +299,11 @@ async fn respond(shared: Arc<Shared>, context: RequestContext, result: AppendRes
         .ok()
         .and_then(|mut t| t.finish(context.partition, context.offset));
     if let Some(next) = commit_to {
+        // rd_kafka_offset_store takes the last processed offset and commits it + 1.
         if let Err(error) =
             shared
                 .consumer
-                .store_offset(&shared.appends_topic, context.partition, next)
+                .store_offset(&shared.appends_topic, context.partition, next - 1)
         {
             // The partition moved to another member; it will redeliver and the ledger answers.
             tracing::debug!(%error, partition = context.partition, "cannot store offset");

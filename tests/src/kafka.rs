@@ -67,3 +67,34 @@ pub fn json_payload(message: &OwnedMessage) -> anyhow::Result<serde_json::Value>
         message.payload().unwrap_or_default(),
     )?)
 }
+
+/// Reads `topic` from the beginning until no record arrives for `idle` (or `limit` passes).
+pub fn read_topic_until_idle(
+    brokers: &str,
+    topic: &str,
+    idle: Duration,
+    limit: Duration,
+) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = esk_core::kafka::base_config(brokers)
+        .set("group.id", "esk-tests-reader")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut messages = Vec::new();
+    while last.elapsed() < idle && started.elapsed() < limit {
+        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(result?.detach());
+            last = std::time::Instant::now();
+        }
+    }
+    Ok(messages)
+}
