@@ -306,7 +306,10 @@ async fn send_append(
             .await;
         let response = match response {
             Ok(response) => response,
-            Err(e) => return (Outcome::Failed(format!("request failed: {e}")), retries),
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                return (Outcome::Failed(format!("request failed: {e:#}")), retries);
+            }
         };
         let status = response.status();
         let text = match response.text().await {
