@@ -1,1 +1,91 @@
-fn main() {}
+//! `indexer`: consumes `ingest-log` into the authoritative `events` table, exactly once, and
+//! publishes committed events to the canonical topic in global-position order.
+
+mod classify;
+mod commit;
+mod config;
+mod copy_batch;
+mod index_loop;
+mod lag;
+mod ledger_maintenance;
+mod metrics;
+mod publisher;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use esk_core::telemetry::{init_tracing, Telemetry};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = config::IndexerConfig::parse();
+    init_tracing(config.common.log_format);
+    let telemetry = Telemetry::new("indexer");
+    let metrics = Arc::new(metrics::IndexerMetrics::new(&telemetry.registry));
+    let pool = esk_core::db::connect(&config.common.database_url, config.pg_connections).await?;
+    if config.migrate {
+        esk_core::db::migrate(&pool).await?;
+    }
+    let shutdown = CancellationToken::new();
+    let indexed = Arc::new(Notify::new());
+
+    let listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    let app = telemetry.router();
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
+    });
+
+    let mut tasks = Vec::new();
+    let indexer = index_loop::Indexer::new(
+        &config,
+        pool.clone(),
+        metrics.clone(),
+        telemetry.health.clone(),
+        indexed.clone(),
+    )?;
+    tasks.push(tokio::spawn(indexer.run(shutdown.clone())));
+    if config.publish {
+        let publisher = publisher::Publisher {
+            pool: pool.clone(),
+            producer: esk_core::kafka::producer_config(&config.common.kafka_brokers).create()?,
+            topic: config.common.topics.events.clone(),
+            batch: config.publish_batch,
+            metrics: metrics.clone(),
+            indexed,
+        };
+        tasks.push(tokio::spawn(publisher.run(shutdown.clone())));
+    }
+    let maintenance = ledger_maintenance::LedgerMaintenance {
+        pool: pool.clone(),
+        window: Duration::from_secs(config.idempotency_window_secs),
+        alert_after: Duration::from_secs(config.unindexed_alert_secs),
+        metrics: metrics.clone(),
+    };
+    tasks.push(tokio::spawn(maintenance.run(shutdown.clone())));
+    let lag = lag::LagMonitor {
+        pool: pool.clone(),
+        brokers: config.common.kafka_brokers.clone(),
+        topic: config.common.topics.ingest_log.clone(),
+        metrics: metrics.clone(),
+    };
+    tasks.push(tokio::spawn(lag.run(shutdown.clone())));
+    telemetry.health.set_ready(true);
+    tracing::info!(addr = %config.http_addr, "indexer running");
+
+    esk_core::telemetry::wait_for_signal().await;
+    shutdown.cancel();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = server.await;
+    Ok(())
+}

@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = shutdown.clone();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            wait_for_signal().await;
+            esk_core::telemetry::wait_for_signal().await;
             stop.cancel();
         })
         .await?;
@@ -77,25 +77,4 @@ async fn main() -> anyhow::Result<()> {
         let _ = task.await;
     }
     Ok(())
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -1,0 +1,147 @@
+//! The indexing transaction: offsets compare-and-set, global positions from the locked counter,
+//! binary COPY of the events and dead letters, all committed together.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use sqlx::{PgPool, Row};
+
+use crate::copy_batch::{self, EventRow};
+use crate::metrics::IndexerMetrics;
+
+/// An undecodable record, kept for inspection.
+#[derive(Debug, Clone)]
+pub(crate) struct DeadLetter {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) error: String,
+}
+
+/// What one transaction writes. `ranges` holds, per partition, the batch's first offset and the
+/// next offset after it.
+#[derive(Debug, Default)]
+pub(crate) struct BatchWrite<'a> {
+    pub(crate) ranges: BTreeMap<i32, (i64, i64)>,
+    pub(crate) rows: Vec<EventRow<'a>>,
+    pub(crate) dead_letters: Vec<DeadLetter>,
+}
+
+/// How a transaction ended without writing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommitError {
+    /// These partitions' stored offsets did not match: another consumer owns them now.
+    #[error("partitions {0:?} are owned by another consumer")]
+    NotOwner(Vec<i32>),
+    /// A unique constraint failed: an invariant broke.
+    #[error("unique violation: {0}")]
+    UniqueViolation(String),
+    /// Anything else (connection lost, ...): retry.
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Writes the batch in one transaction.
+pub(crate) async fn commit(
+    pool: &PgPool,
+    topic: &str,
+    batch: &mut BatchWrite<'_>,
+    metrics: &IndexerMetrics,
+) -> Result<(), CommitError> {
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    let partitions: Vec<i32> = batch.ranges.keys().copied().collect();
+    let starts: Vec<i64> = batch.ranges.values().map(|(s, _)| *s).collect();
+    let nexts: Vec<i64> = batch.ranges.values().map(|(_, n)| *n).collect();
+    // A partition seen for the first time starts where its first record is.
+    sqlx::query(
+        "INSERT INTO indexer_offsets (topic, partition_id, next_offset)
+         SELECT $1, p, s FROM unnest($2::int4[], $3::int8[]) AS t(p, s)
+         ON CONFLICT (topic, partition_id) DO NOTHING",
+    )
+    .bind(topic)
+    .bind(&partitions)
+    .bind(&starts)
+    .execute(&mut *tx)
+    .await?;
+    let owned: Vec<i32> = sqlx::query_scalar(
+        "UPDATE indexer_offsets AS o SET next_offset = t.n, updated_at = now()
+         FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS t(p, s, n)
+         WHERE o.topic = $1 AND o.partition_id = t.p AND o.next_offset = t.s
+         RETURNING o.partition_id",
+    )
+    .bind(topic)
+    .bind(&partitions)
+    .bind(&starts)
+    .bind(&nexts)
+    .fetch_all(&mut *tx)
+    .await?;
+    if owned.len() != partitions.len() {
+        let lost = partitions
+            .into_iter()
+            .filter(|p| !owned.contains(p))
+            .collect();
+        return Err(CommitError::NotOwner(lost));
+    }
+
+    if !batch.rows.is_empty() {
+        // The counter row stays locked until commit, so positions become visible in order.
+        let count = batch.rows.len() as i64;
+        let last: i64 = sqlx::query(
+            "UPDATE global_position_counter SET last_position = last_position + $1
+             RETURNING last_position",
+        )
+        .bind(count)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        for (i, row) in batch.rows.iter_mut().enumerate() {
+            row.global_position = last - count + 1 + i as i64;
+        }
+        let copy_started = Instant::now();
+        copy_batch::copy_rows(&mut tx, &batch.rows)
+            .await
+            .map_err(classify)?;
+        metrics
+            .copy_seconds
+            .observe(copy_started.elapsed().as_secs_f64());
+    }
+
+    if !batch.dead_letters.is_empty() {
+        let mut parts = Vec::new();
+        let mut offsets = Vec::new();
+        let mut payloads = Vec::new();
+        let mut errors = Vec::new();
+        for d in &batch.dead_letters {
+            parts.push(d.partition);
+            offsets.push(d.offset);
+            payloads.push(d.payload.as_slice());
+            errors.push(d.error.as_str());
+        }
+        sqlx::query(
+            "INSERT INTO dead_letters (source, kafka_topic, kafka_partition, kafka_offset, payload, error)
+             SELECT 'indexer', $1, p, o, b, e FROM unnest($2::int4[], $3::int8[], $4::bytea[], $5::text[]) AS t(p, o, b, e)",
+        )
+        .bind(topic)
+        .bind(&parts)
+        .bind(&offsets)
+        .bind(&payloads)
+        .bind(&errors)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn classify(error: sqlx::Error) -> CommitError {
+    match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
+            CommitError::UniqueViolation(db.message().to_owned())
+        }
+        _ => CommitError::Database(error),
+    }
+}

@@ -1,0 +1,46 @@
+//! The indexer's settings: defaults ← environment ← flags.
+
+use clap::Parser;
+use esk_core::config::CommonConfig;
+
+/// Settings of the `indexer` binary.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "indexer",
+    version,
+    about = "Index ingest-log into Postgres, exactly once, and publish committed events"
+)]
+pub(crate) struct IndexerConfig {
+    #[command(flatten)]
+    pub(crate) common: CommonConfig,
+    /// Listen address for /metrics and /health.
+    #[arg(long, env = "ESK_INDEXER_HTTP_ADDR", default_value = "127.0.0.1:9101")]
+    pub(crate) http_addr: String,
+    /// Consumer group on ingest-log.
+    #[arg(long, env = "ESK_INDEXER_GROUP", default_value = "esk-indexer")]
+    pub(crate) group_id: String,
+    /// Most events in one indexing transaction.
+    #[arg(long, env = "ESK_INDEXER_MAX_BATCH", default_value_t = 5000)]
+    pub(crate) max_batch: usize,
+    /// How long a batch waits for more records once it has one (ms).
+    #[arg(long, env = "ESK_INDEXER_LINGER_MS", default_value_t = 20)]
+    pub(crate) linger_ms: u64,
+    /// Postgres connections.
+    #[arg(long, env = "ESK_INDEXER_PG_CONNECTIONS", default_value_t = 6)]
+    pub(crate) pg_connections: u32,
+    /// Most events the publisher reads and publishes per round.
+    #[arg(long, env = "ESK_PUBLISH_BATCH", default_value_t = 5000)]
+    pub(crate) publish_batch: i64,
+    /// Run the publisher (one instance is elected among those that do).
+    #[arg(long, env = "ESK_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) publish: bool,
+    /// How long ledger rows are kept for idempotent retries (seconds).
+    #[arg(long, env = "ESK_IDEMPOTENCY_WINDOW_SECS", default_value_t = 7 * 24 * 3600)]
+    pub(crate) idempotency_window_secs: u64,
+    /// Accepted appends not indexed after this long are counted as stuck (seconds).
+    #[arg(long, env = "ESK_UNINDEXED_ALERT_SECS", default_value_t = 60)]
+    pub(crate) unindexed_alert_secs: u64,
+    /// Apply schema migrations at start-up.
+    #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub(crate) migrate: bool,
+}

@@ -1,0 +1,211 @@
+//! The publisher: one per deployment, elected with a session advisory lock. It reads committed
+//! rows past `published_through` in global-position order, publishes them to the canonical
+//! topic, and only then advances `published_through`. After a crash it may repeat records,
+//! never reorder them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use esk_core::wire::{header, CanonicalEvent};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::value::RawValue;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres, Row};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::metrics::IndexerMetrics;
+
+/// Advisory lock key of the publisher election.
+const PUBLISHER_LOCK: i64 = 0x0065_736b_5f70_7562; // "esk_pub"
+
+pub(crate) struct Publisher {
+    pub(crate) pool: PgPool,
+    pub(crate) producer: FutureProducer,
+    pub(crate) topic: String,
+    pub(crate) batch: i64,
+    pub(crate) metrics: Arc<IndexerMetrics>,
+    pub(crate) indexed: Arc<Notify>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PublishError {
+    #[error("postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("encoding: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("published_through moved under us; leadership lost")]
+    LostLeadership,
+}
+
+impl Publisher {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let leader = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                l = self.acquire() => l,
+            };
+            let Some(mut lock) = leader else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            };
+            self.metrics.publisher_leader.set(1);
+            tracing::info!("elected publisher");
+            let error = self.lead(&mut lock, &shutdown).await;
+            self.metrics.publisher_leader.set(0);
+            // Dropping the connection releases the session lock.
+            let _ = lock.close().await;
+            match error {
+                Ok(()) => return,
+                Err(error) => {
+                    self.metrics.errors.with_label_values(&["publish"]).inc();
+                    tracing::warn!(%error, "publisher stepped down");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    async fn acquire(&self) -> Option<PoolConnection<Postgres>> {
+        let mut conn = self.pool.acquire().await.ok()?;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(PUBLISHER_LOCK)
+            .fetch_one(&mut *conn)
+            .await
+            .ok()?;
+        got.then_some(conn)
+    }
+
+    async fn lead(
+        &self,
+        lock: &mut PoolConnection<Postgres>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), PublishError> {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            // The lock lives as long as this connection; make sure it still does.
+            sqlx::query("SELECT 1").execute(&mut **lock).await?;
+            let published = self.publish_round().await?;
+            if published == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = self.indexed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+            }
+        }
+    }
+
+    /// Publishes the next rows; returns how many.
+    async fn publish_round(&self) -> Result<usize, PublishError> {
+        let through: i64 = sqlx::query_scalar("SELECT global_position FROM published_through")
+            .fetch_one(&self.pool)
+            .await?;
+        let rows = sqlx::query(
+            "SELECT global_position, event_id, stream_id, event_type, data::text AS data,
+                    metadata::text AS metadata, version, created_at,
+                    metadata->>'correlation_id' AS correlation_id,
+                    metadata->>'causation_id' AS causation_id
+             FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2",
+        )
+        .bind(through)
+        .bind(self.batch)
+        .fetch_all(&self.pool)
+        .await?;
+        let last_indexed: i64 =
+            sqlx::query_scalar("SELECT last_position FROM global_position_counter")
+                .fetch_one(&self.pool)
+                .await?;
+        self.metrics.publish_lag.set(last_indexed - through);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut records = Vec::with_capacity(rows.len());
+        let mut last = through;
+        for row in &rows {
+            let position: i64 = row.try_get("global_position")?;
+            let data: String = row.try_get("data")?;
+            let metadata: Option<String> = row.try_get("metadata")?;
+            let event = CanonicalEvent {
+                event_id: row.try_get::<Uuid, _>("event_id")?,
+                stream_id: row.try_get("stream_id")?,
+                version: row.try_get("version")?,
+                global_position: position,
+                event_type: row.try_get("event_type")?,
+                data: RawValue::from_string(data)?,
+                metadata: metadata.map(RawValue::from_string).transpose()?,
+                created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
+            };
+            let correlation: Option<String> = row.try_get("correlation_id")?;
+            let causation: Option<String> = row.try_get("causation_id")?;
+            records.push((serde_json::to_vec(&event)?, event, correlation, causation));
+            last = position;
+        }
+        let deliveries = records
+            .iter()
+            .map(|(payload, event, correlation, causation)| {
+                let position = event.global_position.to_string();
+                let version = event.version.to_string();
+                let event_id = event.event_id.to_string();
+                let mut headers = OwnedHeaders::new_with_capacity(6)
+                    .insert(Header {
+                        key: header::GLOBAL_POSITION,
+                        value: Some(&position),
+                    })
+                    .insert(Header {
+                        key: header::STREAM_VERSION,
+                        value: Some(&version),
+                    })
+                    .insert(Header {
+                        key: header::EVENT_ID,
+                        value: Some(&event_id),
+                    })
+                    .insert(Header {
+                        key: header::EVENT_TYPE,
+                        value: Some(&event.event_type),
+                    });
+                if let Some(id) = correlation {
+                    headers = headers.insert(Header {
+                        key: header::CORRELATION_ID,
+                        value: Some(id),
+                    });
+                }
+                if let Some(id) = causation {
+                    headers = headers.insert(Header {
+                        key: header::CAUSATION_ID,
+                        value: Some(id),
+                    });
+                }
+                let record = FutureRecord::to(&self.topic)
+                    .key(event.stream_id.as_str())
+                    .payload(payload.as_slice())
+                    .headers(headers);
+                self.producer.send(record, Duration::from_secs(30))
+            });
+        for result in futures::future::join_all(deliveries).await {
+            result.map_err(|(e, _)| e)?;
+        }
+        let advanced = sqlx::query(
+            "UPDATE published_through SET global_position = $2 WHERE global_position = $1",
+        )
+        .bind(through)
+        .bind(last)
+        .execute(&self.pool)
+        .await?;
+        if advanced.rows_affected() != 1 {
+            return Err(PublishError::LostLeadership);
+        }
+        self.metrics.published.inc_by(rows.len() as u64);
+        self.metrics.publish_lag.set(last_indexed - last);
+        Ok(rows.len())
+    }
+}
