@@ -13,6 +13,7 @@ mod offsets;
 mod openapi;
 mod outcome;
 mod pipeline;
+mod reads;
 mod stream_index;
 
 use std::sync::Arc;
@@ -60,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         max_body_bytes: config.max_body_bytes,
     })
+    .merge(reads::router(pool.clone()))
     .merge(telemetry.router());
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await

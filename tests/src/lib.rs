@@ -6,8 +6,10 @@
 //!   databases; each test creates `esk_t_<name>_<random>` next to it.
 //! - `ESK_KAFKA_BROKERS`: the broker.
 
+pub mod indexer;
 pub mod ingest;
 pub mod kafka;
+pub mod load;
 pub mod process;
 
 #[cfg(feature = "testcontainers")]

@@ -1,0 +1,275 @@
+//! Reads from the authoritative `events` table: a stream forward or backward, `$all` by global
+//! position, a category, and `wait` (long-poll until a version or position is indexed).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use esk_core::wire::CanonicalEvent;
+use serde_json::json;
+use serde_json::value::RawValue;
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use crate::api::ApiError;
+
+const MAX_LIMIT: i64 = 1000;
+const DEFAULT_LIMIT: i64 = 100;
+const MAX_WAIT_MS: u64 = 60_000;
+
+const EVENT_COLUMNS: &str =
+    "global_position, event_id, stream_id, event_type, data::text AS data, \
+     metadata::text AS metadata, version, created_at";
+
+/// Read routes over the pool.
+pub(crate) fn router(pool: PgPool) -> Router {
+    Router::new()
+        .route("/streams/{stream_id}/events", get(read_stream))
+        .route("/categories/{category}/events", get(read_category))
+        .route("/wait", get(wait))
+        .with_state(pool)
+}
+
+type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+    query
+        .map(|Query(p)| p)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
+}
+
+fn int_param(
+    p: &HashMap<String, String>,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, ApiError> {
+    let Some(raw) = p.get(name) else {
+        return Ok(None);
+    };
+    match raw.parse::<i64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(Some(v)),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!("`{name}` must be an integer from {min} to {max}, got {raw:?}"),
+        )),
+    }
+}
+
+fn reject_unknown(p: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match p.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            format!("unknown parameter `{k}`; known: {}", known.join(", ")),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn db_error(error: sqlx::Error) -> ApiError {
+    tracing::warn!(%error, "read failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the store could not be read; retry",
+    )
+}
+
+fn to_event(row: &PgRow) -> Result<CanonicalEvent, sqlx::Error> {
+    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+    Ok(CanonicalEvent {
+        global_position: row.try_get("global_position")?,
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        event_type: row.try_get("event_type")?,
+        data: RawValue::from_string(row.try_get("data")?).map_err(decode)?,
+        metadata: row
+            .try_get::<Option<String>, _>("metadata")?
+            .map(RawValue::from_string)
+            .transpose()
+            .map_err(decode)?,
+        version: row.try_get("version")?,
+        created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
+    })
+}
+
+fn events_of(rows: &[PgRow]) -> Result<Vec<CanonicalEvent>, ApiError> {
+    rows.iter()
+        .map(to_event)
+        .collect::<Result<_, _>>()
+        .map_err(db_error)
+}
+
+async fn read_stream(
+    State(pool): State<PgPool>,
+    Path(stream_id): Path<String>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let p = params(query)?;
+    if stream_id == "$all" {
+        return read_all(&pool, &p).await;
+    }
+    reject_unknown(&p, &["from", "limit", "direction"])?;
+    let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+    let from = int_param(&p, "from", 0, i64::MAX)?;
+    let backward = match p.get("direction").map(String::as_str) {
+        None | Some("forward") => false,
+        Some("backward") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                format!("`direction` must be forward or backward, got {other:?}"),
+            ))
+        }
+    };
+    let rows = if backward {
+        sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version <= $2
+             ORDER BY version DESC LIMIT $3"
+        ))
+        .bind(&stream_id)
+        .bind(from.unwrap_or(i64::MAX))
+        .bind(limit)
+        .fetch_all(&pool)
+        .await
+    } else {
+        sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2
+             ORDER BY version LIMIT $3"
+        ))
+        .bind(&stream_id)
+        .bind(from.unwrap_or(0))
+        .bind(limit)
+        .fetch_all(&pool)
+        .await
+    }
+    .map_err(db_error)?;
+    let events = events_of(&rows)?;
+    let next = match (events.last(), events.len() as i64 == limit) {
+        (Some(last), true) if backward => (last.version > 0).then_some(last.version - 1),
+        (Some(last), true) => Some(last.version + 1),
+        _ => None,
+    };
+    Ok(Json(json!({"stream_id": stream_id, "direction": if backward {"backward"} else {"forward"}, "events": events, "next": next})).into_response())
+}
+
+async fn read_all(pool: &PgPool, p: &HashMap<String, String>) -> Result<Response, ApiError> {
+    reject_unknown(p, &["from", "limit"])?;
+    let limit = int_param(p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+    let from = int_param(p, "from", 0, i64::MAX)?.unwrap_or(0);
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 ORDER BY global_position LIMIT $2"
+    ))
+    .bind(from)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .map_err(db_error)?;
+    positioned_page("$all", events_of(&rows)?, limit)
+}
+
+async fn read_category(
+    State(pool): State<PgPool>,
+    Path(category): Path<String>,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let p = params(query)?;
+    reject_unknown(&p, &["from", "limit"])?;
+    // `Order-*` and `Order` name the same category.
+    let category = category.strip_suffix("-*").unwrap_or(&category).to_owned();
+    if category.is_empty() || category.contains('-') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "a category is the part of a stream id before its first `-`",
+        ));
+    }
+    let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+    let from = int_param(&p, "from", 0, i64::MAX)?.unwrap_or(0);
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE category = $1 AND global_position >= $2
+         ORDER BY global_position LIMIT $3"
+    ))
+    .bind(&category)
+    .bind(from)
+    .bind(limit)
+    .fetch_all(&pool)
+    .await
+    .map_err(db_error)?;
+    positioned_page(&category, events_of(&rows)?, limit)
+}
+
+fn positioned_page(
+    name: &str,
+    events: Vec<CanonicalEvent>,
+    limit: i64,
+) -> Result<Response, ApiError> {
+    let next = match events.last() {
+        Some(last) if events.len() as i64 == limit => Some(last.global_position + 1),
+        _ => None,
+    };
+    Ok(Json(json!({"source": name, "events": events, "next": next})).into_response())
+}
+
+/// `GET /wait?stream_id=S&version=N` or `GET /wait?position=P`, with `timeout_ms`: answers
+/// once that version or position is indexed (`reached: true`) or the timeout passes.
+async fn wait(State(pool): State<PgPool>, query: Params) -> Result<Response, ApiError> {
+    let p = params(query)?;
+    reject_unknown(&p, &["stream_id", "version", "position", "timeout_ms"])?;
+    let timeout = int_param(&p, "timeout_ms", 0, MAX_WAIT_MS as i64)?.unwrap_or(5000) as u64;
+    let target = match (
+        p.get("stream_id"),
+        int_param(&p, "version", 0, i64::MAX)?,
+        int_param(&p, "position", 1, i64::MAX)?,
+    ) {
+        (Some(stream), Some(version), None) => WaitTarget::Version(stream.clone(), version),
+        (None, None, Some(position)) => WaitTarget::Position(position),
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                "give either stream_id and version, or position",
+            ))
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+    loop {
+        let reached: bool =
+            match &target {
+                WaitTarget::Version(stream, version) => sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version = $2)",
+                )
+                .bind(stream)
+                .bind(version)
+                .fetch_one(&pool)
+                .await,
+                WaitTarget::Position(position) => {
+                    sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM events WHERE global_position = $1)",
+                    )
+                    .bind(position)
+                    .fetch_one(&pool)
+                    .await
+                }
+            }
+            .map_err(db_error)?;
+        if reached || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(json!({"reached": reached})).into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+enum WaitTarget {
+    Version(String, i64),
+    Position(i64),
+}

@@ -1,0 +1,118 @@
+//! Driving the indexer binary and checking the events table.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::process::Process;
+use crate::{eventually, TestContext};
+
+/// Starts `indexer` on the test's database and topics.
+pub async fn spawn(ctx: &TestContext, extra_env: &[(&str, &str)]) -> anyhow::Result<Process> {
+    let mut env = ctx.env();
+    env.push(("ESK_INDEXER_LINGER_MS".into(), "10".into()));
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    Process::spawn("indexer", &env, "ESK_INDEXER_HTTP_ADDR", &[]).await
+}
+
+/// Rows in `events`.
+pub async fn event_count(ctx: &TestContext) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&ctx.pool)
+        .await?)
+}
+
+/// Events accepted according to the ledger.
+pub async fn accepted_event_count(ctx: &TestContext) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(event_count), 0)::int8 FROM append_ledger WHERE status = 'accepted'",
+    )
+    .fetch_one(&ctx.pool)
+    .await?)
+}
+
+/// Waits until `events` holds exactly what the ledger accepted (and at least `min` rows).
+pub async fn wait_indexed(ctx: &TestContext, min: i64, timeout: Duration) -> anyhow::Result<i64> {
+    let done = eventually(timeout, || async {
+        let indexed = event_count(ctx).await.ok()?;
+        let accepted = accepted_event_count(ctx).await.ok()?;
+        (indexed >= min && indexed == accepted).then_some(indexed)
+    })
+    .await;
+    match done {
+        Some(n) => Ok(n),
+        None => anyhow::bail!(
+            "not indexed in {timeout:?}: {} of {} accepted",
+            event_count(ctx).await?,
+            accepted_event_count(ctx).await?
+        ),
+    }
+}
+
+/// Checks the table's invariants: event ids unique, versions contiguous from 0 per stream and
+/// matching the stream index, global positions exactly 1..=N.
+pub async fn check_table(ctx: &TestContext) -> anyhow::Result<()> {
+    let (rows, distinct_ids, min_pos, max_pos): (i64, i64, Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT event_id), min(global_position), max(global_position) FROM events",
+    )
+    .fetch_one(&ctx.pool)
+    .await?;
+    anyhow::ensure!(
+        rows == distinct_ids,
+        "duplicate event ids: {rows} rows, {distinct_ids} ids"
+    );
+    if rows > 0 {
+        anyhow::ensure!(
+            min_pos == Some(1) && max_pos == Some(rows),
+            "positions not 1..={rows}: {min_pos:?}..{max_pos:?}"
+        );
+    }
+    let broken: Vec<(String, i64, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT e.stream_id, count(*), max(e.version), s.version
+         FROM events e LEFT JOIN streams s USING (stream_id)
+         GROUP BY e.stream_id, s.version
+         HAVING count(*) <> max(e.version) + 1 OR min(e.version) <> 0 OR s.version IS DISTINCT FROM max(e.version)",
+    )
+    .fetch_all(&ctx.pool)
+    .await?;
+    anyhow::ensure!(
+        broken.is_empty(),
+        "streams with gaps or mismatched index: {broken:?}"
+    );
+    // Per stream, positions increase with versions.
+    let disordered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (
+            SELECT global_position < lag(global_position) OVER (PARTITION BY stream_id ORDER BY version) AS bad
+            FROM events) t WHERE bad",
+    )
+    .fetch_one(&ctx.pool)
+    .await?;
+    anyhow::ensure!(disordered == 0, "{disordered} events out of version order");
+    Ok(())
+}
+
+/// Scrapes a process's `/metrics` into name{labels} → value.
+pub async fn metrics(process: &Process) -> anyhow::Result<HashMap<String, f64>> {
+    let text = reqwest::get(format!("{}/metrics", process.http))
+        .await?
+        .text()
+        .await?;
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((name, value)) = line.rsplit_once(' ') {
+            if let Ok(v) = value.parse::<f64>() {
+                let base = name.split('{').next().unwrap_or(name).to_owned();
+                *out.entry(base).or_insert(0.0) += v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sleeps briefly; tests use it to let background work progress.
+pub async fn pause(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
