@@ -94,6 +94,12 @@ impl Client {
         Self::reply(response).await
     }
 
+    /// A DELETE (no route accepts it).
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
+        let response = self.http.delete(format!("{}{}", self.base, path)).send().await?;
+        Self::reply(response).await
+    }
+
     /// A GET.
     pub async fn get(&self, path: &str) -> anyhow::Result<Reply> {
         let response = self

@@ -557,7 +557,7 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() -> anyhow::Result<()> 
             reply.body
         );
     }
-    let wrong_method = client.get("/streams/S-1/events").await?;
+    let wrong_method = client.delete("/streams/S-1/events").await?;
     assert_eq!(
         (wrong_method.status, wrong_method.code()),
         (405, Some("method_not_allowed"))
