@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::ClientConfig;
+use rdkafka::{ClientConfig, ClientContext};
 
 /// Failures of topic administration.
 #[derive(Debug, thiserror::Error)]
@@ -88,4 +89,54 @@ pub async fn create_topics(
         }
     }
     Ok(())
+}
+
+/// A consumer context that records which partitions a rebalance moved, so the consuming task
+/// can forget what it knew of them and re-read their positions.
+#[derive(Debug, Default)]
+pub struct RebalanceLog {
+    changed: std::sync::Mutex<Vec<i32>>,
+}
+
+impl RebalanceLog {
+    /// Partitions assigned or revoked since the last call.
+    pub fn take_changed(&self) -> Vec<i32> {
+        self.changed
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+}
+
+impl ClientContext for RebalanceLog {}
+
+impl ConsumerContext for RebalanceLog {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let (kind, list) = match rebalance {
+            Rebalance::Assign(list) => ("assigned", *list),
+            Rebalance::Revoke(list) => ("revoked", *list),
+            Rebalance::Error(error) => {
+                tracing::warn!(%error, "rebalance error");
+                return;
+            }
+        };
+        let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
+        tracing::info!(?partitions, kind, "partitions {kind}");
+        if let Ok(mut changed) = self.changed.lock() {
+            changed.extend(partitions);
+        }
+    }
+}
+
+/// The number of partitions of `topic` (blocking: call from a blocking task).
+pub fn partition_count(brokers: &str, topic: &str) -> Result<i32, KafkaError> {
+    use rdkafka::consumer::Consumer;
+    let consumer: BaseConsumer = base_config(brokers).create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }

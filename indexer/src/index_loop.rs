@@ -2,19 +2,18 @@
 //! checked against the offsets stored in Postgres, batches handed to one committer.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
+use esk_core::kafka::RebalanceLog;
 use esk_core::model::category_of;
 use esk_core::telemetry::Health;
 use esk_core::wire::IngestLogEvent;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -24,32 +23,6 @@ use crate::commit::{self, BatchWrite, CommitError, DeadLetter};
 use crate::config::IndexerConfig;
 use crate::copy_batch::EventRow;
 use crate::metrics::IndexerMetrics;
-
-/// Assignment changes seen by the consumer's rebalance callback.
-#[derive(Debug, Default)]
-pub(crate) struct RebalanceLog {
-    changed: Mutex<Vec<i32>>,
-}
-
-impl ClientContext for RebalanceLog {}
-
-impl ConsumerContext for RebalanceLog {
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let (kind, list) = match rebalance {
-            Rebalance::Assign(list) => ("assigned", *list),
-            Rebalance::Revoke(list) => ("revoked", *list),
-            Rebalance::Error(error) => {
-                tracing::warn!(%error, "rebalance error");
-                return;
-            }
-        };
-        let partitions: Vec<i32> = list.elements().iter().map(|e| e.partition()).collect();
-        tracing::info!(?partitions, kind, "ingest-log partitions {kind}");
-        if let Ok(mut changed) = self.changed.lock() {
-            changed.extend(partitions);
-        }
-    }
-}
 
 /// Where a partition stands, as this consumer knows it.
 #[derive(Debug, Default, Clone, Copy)]
@@ -127,13 +100,7 @@ impl Indexer {
 
     /// Forgets what we knew of partitions that moved, so their positions are read again.
     fn apply_rebalances(&mut self) {
-        let changed: Vec<i32> = self
-            .consumer
-            .context()
-            .changed
-            .lock()
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default();
+        let changed = self.consumer.context().take_changed();
         for partition in changed {
             let halted = self.states.get(&partition).is_some_and(|s| s.halted);
             self.states.remove(&partition);

@@ -3,6 +3,7 @@
 //! topic, and only then advances `published_through`. After a crash it may repeat records,
 //! never reorder them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,19 +192,44 @@ impl Publisher {
                     .headers(headers);
                 self.producer.send(record, Duration::from_secs(30))
             });
-        for result in futures::future::join_all(deliveries).await {
-            result.map_err(|(e, _)| e)?;
+        // The last record per partition, for projections handing over from a replay.
+        let mut last_per_partition: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+        let results = futures::future::join_all(deliveries).await;
+        for (result, (_, event, _, _)) in results.into_iter().zip(&records) {
+            let delivery = result.map_err(|(e, _)| e)?;
+            let entry = last_per_partition
+                .entry(delivery.partition)
+                .or_insert((delivery.offset, event.global_position));
+            if delivery.offset >= entry.0 {
+                *entry = (delivery.offset, event.global_position);
+            }
         }
+        let partitions: Vec<i32> = last_per_partition.keys().copied().collect();
+        let offsets: Vec<i64> = last_per_partition.values().map(|(o, _)| *o).collect();
+        let positions: Vec<i64> = last_per_partition.values().map(|(_, p)| *p).collect();
+        let mut tx = self.pool.begin().await?;
         let advanced = sqlx::query(
             "UPDATE published_through SET global_position = $2 WHERE global_position = $1",
         )
         .bind(through)
         .bind(last)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         if advanced.rows_affected() != 1 {
             return Err(PublishError::LostLeadership);
         }
+        sqlx::query(
+            "INSERT INTO publisher_partitions (partition_id, last_offset, last_position)
+             SELECT * FROM unnest($1::int4[], $2::int8[], $3::int8[])
+             ON CONFLICT (partition_id) DO UPDATE
+             SET last_offset = EXCLUDED.last_offset, last_position = EXCLUDED.last_position",
+        )
+        .bind(&partitions)
+        .bind(&offsets)
+        .bind(&positions)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         self.metrics.published.inc_by(rows.len() as u64);
         self.metrics.publish_lag.set(last_indexed - last);
         Ok(rows.len())

@@ -96,7 +96,11 @@ impl Client {
 
     /// A DELETE (no route accepts it).
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
-        let response = self.http.delete(format!("{}{}", self.base, path)).send().await?;
+        let response = self
+            .http
+            .delete(format!("{}{}", self.base, path))
+            .send()
+            .await?;
         Self::reply(response).await
     }
 

@@ -1,0 +1,270 @@
+//! `esk append`: one event from flags, or several from a JSON file, in one append.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::Args;
+use esk_core::model::{derived_append_id, ExpectedVersion};
+use owo_colors::Style;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use crate::exit::{classify, Exit, Failure};
+use crate::http::{segment, Api};
+use crate::output::Output;
+
+/// Options of `esk append`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  esk append Order-1 --type OrderPlaced --data '{\"sku\":\"a\",\"qty\":2}' --expected-version no_stream
+  esk append Order-1 --type ItemAdded --data '{}' --metadata '{\"correlation_id\":\"c-42\"}' -e 0
+  echo '[{\"type\":\"A\",\"data\":{}},{\"type\":\"B\",\"data\":{}}]' | esk append Order-2 --file -")]
+pub(crate) struct AppendArgs {
+    /// Stream to append to; its category is the part before the first `-`.
+    stream: String,
+    /// Event type.
+    #[arg(
+        long = "type",
+        short = 't',
+        value_name = "TYPE",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    event_type: Option<String>,
+    /// Event payload, a JSON value.
+    #[arg(
+        long,
+        short = 'd',
+        value_name = "JSON",
+        required_unless_present = "file",
+        conflicts_with = "file"
+    )]
+    data: Option<String>,
+    /// Event metadata, a JSON object (`correlation_id` and `causation_id` live here).
+    #[arg(long, short = 'm', value_name = "JSON", conflicts_with = "file")]
+    metadata: Option<String>,
+    /// Event id [default: a new random UUID].
+    #[arg(long, value_name = "UUID", conflicts_with = "file")]
+    id: Option<Uuid>,
+    /// Read the events from FILE (`-`: stdin): a JSON array of {"type", "data", "metadata"?,
+    /// "id"?}; events without an id get a random one.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Concurrency check: `any`, `no_stream`, `stream_exists`, or N, the version of the
+    /// stream's last event (a stream with one event is at 0).
+    #[arg(
+        long,
+        short = 'e',
+        value_name = "any|no_stream|stream_exists|N",
+        default_value = "any",
+        value_parser = parse_expected_version
+    )]
+    expected_version: ExpectedVersion,
+    /// Idempotency key: a retry with the same key gets the first outcome [default: derived
+    /// from the stream and event ids].
+    #[arg(long, value_name = "UUID")]
+    append_id: Option<Uuid>,
+}
+
+fn parse_expected_version(raw: &str) -> Result<ExpectedVersion, String> {
+    match raw {
+        "any" => Ok(ExpectedVersion::Any),
+        "no_stream" | "no-stream" => Ok(ExpectedVersion::NoStream),
+        "stream_exists" | "stream-exists" => Ok(ExpectedVersion::StreamExists),
+        n => match n.parse::<i64>() {
+            Ok(v) if v >= 0 => Ok(ExpectedVersion::Exact(v)),
+            _ => Err("expected any, no_stream, stream_exists or a version >= 0".into()),
+        },
+    }
+}
+
+/// What ingest answers to an accepted append.
+#[derive(Debug, Deserialize, Serialize)]
+struct Appended {
+    stream_id: String,
+    first_version: i64,
+    last_version: i64,
+    append_id: Uuid,
+    #[serde(default)]
+    event_ids: Vec<Uuid>,
+}
+
+pub(crate) async fn run(api: &Api, out: &Output, args: AppendArgs) -> anyhow::Result<()> {
+    let events = match &args.file {
+        Some(file) => events_from_file(file)?,
+        None => vec![event_from_flags(&args)?],
+    };
+    let ids = event_ids(&events)?;
+    let append_id = args
+        .append_id
+        .unwrap_or_else(|| derived_append_id(&args.stream, ids.iter().copied()));
+    let body = json!({
+        "expected_version": args.expected_version.to_json(),
+        "append_id": append_id,
+        "events": events,
+    });
+    let path = format!("/streams/{}/events", segment(&args.stream));
+    let mut appended: Appended = api
+        .post(&path, &body)
+        .await
+        .map_err(|e| retry_hint(e, append_id, &ids))?;
+    appended.event_ids = ids;
+    if out.json {
+        return out.document(&appended);
+    }
+    let count = appended.event_ids.len();
+    let versions = if appended.first_version == appended.last_version {
+        format!("version {}", appended.first_version)
+    } else {
+        format!(
+            "versions {}–{}",
+            appended.first_version, appended.last_version
+        )
+    };
+    out.line(format!(
+        "{} appended {count} event{} to {}: {versions}",
+        out.paint("✔", Style::new().green().bold()),
+        if count == 1 { "" } else { "s" },
+        out.paint(&appended.stream_id, Style::new().cyan()),
+    ))?;
+    out.line(format!(
+        "  append id {}",
+        out.paint(appended.append_id, Style::new().dimmed())
+    ))?;
+    if let [id] = appended.event_ids.as_slice() {
+        out.line(format!(
+            "  event id  {}",
+            out.paint(id, Style::new().dimmed())
+        ))?;
+    }
+    Ok(())
+}
+
+/// When the outcome is unknown or the store was unavailable, says how to retry safely.
+fn retry_hint(error: anyhow::Error, append_id: Uuid, ids: &[Uuid]) -> anyhow::Error {
+    if classify(&error) != Some(Exit::Unavailable) {
+        return error;
+    }
+    let ids = match ids {
+        [id] => format!(" --id {id}"),
+        _ => String::new(),
+    };
+    Failure::unavailable(format!(
+        "{error}\n     to retry without writing twice: --append-id {append_id}{ids}"
+    ))
+}
+
+fn parse_json(flag: &str, raw: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(raw).map_err(|e| Failure::usage(format!("{flag} is not valid JSON: {e}")))
+}
+
+fn event_from_flags(args: &AppendArgs) -> anyhow::Result<Value> {
+    let (Some(event_type), Some(data)) = (&args.event_type, &args.data) else {
+        return Err(Failure::usage("give --type and --data, or --file"));
+    };
+    let mut event = Map::new();
+    event.insert("id".into(), json!(args.id.unwrap_or_else(Uuid::new_v4)));
+    event.insert("type".into(), json!(event_type));
+    event.insert("data".into(), parse_json("--data", data)?);
+    if let Some(metadata) = &args.metadata {
+        event.insert("metadata".into(), parse_json("--metadata", metadata)?);
+    }
+    Ok(Value::Object(event))
+}
+
+fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Value>> {
+    let (name, text) = if file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
+        ("stdin".to_owned(), text)
+    } else {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
+        (file.display().to_string(), text)
+    };
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::usage(format!("{name} is not valid JSON: {e}")))?;
+    let events = match value {
+        Value::Array(events) => events,
+        single @ Value::Object(_) => vec![single],
+        _ => {
+            return Err(Failure::usage(format!(
+                "{name} must hold a JSON array of events"
+            )))
+        }
+    };
+    if events.is_empty() {
+        return Err(Failure::usage(format!("{name} holds no events")));
+    }
+    events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| match event {
+            Value::Object(mut event) => {
+                event
+                    .entry("id")
+                    .or_insert_with(|| json!(Uuid::new_v4()));
+                Ok(Value::Object(event))
+            }
+            _ => Err(Failure::usage(format!(
+                "{name}: event {i} is not a JSON object"
+            ))),
+        })
+        .collect()
+}
+
+/// The events' ids, which the default append id is derived from.
+fn event_ids(events: &[Value]) -> anyhow::Result<Vec<Uuid>> {
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, event)| {
+            event
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| Failure::usage(format!("event {i}: `id` must be a UUID string")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_versions_parse() {
+        assert_eq!(parse_expected_version("any"), Ok(ExpectedVersion::Any));
+        assert_eq!(
+            parse_expected_version("no_stream"),
+            Ok(ExpectedVersion::NoStream)
+        );
+        assert_eq!(
+            parse_expected_version("stream-exists"),
+            Ok(ExpectedVersion::StreamExists)
+        );
+        assert_eq!(parse_expected_version("7"), Ok(ExpectedVersion::Exact(7)));
+        assert!(parse_expected_version("-1").is_err());
+        assert!(parse_expected_version("later").is_err());
+    }
+
+    #[test]
+    fn file_events_get_ids() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("esk-cli-{}", Uuid::new_v4()));
+        std::fs::write(
+            &dir,
+            r#"[{"type":"A","data":{}},{"id":"6f1c0a3e-2b1d-4c55-9a53-0d1f7e0f6b11","type":"B","data":1}]"#,
+        )?;
+        let events = events_from_file(&dir)?;
+        std::fs::remove_file(&dir)?;
+        let ids = event_ids(&events)?;
+        assert_eq!(ids.len(), 2);
+        assert_eq!(ids[1].to_string(), "6f1c0a3e-2b1d-4c55-9a53-0d1f7e0f6b11");
+        assert!(event_ids(&[json!({"id": 5})]).is_err());
+        Ok(())
+    }
+}

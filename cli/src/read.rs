@@ -1,0 +1,109 @@
+//! `esk read`: a page (or every page) of a stream, `$all` or a category.
+
+use clap::Args;
+use esk_core::wire::CanonicalEvent;
+use serde::Serialize;
+
+use crate::exit::Failure;
+use crate::http::Api;
+use crate::output::{note, Output};
+use crate::source::Source;
+
+/// Page size when `--limit` is not given.
+const DEFAULT_LIMIT: i64 = 100;
+/// Largest page the server gives.
+const MAX_LIMIT: i64 = 1000;
+
+/// Options of `esk read`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Examples:
+  esk read Order-1                     the stream's first 100 events
+  esk read Order-1 --backward --limit 1  its last event
+  esk read '$all' --from 1000 --all-pages
+  esk read --category Order --json")]
+pub(crate) struct ReadArgs {
+    /// Stream id, or `$all` for every event in global order.
+    stream: Option<String>,
+    /// Read a category instead: streams named `CATEGORY-…` in global order.
+    #[arg(long, short = 'c', conflicts_with = "stream")]
+    category: Option<String>,
+    /// Start here: a version for a stream, a global position for `$all` and categories
+    /// [default: the start; the end with --backward].
+    #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
+    from: Option<i64>,
+    /// Events per page (1 to 1000) [default: 100].
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(i64).range(1..=MAX_LIMIT))]
+    limit: Option<i64>,
+    /// Read a stream from the newest event down.
+    #[arg(long)]
+    backward: bool,
+    /// Follow `next` until the last page (the limit is then the page size).
+    #[arg(long)]
+    all_pages: bool,
+}
+
+/// The `--json` document: the events and where the next page starts (null: no more).
+#[derive(Debug, Serialize)]
+struct Document<'a> {
+    /// The stream read, or `$all`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_id: Option<String>,
+    /// The category read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    category: Option<String>,
+    direction: &'static str,
+    events: &'a [CanonicalEvent],
+    next: Option<i64>,
+}
+
+pub(crate) async fn run(api: &Api, out: &Output, args: ReadArgs) -> anyhow::Result<()> {
+    let source = Source::from_args(args.stream, args.category, None)?;
+    if args.backward && source.by_position() {
+        return Err(Failure::usage(
+            "--backward reads a stream; $all and categories read forward",
+        ));
+    }
+    let limit = args.limit.unwrap_or(if args.all_pages {
+        MAX_LIMIT
+    } else {
+        DEFAULT_LIMIT
+    });
+    let mut events = Vec::new();
+    let mut from = args.from;
+    let next = loop {
+        let page = source.page(api, from, limit, args.backward).await?;
+        events.extend(page.events);
+        match page.next {
+            Some(next) if args.all_pages => from = Some(next),
+            next => break next,
+        }
+    };
+    if out.json {
+        return out.document(&Document {
+            stream_id: match &source {
+                Source::Stream(s) => Some(s.clone()),
+                Source::All => Some(crate::source::ALL.to_owned()),
+                Source::Category(_) => None,
+            },
+            category: match &source {
+                Source::Category(c) => Some(c.clone()),
+                _ => None,
+            },
+            direction: if args.backward { "backward" } else { "forward" },
+            events: &events,
+            next,
+        });
+    }
+    if events.is_empty() {
+        note(format!("no events in {}", source.label()));
+        return Ok(());
+    }
+    out.line(crate::events::table(out, &events))?;
+    if let Some(next) = next {
+        note(format!(
+            "more after this page: --from {next} (or --all-pages)"
+        ));
+    }
+    Ok(())
+}

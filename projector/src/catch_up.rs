@@ -1,0 +1,173 @@
+//! Catch-up and rebuild: replay the events table by global position in batches, then hand over
+//! to the canonical topic at the offsets that match the last replayed position.
+
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sqlx::postgres::PgRow;
+use sqlx::PgPool;
+
+use crate::checkpoint::{self, Progress};
+use crate::event::{event_columns, Filter, ProjectedEvent};
+use crate::handlers::{ProcessError, Projection};
+
+/// How progress is shown: a bar on a terminal, a line every few seconds otherwise.
+#[derive(Debug)]
+pub(crate) enum Reporter {
+    Bar(ProgressBar),
+    Lines { last: Instant },
+}
+
+impl Reporter {
+    pub(crate) fn for_terminal(total: u64) -> Self {
+        use std::io::IsTerminal;
+        if std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new(total);
+            if let Ok(style) = ProgressStyle::with_template(
+                "{spinner} replay [{bar:40}] {pos}/{len} events ({per_sec}, eta {eta})",
+            ) {
+                bar.set_style(style);
+            }
+            Reporter::Bar(bar)
+        } else {
+            Reporter::Lines {
+                last: Instant::now(),
+            }
+        }
+    }
+
+    fn report(&mut self, name: &str, through: i64, head: i64) {
+        match self {
+            Reporter::Bar(bar) => {
+                bar.set_length(head.max(0) as u64);
+                bar.set_position(through.max(0) as u64);
+            }
+            Reporter::Lines { last } => {
+                if last.elapsed() >= Duration::from_secs(5) {
+                    *last = Instant::now();
+                    tracing::info!(projection = name, through, head, "replaying");
+                }
+            }
+        }
+    }
+
+    fn finish(&self) {
+        if let Reporter::Bar(bar) = self {
+            bar.finish();
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReplaySummary {
+    pub(crate) events: u64,
+    pub(crate) through: i64,
+    pub(crate) seconds: f64,
+}
+
+/// Replays from the stored replay position until the projection has caught up with
+/// `published_through` (and the head as it was), then hands over to Kafka.
+pub(crate) async fn catch_up(
+    pool: &PgPool,
+    projection: &Projection,
+    batch: i64,
+    partitions: i32,
+    reporter: &mut Reporter,
+) -> Result<ReplaySummary, ProcessError> {
+    let started = Instant::now();
+    let mut applied = 0u64;
+    loop {
+        let mut through = checkpoint::replay_position(pool, &projection.name).await?;
+        let (head, _) = checkpoint::heads(pool).await?;
+        // Replay up to the head as it was when this pass began.
+        while through < head {
+            let rows = fetch(pool, projection, through, head, batch).await?;
+            let full = rows.len() as i64 == batch;
+            let events: Vec<ProjectedEvent> = rows
+                .iter()
+                .map(ProjectedEvent::from_row)
+                .collect::<Result<_, _>>()?;
+            let next = match events.last() {
+                Some(last) if full => last.position(),
+                _ => head,
+            };
+            let matching: Vec<ProjectedEvent> = events
+                .into_iter()
+                .filter(|e| projection.filter.matches(&e.event))
+                .collect();
+            match projection
+                .process(
+                    pool,
+                    &matching,
+                    &Progress::Replay {
+                        from: through,
+                        through: next,
+                    },
+                )
+                .await
+            {
+                Ok(()) => {
+                    applied += matching.len() as u64;
+                    projection
+                        .metrics
+                        .events_applied
+                        .with_label_values(&[&projection.name])
+                        .inc_by(matching.len() as u64);
+                    projection
+                        .metrics
+                        .replayed
+                        .with_label_values(&[&projection.name])
+                        .inc_by(matching.len() as u64);
+                    through = next;
+                    reporter.report(&projection.name, through, head);
+                }
+                Err(ProcessError::NotOwner(_)) => {
+                    // Another replay of this projection moved the position: continue from it.
+                    through = checkpoint::replay_position(pool, &projection.name).await?;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if checkpoint::hand_over(pool, &projection.name, through, partitions).await? {
+            reporter.finish();
+            return Ok(ReplaySummary {
+                events: applied,
+                through,
+                seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        // The publisher moved past what we replayed: replay the rest first.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn fetch(
+    pool: &PgPool,
+    projection: &Projection,
+    after: i64,
+    head: i64,
+    batch: i64,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {} FROM events WHERE global_position > $1 AND global_position <= $4 AND {}
+         ORDER BY global_position LIMIT $2",
+        event_columns(projection.needs_data()),
+        projection.filter.sql()
+    );
+    let query = sqlx::query(&sql).bind(after).bind(batch);
+    let query = match &projection.filter {
+        Filter::All => query.bind(Option::<String>::None),
+        Filter::Category(c) => query.bind(Some(c.clone())),
+        Filter::EventTypes(types) => {
+            return sqlx::query(&sql)
+                .bind(after)
+                .bind(batch)
+                .bind(types)
+                .bind(head)
+                .fetch_all(pool)
+                .await
+        }
+    };
+    query.bind(head).fetch_all(pool).await
+}

@@ -1,0 +1,118 @@
+//! A projection's dead letters: events its handler kept failing on, kept for inspection and
+//! replay (`projector dead-letters list|replay NAME`).
+
+use esk_core::wire::CanonicalEvent;
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::event::ProjectedEvent;
+use crate::handlers::Projection;
+
+fn source(projection: &str) -> String {
+    format!("projection:{projection}")
+}
+
+/// Stores an event in the caller's transaction.
+pub(crate) async fn store(
+    conn: &mut PgConnection,
+    projection: &str,
+    event: &ProjectedEvent,
+    error: &str,
+    attempts: usize,
+) -> Result<(), sqlx::Error> {
+    let payload = serde_json::to_vec(&event.event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO dead_letters (source, global_position, event_id, kafka_partition, kafka_offset, payload, error, attempts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(source(projection))
+    .bind(event.event.global_position)
+    .bind(event.event.event_id)
+    .bind(event.source.map(|(p, _)| p))
+    .bind(event.source.map(|(_, o)| o))
+    .bind(payload)
+    .bind(error)
+    .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A stored dead letter.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct DeadLetter {
+    pub(crate) id: i64,
+    pub(crate) global_position: Option<i64>,
+    pub(crate) event_id: Option<uuid::Uuid>,
+    pub(crate) error: String,
+    pub(crate) attempts: i32,
+    pub(crate) created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Dead letters not replayed yet, oldest first.
+pub(crate) async fn list(pool: &PgPool, projection: &str) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, global_position, event_id, error, attempts, created_at FROM dead_letters
+         WHERE source = $1 AND replayed_at IS NULL ORDER BY id",
+    )
+    .bind(source(projection))
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(DeadLetter {
+                id: r.try_get("id")?,
+                global_position: r.try_get("global_position")?,
+                event_id: r.try_get("event_id")?,
+                error: r.try_get("error")?,
+                attempts: r.try_get("attempts")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Applies every unreplayed dead letter again; returns (replayed, still failing).
+pub(crate) async fn replay(
+    pool: &PgPool,
+    projection: &Projection,
+) -> anyhow::Result<(usize, usize)> {
+    let rows = sqlx::query(
+        "SELECT id, payload FROM dead_letters WHERE source = $1 AND replayed_at IS NULL ORDER BY id",
+    )
+    .bind(source(&projection.name))
+    .fetch_all(pool)
+    .await?;
+    let (mut replayed, mut failing) = (0, 0);
+    for row in rows {
+        let id: i64 = row.try_get("id")?;
+        let payload: Option<Vec<u8>> = row.try_get("payload")?;
+        let event: CanonicalEvent = serde_json::from_slice(&payload.unwrap_or_default())?;
+        let event = ProjectedEvent {
+            event,
+            source: None,
+        };
+        match projection.replay_dead_letter(pool, &event, id).await {
+            Ok(()) => replayed += 1,
+            Err(error) => {
+                sqlx::query(
+                    "UPDATE dead_letters SET attempts = attempts + 1, error = $2 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(&error)
+                .execute(pool)
+                .await?;
+                failing += 1;
+            }
+        }
+    }
+    Ok((replayed, failing))
+}
+
+/// Marks a dead letter replayed, in the caller's transaction.
+pub(crate) async fn mark_replayed(conn: &mut PgConnection, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE dead_letters SET replayed_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! The event a projection sees, from the canonical topic or from the events table, and the
+//! filters that choose which events a projection gets.
+
+use chrono::{DateTime, Utc};
+use esk_core::model::category_of;
+use esk_core::wire::CanonicalEvent;
+use serde_json::value::RawValue;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use crate::config::ProjectionSpec;
+
+/// A committed event, with where it came from when it came from Kafka.
+#[derive(Debug, Clone)]
+pub(crate) struct ProjectedEvent {
+    pub(crate) event: CanonicalEvent,
+    /// (partition, offset) on the canonical topic; None when replayed from Postgres.
+    pub(crate) source: Option<(i32, i64)>,
+}
+
+impl ProjectedEvent {
+    pub(crate) fn position(&self) -> i64 {
+        self.event.global_position
+    }
+
+    /// Reads an event from a row selected with [`EVENT_COLUMNS`].
+    pub(crate) fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+        let data: Option<String> = row.try_get("data")?;
+        Ok(ProjectedEvent {
+            event: CanonicalEvent {
+                global_position: row.try_get("global_position")?,
+                event_id: row.try_get("event_id")?,
+                stream_id: row.try_get("stream_id")?,
+                event_type: row.try_get("event_type")?,
+                data: RawValue::from_string(data.unwrap_or_else(|| "null".into()))
+                    .map_err(decode)?,
+                metadata: row
+                    .try_get::<Option<String>, _>("metadata")?
+                    .map(RawValue::from_string)
+                    .transpose()
+                    .map_err(decode)?,
+                version: row.try_get("version")?,
+                created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
+            },
+            source: None,
+        })
+    }
+}
+
+/// Columns for [`ProjectedEvent::from_row`]; `with_data` false skips the payloads for handlers
+/// that do not read them (a large part of a replay's cost).
+pub(crate) fn event_columns(with_data: bool) -> &'static str {
+    if with_data {
+        "global_position, event_id, stream_id, event_type, data::text AS data, metadata::text AS metadata, version, created_at"
+    } else {
+        "global_position, event_id, stream_id, event_type, NULL::text AS data, NULL::text AS metadata, version, created_at"
+    }
+}
+
+/// Which events a projection takes.
+#[derive(Debug, Clone)]
+pub(crate) enum Filter {
+    All,
+    Category(String),
+    EventTypes(Vec<String>),
+}
+
+impl Filter {
+    pub(crate) fn of(spec: &ProjectionSpec) -> Self {
+        match (&spec.category, &spec.event_types) {
+            (Some(c), _) => Filter::Category(c.strip_suffix("-*").unwrap_or(c).to_owned()),
+            (None, Some(types)) => Filter::EventTypes(types.clone()),
+            (None, None) => Filter::All,
+        }
+    }
+
+    pub(crate) fn matches(&self, event: &CanonicalEvent) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Category(c) => category_of(&event.stream_id) == c,
+            Filter::EventTypes(types) => types.contains(&event.event_type),
+        }
+    }
+
+    /// A SQL condition (with `$3`) narrowing a replay; matches are re-checked in Rust.
+    pub(crate) fn sql(&self) -> &'static str {
+        match self {
+            Filter::All => "$3::text IS NULL",
+            Filter::Category(_) => "category = $3::text",
+            Filter::EventTypes(_) => "event_type = ANY($3::text[])",
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! Live projection from the canonical topic: one consumer group per projection, a bounded queue
+//! between the consumer and the handler, partitions paused when the queue is full and resumed
+//! below a low watermark (the consumer keeps polling, so it stays in its group), positions per
+//! partition checked against Postgres, repeats skipped by global position.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use esk_core::kafka::RebalanceLog;
+use esk_core::wire::CanonicalEvent;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::{self, PartitionRange, Progress};
+use crate::config::Tuning;
+use crate::event::ProjectedEvent;
+use crate::handlers::{ProcessError, Projection};
+
+/// Why the live loop returned.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Exit {
+    Shutdown,
+    /// The projection's positions are gone (a rebuild reset it): catch up again.
+    NeedsCatchUp,
+}
+
+/// The bounded queue between the consumer and the handler.
+struct Queue {
+    items: Mutex<VecDeque<OwnedMessage>>,
+    capacity: usize,
+    resume_at: usize,
+    not_empty: Notify,
+    drained: Notify,
+    paused: AtomicBool,
+}
+
+impl Queue {
+    fn len(&self) -> usize {
+        self.items.lock().map(|q| q.len()).unwrap_or(0)
+    }
+
+    fn push(&self, message: OwnedMessage) -> usize {
+        let len = self
+            .items
+            .lock()
+            .map(|mut q| {
+                q.push_back(message);
+                q.len()
+            })
+            .unwrap_or(0);
+        self.not_empty.notify_one();
+        len
+    }
+
+    fn take(&self, max: usize) -> Vec<OwnedMessage> {
+        let taken: Vec<OwnedMessage> = self
+            .items
+            .lock()
+            .map(|mut q| {
+                let n = q.len().min(max);
+                q.drain(..n).collect()
+            })
+            .unwrap_or_default();
+        self.drained.notify_one();
+        taken
+    }
+}
+
+/// A partition as this consumer knows it.
+#[derive(Debug, Clone, Copy)]
+struct PartitionState {
+    /// Next offset to apply; None: take the first record that comes (nothing was published to
+    /// the partition when the projection handed over).
+    expected: Option<i64>,
+    /// Highest global position applied from this partition.
+    position: i64,
+    seeking: bool,
+}
+
+pub(crate) struct LiveRun<'a> {
+    pub(crate) pool: &'a PgPool,
+    pub(crate) projection: &'a Projection,
+    pub(crate) tuning: &'a Tuning,
+    pub(crate) brokers: &'a str,
+    pub(crate) topic: &'a str,
+}
+
+impl LiveRun<'_> {
+    pub(crate) async fn run(&self, shutdown: &CancellationToken) -> anyhow::Result<Exit> {
+        let name = &self.projection.name;
+        let group = format!("{}-{}", self.tuning.group_prefix, name);
+        let mut client = esk_core::kafka::consumer_config(self.brokers, &group);
+        client
+            .set("enable.auto.commit", "false")
+            // librdkafka's own prefetch is bounded too, so memory stays flat while paused.
+            .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.max.bytes", "8388608")
+            .set("max.partition.fetch.bytes", "1048576");
+        let consumer: Arc<StreamConsumer<RebalanceLog>> =
+            Arc::new(client.create_with_context(RebalanceLog::default())?);
+        consumer.subscribe(&[self.topic])?;
+        let capacity = self.tuning.queue_capacity.max(1);
+        let queue = Arc::new(Queue {
+            items: Mutex::new(VecDeque::with_capacity(capacity)),
+            capacity,
+            resume_at: ((capacity as f64) * self.tuning.resume_below.clamp(0.0, 1.0)) as usize,
+            not_empty: Notify::new(),
+            drained: Notify::new(),
+            paused: AtomicBool::new(false),
+        });
+        let stop_fetching = shutdown.child_token();
+        let fetcher = tokio::spawn(fetch(
+            consumer.clone(),
+            queue.clone(),
+            self.topic.to_owned(),
+            name.clone(),
+            self.projection.metrics.clone(),
+            stop_fetching.clone(),
+        ));
+        let exit = self.apply_loop(&consumer, &queue, shutdown).await;
+        stop_fetching.cancel();
+        let _ = fetcher.await;
+        self.projection
+            .metrics
+            .paused
+            .with_label_values(&[name])
+            .set(0);
+        exit
+    }
+
+    async fn apply_loop(
+        &self,
+        consumer: &StreamConsumer<RebalanceLog>,
+        queue: &Queue,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Exit> {
+        let mut states: HashMap<i32, PartitionState> = HashMap::new();
+        loop {
+            if queue.len() == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(Exit::Shutdown),
+                    _ = queue.not_empty.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            if shutdown.is_cancelled() {
+                return Ok(Exit::Shutdown);
+            }
+            for partition in consumer.context().take_changed() {
+                states.remove(&partition);
+            }
+            let messages = queue.take(self.tuning.batch.max(1));
+            self.projection
+                .metrics
+                .queue_depth
+                .with_label_values(&[&self.projection.name])
+                .set(queue.len() as i64);
+            if messages.is_empty() {
+                continue;
+            }
+            let mut admitted = Vec::with_capacity(messages.len());
+            for message in messages {
+                match self.admit(consumer, &mut states, message).await? {
+                    Admit::Take(m) => admitted.push(m),
+                    Admit::Skip => {}
+                    Admit::NotLive => return Ok(Exit::NeedsCatchUp),
+                }
+            }
+            if !admitted.is_empty() {
+                self.apply(&mut states, admitted, shutdown).await?;
+            }
+        }
+    }
+
+    async fn admit(
+        &self,
+        consumer: &StreamConsumer<RebalanceLog>,
+        states: &mut HashMap<i32, PartitionState>,
+        message: OwnedMessage,
+    ) -> anyhow::Result<Admit> {
+        let partition = message.partition();
+        let offset = message.offset();
+        let state = match states.entry(partition) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                match checkpoint::partition(self.pool, &self.projection.name, partition).await? {
+                    None => return Ok(Admit::NotLive),
+                    Some((next, position)) => slot.insert(PartitionState {
+                        expected: (next >= 0).then_some(next),
+                        position,
+                        seeking: false,
+                    }),
+                }
+            }
+        };
+        match state.expected {
+            Some(expected) if offset < expected => Ok(Admit::Skip),
+            Some(expected) if offset > expected => {
+                if !state.seeking {
+                    state.seeking = true;
+                    if let Err(error) = consumer.seek(
+                        self.topic,
+                        partition,
+                        Offset::Offset(expected),
+                        Duration::from_secs(5),
+                    ) {
+                        tracing::warn!(%error, partition, "seek failed; will retry");
+                        state.seeking = false;
+                    }
+                }
+                Ok(Admit::Skip)
+            }
+            _ => {
+                state.seeking = false;
+                state.expected = Some(offset + 1);
+                Ok(Admit::Take(message))
+            }
+        }
+    }
+
+    /// Applies admitted records (in partition order) with their positions, retrying transient
+    /// failures; partitions owned elsewhere are dropped and re-read.
+    async fn apply(
+        &self,
+        states: &mut HashMap<i32, PartitionState>,
+        mut admitted: Vec<OwnedMessage>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        let name = &self.projection.name;
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times()
+            .build();
+        loop {
+            if admitted.is_empty() || shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let mut ranges: BTreeMap<i32, PartitionRange> = BTreeMap::new();
+            let mut events = Vec::with_capacity(admitted.len());
+            for message in &admitted {
+                let partition = message.partition();
+                let floor = states.get(&partition).map_or(i64::MAX, |s| s.position);
+                let range = ranges.entry(partition).or_insert(PartitionRange {
+                    start: message.offset(),
+                    next: message.offset() + 1,
+                    position: floor,
+                });
+                range.next = message.offset() + 1;
+                let event: CanonicalEvent = match serde_json::from_slice(
+                    message.payload().unwrap_or_default(),
+                ) {
+                    Ok(e) => e,
+                    Err(error) => {
+                        tracing::error!(projection = %name, partition, offset = message.offset(), %error, "undecodable canonical record skipped");
+                        continue;
+                    }
+                };
+                range.position = range.position.max(event.global_position);
+                // A repeat (after a publisher crash) was applied already.
+                if event.global_position <= floor || !self.projection.filter.matches(&event) {
+                    continue;
+                }
+                events.push(ProjectedEvent {
+                    event,
+                    source: Some((partition, message.offset())),
+                });
+            }
+            match self
+                .projection
+                .process(
+                    self.pool,
+                    &events,
+                    &Progress::Live {
+                        ranges: ranges.clone(),
+                    },
+                )
+                .await
+            {
+                Ok(()) => {
+                    for (partition, range) in &ranges {
+                        if let Some(state) = states.get_mut(partition) {
+                            state.position = state.position.max(range.position);
+                        }
+                    }
+                    let metrics = &self.projection.metrics;
+                    metrics
+                        .events_applied
+                        .with_label_values(&[name])
+                        .inc_by(events.len() as u64);
+                    let now = Utc::now();
+                    for e in &events {
+                        metrics.event_lag.observe(
+                            (now - e.event.created_at).num_milliseconds().max(0) as f64 / 1000.0,
+                        );
+                    }
+                    if let Some(last) = events.last() {
+                        metrics
+                            .lag_seconds
+                            .with_label_values(&[name])
+                            .set((now - last.event.created_at).num_seconds().max(0));
+                    }
+                    return Ok(());
+                }
+                Err(ProcessError::NotOwner(lost)) => {
+                    self.projection
+                        .metrics
+                        .zombie_rollbacks
+                        .with_label_values(&[name])
+                        .inc();
+                    tracing::info!(projection = %name, ?lost, "partitions owned elsewhere; re-reading their positions");
+                    for partition in &lost {
+                        states.remove(partition);
+                    }
+                    admitted.retain(|m| !lost.contains(&m.partition()));
+                }
+                Err(ProcessError::Database(error)) => {
+                    tracing::warn!(projection = %name, %error, "projection batch failed; retrying");
+                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
+                }
+            }
+        }
+    }
+}
+
+enum Admit {
+    Take(OwnedMessage),
+    Skip,
+    NotLive,
+}
+
+/// Polls the consumer into the queue; pauses the assigned partitions when the queue is full
+/// and resumes them once it drains below the low watermark. It keeps polling while paused, so
+/// the consumer stays in its group.
+async fn fetch(
+    consumer: Arc<StreamConsumer<RebalanceLog>>,
+    queue: Arc<Queue>,
+    topic: String,
+    name: String,
+    metrics: Arc<crate::metrics::ProjectorMetrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = queue.drained.notified() => {
+                if queue.paused.load(Ordering::SeqCst) && queue.len() <= queue.resume_at {
+                    set_paused(&consumer, &topic, false);
+                    queue.paused.store(false, Ordering::SeqCst);
+                    metrics.paused.with_label_values(&[&name]).set(0);
+                    tracing::info!(projection = %name, "queue drained; partitions resumed");
+                }
+            }
+            message = consumer.recv() => {
+                match message {
+                    Ok(message) => {
+                        let len = queue.push(message.detach());
+                        if len >= queue.capacity && !queue.paused.swap(true, Ordering::SeqCst) {
+                            set_paused(&consumer, &topic, true);
+                            metrics.paused.with_label_values(&[&name]).set(1);
+                            tracing::info!(projection = %name, queued = len, "queue full; partitions paused");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(projection = %name, %error, "consumer error");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn set_paused(consumer: &StreamConsumer<RebalanceLog>, topic: &str, paused: bool) {
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let mut partitions = TopicPartitionList::new();
+    for element in assignment.elements_for_topic(topic) {
+        partitions.add_partition(topic, element.partition());
+    }
+    let result = if paused {
+        consumer.pause(&partitions)
+    } else {
+        consumer.resume(&partitions)
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, paused, "cannot pause/resume");
+    }
+}

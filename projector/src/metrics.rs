@@ -1,0 +1,67 @@
+//! The projector's metrics, labelled by projection.
+
+use esk_core::telemetry::MetricFactory;
+use prometheus::{Histogram, IntCounterVec, IntGaugeVec, Registry};
+
+#[derive(Debug)]
+pub(crate) struct ProjectorMetrics {
+    pub(crate) events_applied: IntCounterVec,
+    pub(crate) replayed: IntCounterVec,
+    pub(crate) lag_events: IntGaugeVec,
+    pub(crate) lag_seconds: IntGaugeVec,
+    pub(crate) paused: IntGaugeVec,
+    pub(crate) queue_depth: IntGaugeVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) dead_letters: IntCounterVec,
+    pub(crate) zombie_rollbacks: IntCounterVec,
+    pub(crate) event_lag: Histogram,
+}
+
+impl ProjectorMetrics {
+    pub(crate) fn new(registry: &Registry) -> Self {
+        let m = MetricFactory::new(registry);
+        let p = &["projection"];
+        ProjectorMetrics {
+            events_applied: m.counter_vec(
+                "projector_events_applied_total",
+                "Events applied (live and replay)",
+                p,
+            ),
+            replayed: m.counter_vec(
+                "projector_events_replayed_total",
+                "Events applied from a Postgres replay",
+                p,
+            ),
+            lag_events: m.gauge_vec(
+                "projector_lag_events",
+                "Indexed events past the projection's furthest applied position",
+                p,
+            ),
+            lag_seconds: m.gauge_vec(
+                "projector_lag_seconds",
+                "Age of the last applied event when it was applied",
+                p,
+            ),
+            paused: m.gauge_vec(
+                "projector_paused",
+                "1 while the projection's partitions are paused (queue full)",
+                p,
+            ),
+            queue_depth: m.gauge_vec("projector_queue_depth", "Records queued for the handler", p),
+            retries: m.counter_vec("projector_retries_total", "Handler retries", p),
+            dead_letters: m.counter_vec("projector_dead_letters_total", "Events dead-lettered", p),
+            zombie_rollbacks: m.counter_vec(
+                "projector_zombie_rollbacks_total",
+                "Batches dropped because another consumer owns the partition",
+                p,
+            ),
+            event_lag: m.histogram(
+                "projector_event_lag_seconds",
+                "From acceptance at ingest to application by a live projection",
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ],
+            ),
+        }
+    }
+}
