@@ -205,9 +205,7 @@ fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Value>> {
         .enumerate()
         .map(|(i, event)| match event {
             Value::Object(mut event) => {
-                event
-                    .entry("id")
-                    .or_insert_with(|| json!(Uuid::new_v4()));
+                event.entry("id").or_insert_with(|| json!(Uuid::new_v4()));
                 Ok(Value::Object(event))
             }
             _ => Err(Failure::usage(format!(

@@ -18,7 +18,10 @@ fn time(event: &CanonicalEvent) -> String {
 
 /// The events as a table.
 pub(crate) fn table(out: &Output, events: &[CanonicalEvent]) -> comfy_table::Table {
-    let mut table = out.table(&["POSITION", "STREAM", "VERSION", "TYPE", "CREATED", "DATA"]);
+    let mut table = out.table(
+        &["POSITION", "STREAM", "VERSION", "TYPE", "CREATED", "DATA"],
+        5,
+    );
     for event in events {
         let data = if out.is_tty() {
             truncate(event.data.get(), DATA_WIDTH)

@@ -44,7 +44,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    pub(crate) fn new(exit: Exit, message: impl Into<String>) -> anyhow::Error {
+    pub(crate) fn of(exit: Exit, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Failure {
             exit,
             message: message.into(),
@@ -52,11 +52,11 @@ impl Failure {
     }
 
     pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
-        Self::new(Exit::Usage, message)
+        Self::of(Exit::Usage, message)
     }
 
     pub(crate) fn unavailable(message: impl Into<String>) -> anyhow::Error {
-        Self::new(Exit::Unavailable, message)
+        Self::of(Exit::Unavailable, message)
     }
 }
 
@@ -74,6 +74,9 @@ pub(crate) fn classify(error: &anyhow::Error) -> Option<Exit> {
     for cause in error.chain() {
         if let Some(failure) = cause.downcast_ref::<Failure>() {
             return Some(failure.exit);
+        }
+        if let Some(esk_core::db::DbError::Connect(_)) = cause.downcast_ref() {
+            return Some(Exit::Unavailable);
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::BrokenPipe {
@@ -100,7 +103,7 @@ mod tests {
 
     #[test]
     fn failures_keep_their_code_through_context() {
-        let error = Failure::new(Exit::Conflict, "409").context("appending");
+        let error = Failure::of(Exit::Conflict, "409").context("appending");
         assert_eq!(classify(&error), Some(Exit::Conflict));
         assert_eq!(classify(&anyhow::anyhow!("plain")), Some(Exit::Usage));
         let pipe = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe));

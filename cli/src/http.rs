@@ -130,14 +130,10 @@ fn api_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
         Exit::Usage
     };
     let message = match serde_json::from_slice::<ErrorEnvelope>(body) {
+        // The message already names the actual version of a wrong_expected_version.
         Ok(ErrorEnvelope { error }) => {
-            let actual = match error.actual_version {
-                Some(Some(v)) => format!(" (actual version {v})"),
-                Some(None) => " (actual version: no stream)".to_owned(),
-                None => String::new(),
-            };
             format!(
-                "{}: {}{actual} [HTTP {}]",
+                "{}: {} [HTTP {}]",
                 error.code,
                 error.message,
                 status.as_u16()
@@ -149,7 +145,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
             format!("HTTP {status}: {}", text.trim())
         }
     };
-    Failure::new(exit, message)
+    Failure::of(exit, message)
 }
 
 #[cfg(test)]
@@ -164,7 +160,7 @@ mod tests {
         assert_eq!(classify(&error), Some(Exit::Conflict));
         assert_eq!(
             error.to_string(),
-            "wrong_expected_version: the stream is at version 2 (actual version 2) [HTTP 409]"
+            "wrong_expected_version: the stream is at version 2 [HTTP 409]"
         );
         let error = api_error(StatusCode::SERVICE_UNAVAILABLE, b"busy");
         assert_eq!(classify(&error), Some(Exit::Unavailable));

@@ -1,17 +1,56 @@
-//! `esk`: the operator's command-line tool.
+//! `esk`: the command-line tool of the esk event store, for operators (setup, migrate, doctor)
+//! and for people working with events (append, read, tail).
 
+mod append;
+mod doctor;
+mod events;
+mod exit;
+mod http;
+mod output;
+mod read;
 mod setup;
+mod source;
+mod tail;
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
 use esk_core::config::CommonConfig;
 
+use crate::exit::{classify, EXIT_CODES_HELP};
+use crate::http::Api;
+use crate::output::{error_line, Output};
+
 #[derive(Debug, Parser)]
-#[command(name = "esk", version, about = "Operate the esk event store")]
+#[command(
+    name = "esk",
+    version,
+    about = "Operate and use the esk event store",
+    after_help = EXIT_CODES_HELP
+)]
 struct Cli {
     #[command(flatten)]
     common: CommonConfig,
+    #[command(flatten)]
+    global: Global,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Args)]
+struct Global {
+    /// Ingest's HTTP API (append, read, tail; doctor checks its /health).
+    #[arg(
+        long,
+        env = "ESK_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    url: String,
+    /// Machine-readable output: one JSON document (tail: one JSON line per event).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -20,21 +59,56 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Apply the schema migrations only. Idempotent.
     Migrate,
+    /// Append one event (or several from a file) to a stream.
+    Append(append::AppendArgs),
+    /// Read a stream, `$all` or a category.
+    Read(read::ReadArgs),
+    /// Print events as they arrive, until Ctrl-C.
+    Tail(tail::TailArgs),
+    /// Check Postgres, the broker, the topics and the services; exit 4 on a problem.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    esk_core::telemetry::init_tracing(cli.common.log_format);
-    let result = match cli.command {
-        Command::Setup(args) => setup::setup(&cli.common, &args).await,
-        Command::Migrate => setup::migrate(&cli.common).await,
-    };
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
         Err(e) => {
-            eprintln!("esk: {e:#}");
-            std::process::ExitCode::FAILURE
+            let _ = e.print();
+            // clap exits 2 on usage errors; 2 means "conflict" here.
+            return if e.use_stderr() {
+                exit::Exit::Usage.into()
+            } else {
+                ExitCode::SUCCESS
+            };
         }
+    };
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match classify(&e) {
+            None => ExitCode::SUCCESS,
+            Some(exit) => {
+                error_line(format!("{e:#}"));
+                exit.into()
+            }
+        },
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let out = Output::detect(cli.global.json);
+    match cli.command {
+        Command::Setup(args) => {
+            esk_core::telemetry::init_tracing(cli.common.log_format);
+            setup::setup(&cli.common, &args).await
+        }
+        Command::Migrate => {
+            esk_core::telemetry::init_tracing(cli.common.log_format);
+            setup::migrate(&cli.common).await
+        }
+        Command::Append(args) => append::run(&Api::new(&cli.global.url)?, &out, args).await,
+        Command::Read(args) => read::run(&Api::new(&cli.global.url)?, &out, args).await,
+        Command::Tail(args) => tail::run(&Api::new(&cli.global.url)?, &out, args).await,
+        Command::Doctor(args) => doctor::run(&cli.common, &cli.global.url, &out, args).await,
     }
 }

@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 
 use comfy_table::presets::{NOTHING, UTF8_FULL_CONDENSED};
-use comfy_table::{Attribute, Cell, Color, ContentArrangement, Table};
+use comfy_table::{Attribute, Cell, Color, ColumnConstraint, ContentArrangement, Table, Width};
 use owo_colors::{OwoColorize, Style};
 use serde::Serialize;
 
@@ -17,6 +17,12 @@ pub(crate) struct Output {
     /// stdout is a terminal.
     tty: bool,
 }
+
+/// Narrowest terminal that tables are fitted to.
+const MIN_FIT_WIDTH: u16 = 60;
+
+/// Narrowest the wrapping column of a table gets, even if the table overflows the terminal.
+const MIN_FLEXIBLE_WIDTH: u16 = 24;
 
 /// `NO_COLOR` set to anything non-empty turns colour off (<https://no-color.org>).
 fn no_color() -> bool {
@@ -46,13 +52,17 @@ impl Output {
         }
     }
 
-    /// A table with `header`: boxed and fitted to the terminal, or bare columns in a pipe.
-    pub(crate) fn table(&self, header: &[&str]) -> Table {
+    /// A table with `header`: boxed and fitted to the terminal (only column `flexible` wraps),
+    /// or bare left-aligned columns in a pipe.
+    pub(crate) fn table(&self, header: &[&str], flexible: usize) -> Table {
         let mut table = Table::new();
         if self.tty {
-            table
-                .load_preset(UTF8_FULL_CONDENSED)
-                .set_content_arrangement(ContentArrangement::Dynamic);
+            table.load_preset(UTF8_FULL_CONDENSED);
+            // An unknown or tiny terminal (a pseudo-terminal without a size) would squeeze
+            // every column to one character: keep the natural widths then.
+            if table.width().is_some_and(|w| w >= MIN_FIT_WIDTH) {
+                table.set_content_arrangement(ContentArrangement::Dynamic);
+            }
         } else {
             table.load_preset(NOTHING).force_no_tty();
         }
@@ -64,6 +74,16 @@ impl Output {
                 cell
             }
         }));
+        for (i, column) in table.column_iter_mut().enumerate() {
+            column.set_constraint(if i == flexible {
+                ColumnConstraint::LowerBoundary(Width::Fixed(MIN_FLEXIBLE_WIDTH))
+            } else {
+                ColumnConstraint::ContentWidth
+            });
+            if !self.tty {
+                column.set_padding((0, 2));
+            }
+        }
         table
     }
 
@@ -81,6 +101,19 @@ impl Output {
     pub(crate) fn line(&self, text: impl std::fmt::Display) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{text}")?;
+        out.flush()?;
+        Ok(())
+    }
+
+    /// A table on stdout (in a pipe without trailing blanks).
+    pub(crate) fn print_table(&self, table: &Table) -> anyhow::Result<()> {
+        if self.tty {
+            return self.line(table);
+        }
+        let mut out = std::io::stdout().lock();
+        for line in table.lines() {
+            writeln!(out, "{}", line.trim_end())?;
+        }
         out.flush()?;
         Ok(())
     }

@@ -99,7 +99,7 @@ pub(crate) async fn run(api: &Api, out: &Output, args: ReadArgs) -> anyhow::Resu
         note(format!("no events in {}", source.label()));
         return Ok(());
     }
-    out.line(crate::events::table(out, &events))?;
+    out.print_table(&crate::events::table(out, &events))?;
     if let Some(next) = next {
         note(format!(
             "more after this page: --from {next} (or --all-pages)"

@@ -127,9 +127,9 @@ pub(crate) struct ProjectionsFile {
     pub(crate) projections: Vec<ProjectionSpec>,
 }
 
-/// One projection as declared.
+/// One projection as declared. (Unknown keys are caught by [`check_keys`]: serde cannot deny
+/// them through a flattened, tagged enum.)
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub(crate) struct ProjectionSpec {
     pub(crate) name: String,
     /// Only events of this category (`Order` or `Order-*`).
@@ -207,6 +207,7 @@ impl ProjectorConfig {
                     path: shown.clone(),
                     source,
                 })?;
+                check_keys(&text, &shown)?;
                 toml::from_str::<ProjectionsFile>(&text)
                     .map_err(|source| ConfigError::Parse {
                         path: shown,
@@ -249,4 +250,40 @@ impl ProjectorConfig {
         }
         Ok(specs)
     }
+}
+
+/// Rejects keys a projection's handler does not know, so a typo is an error, not a default.
+fn check_keys(text: &str, path: &str) -> Result<(), ConfigError> {
+    let value: toml::Value = toml::from_str(text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    let Some(list) = value.get("projection").and_then(toml::Value::as_array) else {
+        return Ok(());
+    };
+    for table in list.iter().filter_map(toml::Value::as_table) {
+        let name = table
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .unwrap_or("?");
+        let specific: &[&str] = match table.get("handler").and_then(toml::Value::as_str) {
+            Some("sql") => &["sql"],
+            Some("webhook") => &["url", "timeout_ms"],
+            Some("topic") => &["topic"],
+            _ => &[],
+        };
+        for key in table.keys() {
+            let common = matches!(
+                key.as_str(),
+                "name" | "category" | "event_types" | "handler"
+            );
+            if !common && !specific.contains(&key.as_str()) {
+                return Err(ConfigError::Invalid {
+                    name: name.to_owned(),
+                    reason: format!("unknown key `{key}`"),
+                });
+            }
+        }
+    }
+    Ok(())
 }

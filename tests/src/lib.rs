@@ -11,6 +11,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod load;
 pub mod process;
+pub mod projector;
 
 #[cfg(feature = "testcontainers")]
 pub mod containers;

@@ -130,7 +130,7 @@ pub(crate) async fn run(
         render(out, &report)?;
     }
     if failures > 0 {
-        return Err(Failure::new(
+        return Err(Failure::of(
             Exit::Problem,
             format!(
                 "doctor found {failures} problem{}",

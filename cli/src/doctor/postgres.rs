@@ -55,10 +55,7 @@ async fn connect(url: &str) -> Result<PgConnection, String> {
     match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(format!("cannot connect: {}", root_cause(&e))),
-        Err(_) => Err(format!(
-            "no answer within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        )),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
     }
 }
 
@@ -96,10 +93,18 @@ async fn migrations(conn: &mut PgConnection, section: &mut Section) -> bool {
             }
         };
     let applied: BTreeSet<i64> = rows.iter().filter(|(_, ok)| *ok).map(|(v, _)| *v).collect();
-    let dirty: Vec<i64> = rows.iter().filter(|(_, ok)| !*ok).map(|(v, _)| *v).collect();
+    let dirty: Vec<i64> = rows
+        .iter()
+        .filter(|(_, ok)| !*ok)
+        .map(|(v, _)| *v)
+        .collect();
     let pending: Vec<i64> = known.difference(&applied).copied().collect();
     let unknown: Vec<i64> = applied.difference(&known).copied().collect();
-    let summary = format!("{} applied, {} known to this esk", applied.len(), known.len());
+    let summary = format!(
+        "{} applied, {} known to this esk",
+        applied.len(),
+        known.len()
+    );
     if !dirty.is_empty() {
         section.fail(
             "migrations",
@@ -175,7 +180,10 @@ async fn publisher(conn: &mut PgConnection, section: &mut Section) {
     let (last, published) = match row {
         Ok((Some(last), Some(published))) => (last, published),
         Ok(_) => {
-            section.fail("publisher", "global_position_counter or published_through has no row");
+            section.fail(
+                "publisher",
+                "global_position_counter or published_through has no row",
+            );
             return;
         }
         Err(e) => {

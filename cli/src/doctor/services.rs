@@ -23,10 +23,7 @@ pub(super) async fn check(ingest_url: &str, indexer_url: &str) -> Section {
             return section;
         }
     };
-    let (ingest, indexer) = tokio::join!(
-        probe(&client, ingest_url),
-        probe(&client, indexer_url)
-    );
+    let (ingest, indexer) = tokio::join!(probe(&client, ingest_url), probe(&client, indexer_url));
     for (name, url, (status, detail)) in [
         ("ingest", ingest_url, ingest),
         ("indexer", indexer_url, indexer),
@@ -56,10 +53,7 @@ async fn probe(client: &reqwest::Client, base: &str) -> (Status, String) {
         .map(|p| p.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
     if body.get("status").and_then(Value::as_str) == Some("unhealthy") {
-        (
-            Status::Fail,
-            format!("unhealthy: {}", problems.join("; ")),
-        )
+        (Status::Fail, format!("unhealthy: {}", problems.join("; ")))
     } else {
         (
             Status::Warn,

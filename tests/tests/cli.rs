@@ -1,0 +1,571 @@
+//! The `esk` command-line tool, run as a child process against the real stack: append, read,
+//! tail, doctor, and its exit codes (0 ok, 1 bad input, 2 conflict, 3 unavailable, 4 doctor).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use esk_tests::indexer::{self, wait_indexed};
+use esk_tests::ingest::{self, Client};
+use esk_tests::process::{bin_dir, free_port, Process};
+use esk_tests::TestContext;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use uuid::Uuid;
+
+const HTTP_ONLY: &[(&str, &str)] = &[("ESK_INGEST_KAFKA_APPENDS", "false")];
+/// Longest a single `esk` run may take in these tests.
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one run printed and how it ended.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.stdout)
+            .map_err(|e| anyhow::anyhow!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+}
+
+/// `esk` with a clean environment for its own settings, then `env`.
+fn command(env: &[(String, String)], args: &[&str]) -> anyhow::Result<Command> {
+    let path = bin_dir()?.join("esk");
+    anyhow::ensure!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    let mut command = Command::new(path);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("ESK_") {
+            command.env_remove(key);
+        }
+    }
+    command
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("NO_COLOR", "1")
+        .args(args)
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+async fn esk(env: &[(String, String)], args: &[&str], stdin: Option<&str>) -> anyhow::Result<Run> {
+    let mut command = command(env, args)?;
+    command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn()?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await?;
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(RUN_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| anyhow::anyhow!("esk {args:?} did not finish in {RUN_TIMEOUT:?}"))??;
+    Ok(Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+async fn stack(name: &str) -> anyhow::Result<(TestContext, Process, Process)> {
+    let ctx = TestContext::new(name).await?;
+    let ingest = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let indexer = indexer::spawn(&ctx, &[]).await?;
+    Ok((ctx, ingest, indexer))
+}
+
+fn versions(doc: &Value) -> Vec<i64> {
+    doc["events"]
+        .as_array()
+        .map(|events| {
+            events
+                .iter()
+                .filter_map(|e| e["version"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn field<'a>(doc: &'a Value, name: &str) -> Vec<&'a str> {
+    doc["events"]
+        .as_array()
+        .map(|events| events.iter().filter_map(|e| e[name].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn append_then_read_with_meaningful_exit_codes() -> anyhow::Result<()> {
+    let (ctx, ingest, _indexer) = stack("cli_append_read").await?;
+    let env = ctx.env();
+    let url = ingest.http.as_str();
+
+    // One event from flags, as JSON.
+    let run = esk(
+        &env,
+        &[
+            "append",
+            "Order-1",
+            "--type",
+            "OrderPlaced",
+            "--data",
+            r#"{"sku":"a"}"#,
+            "--metadata",
+            r#"{"correlation_id":"c-1"}"#,
+            "--expected-version",
+            "no_stream",
+            "--url",
+            url,
+            "--json",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let appended = run.json()?;
+    assert_eq!(appended["stream_id"], json!("Order-1"));
+    assert_eq!(appended["first_version"], json!(0));
+    assert_eq!(appended["last_version"], json!(0));
+    assert!(appended["append_id"].as_str().is_some(), "{appended}");
+    assert_eq!(appended["event_ids"].as_array().map(Vec::len), Some(1));
+
+    // Two events from stdin, for people.
+    let known_id = Uuid::new_v4();
+    let file = json!([
+        {"type": "ItemAdded", "data": {"n": 1}},
+        {"id": known_id, "type": "ItemAdded", "data": {"n": 2}},
+    ])
+    .to_string();
+    let run = esk(
+        &env,
+        &["append", "Order-1", "--file", "-", "-e", "0", "--url", url],
+        Some(&file),
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("versions 1–2"), "{run:?}");
+
+    // Conflicts exit 2 with the server's code.
+    let run = esk(
+        &env,
+        &[
+            "append", "Order-1", "-t", "Late", "-d", "{}", "-e", "0", "--url", url,
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.starts_with("esk: "), "{run:?}");
+    assert!(run.stderr.contains("wrong_expected_version"), "{run:?}");
+    assert!(run.stderr.contains("the stream is at version 2"), "{run:?}");
+    let known = known_id.to_string();
+    let run = esk(
+        &env,
+        &[
+            "append", "Order-9", "-t", "Copy", "-d", "{}", "--id", &known, "--url", url,
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("duplicate_event_id"), "{run:?}");
+
+    // Bad input exits 1, whether caught locally, by clap or by the server.
+    for args in [
+        &["append", "Order-1", "-t", "X", "-d", "{nope", "--url", url][..],
+        &["append", "Order-1", "-t", "X", "--url", url][..],
+        &["append", "$reserved", "-t", "X", "-d", "{}", "--url", url][..],
+        &[
+            "append", "Order-1", "-t", "X", "-d", "{}", "-e", "soon", "--url", url,
+        ][..],
+        &["read", "--url", url][..],
+        &["read", "$all", "--backward", "--url", url][..],
+        &["frobnicate"][..],
+    ] {
+        let run = esk(&env, args, None).await?;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+        assert!(!run.stderr.is_empty(), "{args:?}: {run:?}");
+    }
+    let run = esk(
+        &env,
+        &["append", "$reserved", "-t", "X", "-d", "{}", "--url", url],
+        None,
+    )
+    .await?;
+    assert!(run.stderr.contains("invalid_stream_id"), "{run:?}");
+
+    let run = esk(
+        &env,
+        &[
+            "append", "Other-1", "-t", "Noise", "-d", "[1,2]", "--url", url,
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    wait_indexed(&ctx, 4, Duration::from_secs(60)).await?;
+
+    let run = esk(&env, &["read", "Order-1", "--json", "--url", url], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json()?;
+    assert_eq!(versions(&doc), vec![0, 1, 2]);
+    assert_eq!(
+        field(&doc, "type"),
+        vec!["OrderPlaced", "ItemAdded", "ItemAdded"]
+    );
+    assert_eq!(doc["events"][0]["data"], json!({"sku": "a"}));
+    assert_eq!(
+        doc["events"][0]["metadata"],
+        json!({"correlation_id": "c-1"})
+    );
+    assert_eq!(doc["events"][2]["event_id"], json!(known));
+    assert_eq!(doc["next"], Value::Null);
+
+    let run = esk(
+        &env,
+        &[
+            "read",
+            "Order-1",
+            "--backward",
+            "--limit",
+            "1",
+            "--json",
+            "--url",
+            url,
+        ],
+        None,
+    )
+    .await?;
+    let doc = run.json()?;
+    assert_eq!(versions(&doc), vec![2]);
+    assert_eq!(doc["next"], json!(1));
+
+    let run = esk(
+        &env,
+        &[
+            "read",
+            "$all",
+            "--limit",
+            "1",
+            "--all-pages",
+            "--json",
+            "--url",
+            url,
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let doc = run.json()?;
+    let positions: Vec<i64> = doc["events"]
+        .as_array()
+        .map(|e| {
+            e.iter()
+                .filter_map(|e| e["global_position"].as_i64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(positions, vec![1, 2, 3, 4]);
+    assert_eq!(doc["next"], Value::Null);
+
+    let run = esk(
+        &env,
+        &["read", "--category", "Order", "--json", "--url", url],
+        None,
+    )
+    .await?;
+    let doc = run.json()?;
+    assert_eq!(field(&doc, "stream_id"), vec!["Order-1"; 3]);
+
+    let run = esk(&env, &["read", "Order-1", "--url", url], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("OrderPlaced"), "{run:?}");
+    assert!(run.stdout.contains(r#""sku""#), "{run:?}");
+
+    let run = esk(&env, &["read", "Nobody-1", "--json", "--url", url], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(versions(&run.json()?), Vec::<i64>::new());
+    Ok(())
+}
+
+/// A running `esk tail --json`.
+#[derive(Debug)]
+struct Tail {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Tail {
+    /// Starts it and waits until it says where it follows from.
+    async fn start(env: &[(String, String)], args: &[&str]) -> anyhow::Result<Tail> {
+        let mut child = command(env, args)?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let mut errors = BufReader::new(stderr).lines();
+        let started = tokio::time::timeout(Duration::from_secs(30), async {
+            match errors.next_line().await? {
+                Some(line) if line.contains("following") => Ok(line),
+                Some(line) => anyhow::bail!("esk tail {args:?}: {line}"),
+                None => anyhow::bail!("esk tail {args:?} ended before it started"),
+            }
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("esk tail {args:?} did not start"))??;
+        assert!(started.starts_with("esk: following"), "{started}");
+        // Keep draining stderr so the child never blocks on it.
+        tokio::spawn(async move { while let Ok(Some(_)) = errors.next_line().await {} });
+        Ok(Tail {
+            _child: child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    async fn next(&mut self) -> anyhow::Result<Value> {
+        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .map_err(|_| anyhow::anyhow!("no event from tail within 60 s"))??
+            .ok_or_else(|| anyhow::anyhow!("tail ended"))?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Nothing more arrives within `wait`.
+    async fn quiet(&mut self, wait: Duration) -> anyhow::Result<()> {
+        match tokio::time::timeout(wait, self.lines.next_line()).await {
+            Err(_) => Ok(()),
+            Ok(line) => anyhow::bail!("unexpected output: {line:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tail_prints_events_appended_after_it_started() -> anyhow::Result<()> {
+    let (ctx, ingest, _indexer) = stack("cli_tail").await?;
+    let env = ctx.env();
+    let url = ingest.http.as_str();
+    let client = Client::new(&ingest);
+    let append = |stream: &'static str, kind: &'static str| {
+        let client = client.clone();
+        async move {
+            let body = json!({"expected_version": "any", "events": [ingest::event(kind)]});
+            let reply = client.append(stream, &body).await?;
+            anyhow::ensure!(reply.status == 201, "{reply:?}");
+            anyhow::Ok(())
+        }
+    };
+    // Stored before the tails start: only `--from` shows them.
+    append("Other-1", "Before").await?;
+    append("Order-7", "Before").await?;
+    wait_indexed(&ctx, 2, Duration::from_secs(60)).await?;
+
+    let poll = ["--json", "--poll-ms", "2000", "--url", url];
+    let mut all = Tail::start(&env, &[&["tail"][..], &poll].concat()).await?;
+    let mut category = Tail::start(
+        &env,
+        &[&["tail", "--category", "Order"][..], &poll].concat(),
+    )
+    .await?;
+    let mut stream = Tail::start(&env, &[&["tail", "Order-7"][..], &poll].concat()).await?;
+    let mut replay = Tail::start(
+        &env,
+        &[&["tail", "$all", "--from", "0"][..], &poll].concat(),
+    )
+    .await?;
+
+    append("Other-2", "After").await?;
+    append("Order-7", "After").await?;
+
+    let first = all.next().await?;
+    let second = all.next().await?;
+    assert_eq!(
+        (&first["stream_id"], &first["global_position"]),
+        (&json!("Other-2"), &json!(3))
+    );
+    assert_eq!(
+        (&second["stream_id"], &second["global_position"]),
+        (&json!("Order-7"), &json!(4))
+    );
+    assert_eq!(second["type"], json!("After"));
+
+    let only = category.next().await?;
+    assert_eq!(only["stream_id"], json!("Order-7"));
+    assert_eq!(only["version"], json!(1));
+    let only = stream.next().await?;
+    assert_eq!(
+        (&only["version"], &only["type"]),
+        (&json!(1), &json!("After"))
+    );
+
+    let mut replayed = Vec::new();
+    for _ in 0..4 {
+        replayed.push(replay.next().await?["global_position"].clone());
+    }
+    assert_eq!(replayed, vec![json!(1), json!(2), json!(3), json!(4)]);
+
+    // Nothing is printed twice, and other categories never reach the category tail.
+    append("Other-3", "Later").await?;
+    let next = all.next().await?;
+    assert_eq!(next["global_position"], json!(5));
+    category.quiet(Duration::from_secs(3)).await?;
+    stream.quiet(Duration::from_millis(200)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn doctor_checks_the_stack() -> anyhow::Result<()> {
+    let (ctx, ingest, indexer) = stack("cli_doctor").await?;
+    let env = ctx.env();
+    let client = Client::new(&ingest);
+    let body = json!({"expected_version": "any", "events": ingest::events(3)});
+    assert_eq!(client.append("Order-1", &body).await?.status, 201);
+    wait_indexed(&ctx, 3, Duration::from_secs(60)).await?;
+
+    let urls = [
+        "--url",
+        ingest.http.as_str(),
+        "--indexer-url",
+        indexer.http.as_str(),
+    ];
+    let run = esk(&env, &[&["doctor", "--json"][..], &urls].concat(), None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json()?;
+    assert_eq!(report["ok"], json!(true), "{report:#}");
+    let checks: Vec<&Value> = report["sections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["checks"].as_array().into_iter().flatten())
+        .collect();
+    let check = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == json!(name))
+            .copied()
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(check("connect")["status"], json!("ok"), "{report:#}");
+    assert_eq!(check("migrations")["status"], json!("ok"), "{report:#}");
+    assert_eq!(check("events")["value"]["count"], json!(3), "{report:#}");
+    assert_eq!(check("streams")["value"]["count"], json!(1), "{report:#}");
+    assert_eq!(
+        check("ledger rows")["value"]["count"],
+        json!(1),
+        "{report:#}"
+    );
+    assert_eq!(
+        check(&format!("topic {}", ctx.topics.events))["value"]["partitions"],
+        json!(esk_tests::TEST_PARTITIONS),
+        "{report:#}"
+    );
+    assert_eq!(check("ingest")["status"], json!("ok"), "{report:#}");
+    assert_eq!(check("indexer")["status"], json!("ok"), "{report:#}");
+
+    // For people: a checklist.
+    let run = esk(&env, &[&["doctor"][..], &urls].concat(), None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("✔ migrations"), "{run:?}");
+    assert!(!run.stdout.contains('✖'), "{run:?}");
+
+    // An unreachable service is a warning, not a failure.
+    let closed = format!("http://127.0.0.1:{}", free_port()?);
+    let run = esk(
+        &env,
+        &[
+            "doctor",
+            "--json",
+            "--url",
+            &ingest.http,
+            "--indexer-url",
+            &closed,
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let report = run.json()?;
+    assert_eq!(report["warnings"], json!(1), "{report:#}");
+
+    // A missing topic is a failure.
+    let mut missing = env.clone();
+    missing.push(("ESK_TOPIC_EVENTS".into(), format!("{}-missing", ctx.name)));
+    let run = esk(&missing, &[&["doctor"][..], &urls].concat(), None).await?;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stdout.contains("missing"), "{run:?}");
+    assert!(run.stderr.contains("doctor found 1 problem"), "{run:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn doctor_fails_fast_when_postgres_is_down() -> anyhow::Result<()> {
+    let ctx = TestContext::new("cli_doctor_down").await?;
+    let mut env = ctx.env();
+    env.push((
+        "ESK_DATABASE_URL".into(),
+        format!("postgres://esk:esk@127.0.0.1:{}/esk", free_port()?),
+    ));
+    let started = Instant::now();
+    let run = esk(&env, &["doctor", "--json"], None).await?;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(run.code, 4, "{run:?}");
+    let report = run.json()?;
+    assert_eq!(report["ok"], json!(false));
+    assert_eq!(report["sections"][0]["name"], json!("Postgres"));
+    assert_eq!(
+        report["sections"][0]["checks"][0]["status"],
+        json!("fail"),
+        "{report:#}"
+    );
+    assert!(run.stdout.contains("esk:***@127.0.0.1"), "{run:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn unreachable_ingest_exits_3_and_help_documents_the_codes() -> anyhow::Result<()> {
+    let closed = format!("http://127.0.0.1:{}", free_port()?);
+    for args in [
+        &["append", "Order-1", "-t", "X", "-d", "{}", "--url", &closed][..],
+        &["read", "Order-1", "--url", &closed][..],
+        &["tail", "--url", &closed][..],
+    ] {
+        let run = esk(&[], args, None).await?;
+        assert_eq!(run.code, 3, "{args:?}: {run:?}");
+        assert!(run.stderr.starts_with("esk: cannot reach"), "{run:?}");
+    }
+    let run = esk(&[], &["--help"], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    for code in [
+        "0  success",
+        "1  usage",
+        "2  conflict",
+        "3  unavailable",
+        "4  esk doctor",
+    ] {
+        assert!(run.stdout.contains(code), "{code}: {}", run.stdout);
+    }
+    Ok(())
+}
