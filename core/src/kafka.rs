@@ -41,7 +41,8 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "2")
+        .set("linger.ms", "1")
+        .set("socket.nagle.disable", "true")
         .set("batch.num.messages", "10000")
         .set("batch.size", "1048576")
         .set("compression.type", "lz4")

@@ -193,6 +193,24 @@ impl<'a> MetricFactory<'a> {
         )
     }
 
+    /// A labelled histogram with explicit buckets.
+    pub fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> prometheus::HistogramVec {
+        register(
+            self.registry,
+            prometheus::HistogramVec::new(
+                prometheus::HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )
+            .expect("valid histogram definition"),
+        )
+    }
+
     /// A histogram with explicit buckets.
     pub fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogram {
         register(

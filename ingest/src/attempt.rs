@@ -2,6 +2,7 @@
 //! the brief's steps 1–6 in order (the order is what keeps idempotency, I4).
 
 use std::collections::{HashMap, HashSet};
+use std::time::Instant;
 
 use chrono::Utc;
 use esk_core::model::{advisory_key, Append, NO_STREAM};
@@ -10,6 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ingest_log::{Accepted, IngestLog};
+use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, Rejection};
 use crate::{event_claims, ledger, stream_index};
 
@@ -47,8 +49,10 @@ pub(crate) async fn run(
     pool: &PgPool,
     ingest_log: &IngestLog,
     appends: &[&Append],
+    metrics: &IngestMetrics,
 ) -> Result<Vec<AppendOutcome>, AttemptError> {
     let attempt_id = Uuid::new_v4();
+    let started = Instant::now();
     let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; appends.len()];
 
     // Step 1: the attempt's advisory lock lets the indexer wait for this transaction's end.
@@ -178,15 +182,27 @@ pub(crate) async fn run(
     }
     event_claims::release(&mut tx, &rejected_with_claims).await?;
 
+    let stage = |name: &str, since: Instant| {
+        metrics
+            .stage_seconds
+            .with_label_values(&[name])
+            .observe(since.elapsed().as_secs_f64());
+    };
+    stage("decide", started);
+
     // Step 5: every accepted event must be acknowledged by the broker before the commit.
     if !accepted.is_empty() {
+        let producing = Instant::now();
         ingest_log
             .produce(&accepted, attempt_id, Utc::now())
             .await?;
+        stage("produce", producing);
     }
 
     // Step 6: commit; only now may anyone be answered.
+    let committing = Instant::now();
     tx.commit().await.map_err(AttemptError::CommitUnknown)?;
+    stage("commit", committing);
 
     outcomes
         .into_iter()

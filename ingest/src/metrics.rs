@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use esk_core::model::Append;
 use esk_core::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
-use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, Registry};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::outcome::{AppendOutcome, AppendReply, Rejection};
 
@@ -22,6 +22,7 @@ pub(crate) struct IngestMetrics {
     pub(crate) append_latency: Histogram,
     pub(crate) attempt_seconds: Histogram,
     pub(crate) in_flight: IntGauge,
+    pub(crate) stage_seconds: HistogramVec,
 }
 
 impl IngestMetrics {
@@ -70,6 +71,12 @@ impl IngestMetrics {
                 SECONDS_BUCKETS,
             ),
             in_flight: m.gauge("ingest_in_flight_appends", "Appends queued for a worker"),
+            stage_seconds: m.histogram_vec(
+                "ingest_attempt_stage_seconds",
+                "Time per attempt stage: decide (steps 1-4), produce (5), commit (6)",
+                &["stage"],
+                SECONDS_BUCKETS,
+            ),
         }
     }
 

@@ -148,7 +148,7 @@ impl Worker {
         self.metrics.batch_events.observe(events as f64);
 
         let started = Instant::now();
-        let result = (|| attempt::run(&self.pool, &self.ingest_log, &primaries))
+        let result = (|| attempt::run(&self.pool, &self.ingest_log, &primaries, &self.metrics))
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(20))

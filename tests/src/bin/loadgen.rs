@@ -12,6 +12,11 @@
 //! short sleep and counted as a retry; anything else, or a transport failure, is counted as an
 //! error and the writer moves to a new stream.
 //!
+//! `--rate N` caps the total appends started per second across all writers (a shared schedule of
+//! evenly spaced send slots; a writer waits for its slot, and a slot missed because every writer
+//! was busy is not made up later). Without it each writer sends as fast as it gets answers. A
+//! 503 retry re-sends the same append and takes no slot.
+//!
 //! The first `--warmup-seconds` run the workload but are not measured. Throughput and latency
 //! (first send of an append to its final response, retries included) cover the appends sent after
 //! the warm-up; conflicts, retries and errors are counted over the whole run. The result is one
@@ -19,7 +24,7 @@
 //! succeeded.
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -65,6 +70,40 @@ struct Args {
     /// Runtime threads of the load generator itself (1 = single-threaded, like the anchor).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Total appends per second across all writers (default: as fast as answers come).
+    #[arg(long)]
+    rate: Option<f64>,
+}
+
+/// Evenly spaced send slots shared by all writers, for `--rate`.
+#[derive(Debug)]
+struct Pacer {
+    interval: Duration,
+    next: Mutex<Instant>,
+}
+
+impl Pacer {
+    fn new(rate: f64, start: Instant) -> anyhow::Result<Self> {
+        let interval = Duration::try_from_secs_f64(1.0 / rate).context("--rate")?;
+        Ok(Pacer {
+            interval,
+            next: Mutex::new(start),
+        })
+    }
+
+    /// Waits for the next free slot (never earlier than now: missed slots are not made up).
+    async fn wait(&self) {
+        let slot = {
+            let mut next = match self.next.lock() {
+                Ok(next) => next,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let slot = (*next).max(Instant::now());
+            *next = slot + self.interval;
+            slot
+        };
+        tokio::time::sleep_until(slot.into()).await;
+    }
 }
 
 /// When the phases of the run end.
@@ -120,6 +159,12 @@ fn main() -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.writers > 0, "--writers must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(args.stream_events > 0, "--stream-events must be at least 1");
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(
+            rate.is_finite() && rate > 0.0,
+            "--rate must be a positive number of appends per second"
+        );
+    }
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -147,6 +192,10 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let payload = Arc::new(event_payloads(args.batch));
 
     let start = Instant::now();
+    let pacer = match args.rate {
+        Some(rate) => Some(Arc::new(Pacer::new(rate, start)?)),
+        None => None,
+    };
     let schedule = Schedule {
         measure_from: start + warmup,
         end: start + warmup + measured,
@@ -158,8 +207,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let payload = Arc::clone(&payload);
         let prefix = format!("Order-{run_id}-{writer}");
         let stream_events = args.stream_events;
+        let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
-            run_writer(&client, &base, &prefix, &payload, stream_events, schedule).await
+            run_writer(
+                &client,
+                &base,
+                &prefix,
+                &payload,
+                stream_events,
+                schedule,
+                pacer.as_deref(),
+            )
+            .await
         }));
     }
     let mut total = WriterStats::default();
@@ -218,6 +277,7 @@ async fn run_writer(
     payload: &[Value],
     stream_events: usize,
     schedule: Schedule,
+    pacer: Option<&Pacer>,
 ) -> WriterStats {
     let mut stats = WriterStats::default();
     let mut stream = 0_u64;
@@ -226,6 +286,9 @@ async fn run_writer(
     let mut stream_len = 0_usize;
     let mut reported = 0_u64;
     loop {
+        if let Some(pacer) = pacer {
+            pacer.wait().await;
+        }
         let sent = Instant::now();
         if sent >= schedule.end {
             break;
