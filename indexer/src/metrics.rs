@@ -28,6 +28,21 @@ pub(crate) struct IndexerMetrics {
 
 impl IndexerMetrics {
     pub(crate) fn new(registry: &Registry) -> Self {
+        let metrics = Self::register(registry);
+        // Known label values start at zero, so dashboards and alerts see the series at once.
+        for stage in [
+            "consume",
+            "load_offset",
+            "commit",
+            "publish",
+            "ledger_maintenance",
+        ] {
+            metrics.errors.with_label_values(&[stage]);
+        }
+        metrics
+    }
+
+    fn register(registry: &Registry) -> Self {
         let m = MetricFactory::new(registry);
         IndexerMetrics {
             events_indexed: m.counter(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -25,17 +26,24 @@ pub(crate) struct AppState {
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<IngestMetrics>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) max_concurrency: usize,
 }
 
 /// The API routes (telemetry routes are merged by the caller).
 pub(crate) fn router(state: AppState) -> Router {
     let body_limit = state.max_body_bytes;
+    // Shed load beyond the concurrency limit instead of queueing bodies in memory (I6).
+    let shed = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .concurrency_limit(state.max_concurrency.max(1));
     Router::new()
         .route("/streams/{stream_id}/events", post(append))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(shed)
         .with_state(state)
 }
 
@@ -188,6 +196,16 @@ pub(crate) fn decode(
 
 async fn openapi() -> Response {
     Json(crate::openapi::document()).into_response()
+}
+
+async fn overloaded(_: tower::BoxError) -> ApiError {
+    let mut error = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        "too many requests in flight; nothing was written: retry with the same append id",
+    );
+    error.retry_after = Some(1);
+    error
 }
 
 async fn not_found() -> ApiError {

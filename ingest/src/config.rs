@@ -32,6 +32,13 @@ pub(crate) struct IngestConfig {
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "ESK_INGEST_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub(crate) max_body_bytes: usize,
+    /// HTTP requests served at once; more are refused with 503 (bounds memory for bodies).
+    #[arg(long, env = "ESK_INGEST_MAX_HTTP_CONCURRENCY", default_value_t = 1024)]
+    pub(crate) max_http_concurrency: usize,
+    /// Kafka append requests in flight (decided or waiting for a retry); the consumer pauses
+    /// its partitions beyond this.
+    #[arg(long, env = "ESK_INGEST_MAX_KAFKA_IN_FLIGHT", default_value_t = 4096)]
+    pub(crate) max_kafka_in_flight: usize,
     /// Postgres connections in the pool.
     #[arg(long, env = "ESK_INGEST_PG_CONNECTIONS", default_value_t = 8)]
     pub(crate) pg_connections: u32,

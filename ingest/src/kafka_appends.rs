@@ -17,6 +17,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::TopicPartitionList;
 use serde_json::Value;
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +47,8 @@ struct Shared {
     pipeline: Pipeline,
     metrics: Arc<IngestMetrics>,
     shutdown: CancellationToken,
+    /// Requests consumed and not yet answered; bounded so an outage cannot pile them up (I6).
+    in_flight: Arc<Semaphore>,
 }
 
 /// Starts consuming the appends topic.
@@ -69,6 +72,7 @@ pub(crate) fn spawn(
         pipeline,
         metrics,
         shutdown,
+        in_flight: Arc::new(Semaphore::new(config.max_kafka_in_flight.max(1))),
     });
     Ok(tokio::spawn(consume(shared, config.limits.clone())))
 }
@@ -87,6 +91,19 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                 continue;
             }
         };
+        let permit = match shared.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Backpressure: stop fetching until earlier requests are answered.
+                set_paused(&shared.consumer, &shared.appends_topic, true);
+                let permit = shared.in_flight.clone().acquire_owned().await;
+                set_paused(&shared.consumer, &shared.appends_topic, false);
+                match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                }
+            }
+        };
         let mut context = RequestContext {
             partition: message.partition(),
             offset: message.offset(),
@@ -103,7 +120,11 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             Err(invalid) => {
                 shared.metrics.invalid(invalid.code());
                 let result = rejection_result(&context, &invalid);
-                tokio::spawn(respond(shared.clone(), context, result));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    respond(shared, context, result).await;
+                    drop(permit);
+                });
             }
             Ok(append) => {
                 let (command, reply) = AppendCommand::new(append.clone());
@@ -116,7 +137,11 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                         break;
                     }
                 }
-                tokio::spawn(await_and_respond(shared.clone(), context, append, reply));
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    await_and_respond(shared, context, append, reply).await;
+                    drop(permit);
+                });
             }
         }
     }

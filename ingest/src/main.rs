@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         limits: config.limits.clone(),
         metrics,
         max_body_bytes: config.max_body_bytes,
+        max_concurrency: config.max_http_concurrency,
     })
     .merge(reads::router(pool.clone()))
     .merge(telemetry.router());

@@ -27,6 +27,28 @@ pub(crate) struct IngestMetrics {
 
 impl IngestMetrics {
     pub(crate) fn new(registry: &Registry) -> Self {
+        let metrics = Self::register(registry);
+        // Known label values start at zero, so dashboards and alerts see the series at once.
+        for reason in [
+            "wrong_expected_version",
+            "duplicate_event_id",
+            "append_id_reused",
+        ] {
+            metrics.appends_rejected.with_label_values(&[reason]);
+        }
+        for code in ["overloaded", "unavailable", "commit_outcome_unknown"] {
+            metrics.unavailable.with_label_values(&[code]);
+        }
+        for code in ["unavailable", "commit_outcome_unknown"] {
+            metrics.attempt_failures.with_label_values(&[code]);
+        }
+        for stage in ["decide", "produce", "commit"] {
+            metrics.stage_seconds.with_label_values(&[stage]);
+        }
+        metrics
+    }
+
+    fn register(registry: &Registry) -> Self {
         let m = MetricFactory::new(registry);
         IngestMetrics {
             appends_accepted: m.counter("ingest_appends_accepted_total", "Appends accepted"),

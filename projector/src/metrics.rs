@@ -18,6 +18,20 @@ pub(crate) struct ProjectorMetrics {
 }
 
 impl ProjectorMetrics {
+    /// Starts every series of a projection at zero, so dashboards see it before its first event.
+    pub(crate) fn init_projection(&self, name: &str) {
+        let l = &[name];
+        self.events_applied.with_label_values(l);
+        self.replayed.with_label_values(l);
+        self.lag_events.with_label_values(l);
+        self.lag_seconds.with_label_values(l);
+        self.paused.with_label_values(l);
+        self.queue_depth.with_label_values(l);
+        self.retries.with_label_values(l);
+        self.dead_letters.with_label_values(l);
+        self.zombie_rollbacks.with_label_values(l);
+    }
+
     pub(crate) fn new(registry: &Registry) -> Self {
         let m = MetricFactory::new(registry);
         let p = &["projection"];

@@ -91,6 +91,7 @@ impl Projection {
                     Handler::Topic(topic::TopicForwarder::new(brokers, topic)?)
                 }
             };
+        metrics.init_projection(&spec.name);
         Ok(Projection {
             name: spec.name.clone(),
             filter: crate::event::Filter::of(spec),

@@ -314,7 +314,7 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
         let stream = plan.streams[append.stream].as_str();
         let (attempt_id, created_at) = plan.attempts[append.attempt];
         let append_text = append.append_id.to_string();
-        for k in 0..append.count {
+        for (k, data) in payloads.iter().take(append.count).enumerate() {
             let event_id = plan.event_ids[append.first_event + k];
             let version = append.first_version + k as i64;
             let value = IngestLogEventRef {
@@ -322,7 +322,7 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
                 stream_id: stream,
                 version,
                 event_type: "ItemAdded",
-                data: &payloads[k],
+                data,
                 metadata: None,
                 append_id: append.append_id,
                 attempt_id,
