@@ -124,10 +124,11 @@ async fn append(
             "send the body as Content-Type: application/json",
         ));
     }
-    let append = decode(&stream_id, &body, &state.limits).map_err(|e| {
+    let mut append = decode(&stream_id, &body, &state.limits).map_err(|e| {
         state.metrics.invalid(e.code());
         ApiError::invalid(&e)
     })?;
+    carry_trace_headers(&headers, &mut append);
     let append_id = append.append_id;
     let (command, reply) = AppendCommand::new(append);
     if state.pipeline.try_submit(command).is_err() {
@@ -179,6 +180,30 @@ async fn append(
             body: unavailable.to_error_body(),
             retry_after: Some(1),
         }),
+    }
+}
+
+/// Copies `X-Correlation-Id` / `X-Causation-Id` request headers into the metadata of events
+/// that do not carry their own, so the ids travel with the events to the indexer, the canonical
+/// topic's headers and the projections.
+fn carry_trace_headers(headers: &HeaderMap, append: &mut esk_core::model::Append) {
+    for (header_name, key) in [
+        ("x-correlation-id", "correlation_id"),
+        ("x-causation-id", "causation_id"),
+    ] {
+        let Some(value) = headers.get(header_name).and_then(|v| v.to_str().ok()) else {
+            continue;
+        };
+        for event in &mut append.events {
+            let metadata = event
+                .metadata
+                .get_or_insert_with(|| Value::Object(Default::default()));
+            if let Some(object) = metadata.as_object_mut() {
+                object
+                    .entry(key)
+                    .or_insert_with(|| Value::String(value.to_owned()));
+            }
+        }
     }
 }
 

@@ -470,9 +470,38 @@ async fn canonical_records_have_the_envelope_and_headers() -> anyhow::Result<()>
         .append("Env-1", &json!({"expected_version": "no_stream", "events": [{"id": event_id, "type": "Made", "data": {"k": [1, 2]}, "metadata": {"correlation_id": "corr-9", "causation_id": "cause-3"}}]}))
         .await?;
     assert_eq!(r.status, 201);
-    let records = kafka::read_topic(&ctx.brokers, &ctx.topics.events, 1, Duration::from_secs(60))?;
-    assert_eq!(records.len(), 1);
-    let record = &records[0];
+    // A correlation id given as an HTTP header travels in the metadata of events without one.
+    let traced = reqwest::Client::new()
+        .post(format!("{}/streams/Env-2/events", ingest_process.http))
+        .header("content-type", "application/json")
+        .header("x-correlation-id", "from-header")
+        .body(
+            json!({"expected_version": "no_stream", "events": [ingest::event("Traced")]})
+                .to_string(),
+        )
+        .send()
+        .await?;
+    assert_eq!(traced.status().as_u16(), 201);
+    let records = kafka::read_topic(&ctx.brokers, &ctx.topics.events, 2, Duration::from_secs(60))?;
+    assert_eq!(records.len(), 2);
+    let traced_record = records
+        .iter()
+        .find(|r| r.key() == Some(&b"Env-2"[..]))
+        .ok_or_else(|| anyhow::anyhow!("Env-2 on the topic"))?;
+    assert_eq!(
+        kafka::json_payload(traced_record)?["metadata"]["correlation_id"],
+        "from-header"
+    );
+    let traced_header = traced_record.headers().and_then(|h| {
+        h.iter()
+            .find(|h| h.key == "correlation_id")
+            .and_then(|h| h.value)
+    });
+    assert_eq!(traced_header, Some(&b"from-header"[..]));
+    let record = records
+        .iter()
+        .find(|r| r.key() == Some(&b"Env-1"[..]))
+        .ok_or_else(|| anyhow::anyhow!("Env-1 on the topic"))?;
     assert_eq!(record.key(), Some(&b"Env-1"[..]));
     let value = kafka::json_payload(record)?;
     for field in [
