@@ -40,6 +40,9 @@ pub(crate) struct IndexerConfig {
     /// Accepted appends not indexed after this long are counted as stuck (seconds).
     #[arg(long, env = "ESK_UNINDEXED_ALERT_SECS", default_value_t = 60)]
     pub(crate) unindexed_alert_secs: u64,
+    /// How often ledger pruning and the unindexed-appends check run (seconds).
+    #[arg(long, env = "ESK_LEDGER_MAINTENANCE_SECS", default_value_t = 15)]
+    pub(crate) ledger_maintenance_secs: u64,
     /// Apply schema migrations at start-up.
     #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) migrate: bool,

@@ -14,12 +14,13 @@ pub(crate) struct LedgerMaintenance {
     pub(crate) pool: PgPool,
     pub(crate) window: Duration,
     pub(crate) alert_after: Duration,
+    pub(crate) every: Duration,
     pub(crate) metrics: Arc<IndexerMetrics>,
 }
 
 impl LedgerMaintenance {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(15));
+        let mut tick = tokio::time::interval(self.every.max(Duration::from_millis(100)));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         pool: pool.clone(),
         window: Duration::from_secs(config.idempotency_window_secs),
         alert_after: Duration::from_secs(config.unindexed_alert_secs),
+        every: Duration::from_secs(config.ledger_maintenance_secs),
         metrics: metrics.clone(),
     };
     tasks.push(tokio::spawn(maintenance.run(shutdown.clone())));

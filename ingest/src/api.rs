@@ -170,7 +170,8 @@ async fn append(
             status: match rejection {
                 Rejection::WrongExpectedVersion { .. }
                 | Rejection::DuplicateEventId
-                | Rejection::AppendIdReused => StatusCode::CONFLICT,
+                | Rejection::AppendIdReused
+                | Rejection::AppendExpired => StatusCode::CONFLICT,
             },
             body: rejection.to_error_body(),
             retry_after: None,

@@ -94,20 +94,50 @@ pub(crate) async fn run(
         .filter(|a| claimed.contains(&a.append_id))
         .collect();
 
-    // Step 3: claim the event ids; an id owned by another append rejects this one.
-    let mut rejected_with_claims: Vec<Uuid> = Vec::new();
+    // Step 3: claim the event ids; an id owned by another append rejects this one. Claims this
+    // attempt made for appends it then rejects are released again (by event id, so a claim that
+    // belonged to someone else before is never touched).
+    let mut release: Vec<Uuid> = Vec::new();
     if !new_appends.is_empty() {
         let claimed_events = event_claims::claim(&mut tx, &new_appends).await?;
+        let conflicting: Vec<Uuid> = new_appends
+            .iter()
+            .flat_map(|a| a.events.iter().map(|e| e.id))
+            .filter(|id| !claimed_events.contains(id))
+            .collect();
+        let owners = if conflicting.is_empty() {
+            HashMap::new()
+        } else {
+            event_claims::owners(&mut tx, &conflicting).await?
+        };
         for (slot, append) in outcomes.iter_mut().zip(appends) {
-            if slot.is_none()
-                && append
+            if slot.is_some() {
+                continue;
+            }
+            let mut taken = append
+                .events
+                .iter()
+                .filter(|e| !claimed_events.contains(&e.id))
+                .peekable();
+            if taken.peek().is_none() {
+                continue;
+            }
+            // Its own ids, claimed under its own append id, with no ledger row: the append was
+            // accepted and its ledger row pruned after the idempotency window.
+            let expired = taken.all(|e| owners.get(&e.id) == Some(&append.append_id));
+            let rejection = if expired {
+                Rejection::AppendExpired
+            } else {
+                Rejection::DuplicateEventId
+            };
+            *slot = Some(AppendOutcome::Rejected(rejection));
+            release.extend(
+                append
                     .events
                     .iter()
-                    .any(|e| !claimed_events.contains(&e.id))
-            {
-                *slot = Some(AppendOutcome::Rejected(Rejection::DuplicateEventId));
-                rejected_with_claims.push(append.append_id);
-            }
+                    .map(|e| e.id)
+                    .filter(|id| claimed_events.contains(id)),
+            );
         }
     }
 
@@ -152,7 +182,7 @@ pub(crate) async fn run(
                 *slot = Some(AppendOutcome::Rejected(Rejection::WrongExpectedVersion {
                     actual,
                 }));
-                rejected_with_claims.push(append.append_id);
+                release.extend(append.events.iter().map(|e| e.id));
             }
         }
         let mut updates: Vec<(&str, i64)> = Vec::new();
@@ -180,7 +210,7 @@ pub(crate) async fn run(
     if !recorded.is_empty() {
         ledger::record_outcomes(&mut tx, &recorded).await?;
     }
-    event_claims::release(&mut tx, &rejected_with_claims).await?;
+    event_claims::release(&mut tx, &release).await?;
 
     let stage = |name: &str, since: Instant| {
         metrics

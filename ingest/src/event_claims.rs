@@ -1,7 +1,7 @@
 //! Event-id claims (step 3): event ids are unique in the store, enforced at ingest so a
 //! duplicate is refused before it is acknowledged, never dropped later by the indexer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use esk_core::model::Append;
 use sqlx::PgConnection;
@@ -36,16 +36,29 @@ pub(crate) async fn claim(
     Ok(claimed.into_iter().collect())
 }
 
-/// Releases the claims of appends this attempt rejected, so their ids stay usable.
+/// The appends owning these event ids.
+pub(crate) async fn owners(
+    conn: &mut PgConnection,
+    event_ids: &[Uuid],
+) -> Result<HashMap<Uuid, Uuid>, sqlx::Error> {
+    let rows: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT event_id, append_id FROM event_claims WHERE event_id = ANY($1)")
+            .bind(event_ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Releases claims this attempt made for appends it rejected, so those ids stay usable.
 pub(crate) async fn release(
     conn: &mut PgConnection,
-    append_ids: &[Uuid],
+    event_ids: &[Uuid],
 ) -> Result<(), sqlx::Error> {
-    if append_ids.is_empty() {
+    if event_ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("DELETE FROM event_claims WHERE append_id = ANY($1)")
-        .bind(append_ids)
+    sqlx::query("DELETE FROM event_claims WHERE event_id = ANY($1)")
+        .bind(event_ids)
         .execute(conn)
         .await?;
     Ok(())

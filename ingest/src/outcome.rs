@@ -24,6 +24,8 @@ pub(crate) enum Rejection {
     DuplicateEventId,
     /// The append id was used before for different events.
     AppendIdReused,
+    /// A retry of an append whose ledger row was pruned after the idempotency window.
+    AppendExpired,
 }
 
 impl Rejection {
@@ -33,6 +35,7 @@ impl Rejection {
             Rejection::WrongExpectedVersion { .. } => "wrong_expected_version",
             Rejection::DuplicateEventId => "duplicate_event_id",
             Rejection::AppendIdReused => "append_id_reused",
+            Rejection::AppendExpired => "append_expired",
         }
     }
 
@@ -43,6 +46,7 @@ impl Rejection {
                 actual: actual_version,
             }),
             "duplicate_event_id" => Some(Rejection::DuplicateEventId),
+            "append_expired" => Some(Rejection::AppendExpired),
             _ => None,
         }
     }
@@ -66,6 +70,13 @@ impl Rejection {
             Rejection::AppendIdReused => ErrorBody {
                 code: self.code().into(),
                 message: "this append id was already used for different events".into(),
+                actual_version: None,
+            },
+            Rejection::AppendExpired => ErrorBody {
+                code: self.code().into(),
+                message: "this append was accepted longer ago than the idempotency window; \
+                          its original outcome is no longer kept (its events are in the store)"
+                    .into(),
                 actual_version: None,
             },
         }

@@ -547,3 +547,54 @@ async fn canonical_records_have_the_envelope_and_headers() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn ledger_rows_are_pruned_after_the_window_only_once_indexed() -> anyhow::Result<()> {
+    let ctx = TestContext::new("idx_prune").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let client = Client::new(&ingest_process);
+    let accepted = Load::start(&client, "Prune", 2, 2, 5).finish(false).await?;
+    // An accepted append whose events never reached the table: it must stay, and be alerted on.
+    sqlx::query(
+        "INSERT INTO append_ledger (append_id, attempt_id, stream_id, fingerprint, event_count, status, first_version, last_version, created_at)
+         VALUES ($1, $1, 'Stuck-1', $1, 1, 'accepted', 0, 0, now() - interval '30 minutes')",
+    )
+    .bind(Uuid::new_v4())
+    .execute(&ctx.pool)
+    .await?;
+    let process = indexer::spawn(
+        &ctx,
+        &[
+            ("ESK_IDEMPOTENCY_WINDOW_SECS", "1"),
+            ("ESK_LEDGER_MAINTENANCE_SECS", "1"),
+            ("ESK_UNINDEXED_ALERT_SECS", "1"),
+        ],
+    )
+    .await?;
+    let indexed = esk_tests::eventually(Duration::from_secs(60), || async {
+        let n = indexer::event_count(&ctx).await.ok()?;
+        (n == accepted).then_some(n)
+    })
+    .await;
+    assert_eq!(indexed, Some(accepted));
+    let remaining = esk_tests::eventually(Duration::from_secs(30), || async {
+        let rows: Vec<String> = sqlx::query_scalar("SELECT stream_id FROM append_ledger")
+            .fetch_all(&ctx.pool)
+            .await
+            .ok()?;
+        (rows.len() == 1).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        remaining,
+        Some(vec!["Stuck-1".to_owned()]),
+        "indexed rows pruned, the unindexed one kept"
+    );
+    let alert = esk_tests::eventually(Duration::from_secs(10), || async {
+        let m = indexer::metrics(&process).await.ok()?;
+        (m.get("esk_indexer_unindexed_appends").copied() == Some(1.0)).then_some(())
+    })
+    .await;
+    assert!(alert.is_some(), "the stuck append is counted");
+    Ok(())
+}

@@ -484,6 +484,9 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() -> anyhow::Result<()> 
         ),
     ];
     for (what, stream, body, status, code) in json_cases {
+        // The server answers an oversized body before reading it all and closes that
+        // connection; a fresh client per case keeps a reused connection out of the picture.
+        let client = Client::new(&ingest_process);
         let reply = client.append(stream, &body).await?;
         assert_eq!(
             (reply.status, reply.code()),
@@ -632,5 +635,36 @@ async fn ingest_log_records_carry_versions_ids_and_headers() -> anyhow::Result<(
         }
     }
     assert_eq!(versions, BTreeSet::from([0, 1]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_retry_after_its_ledger_row_was_pruned_is_append_expired() -> anyhow::Result<()> {
+    let (ctx, _ingest, client) = start("expired").await?;
+    let body = json!({"expected_version": "no_stream", "events": events(2)});
+    let first = client.append("Old-1", &body).await?;
+    assert_eq!(first.status, 201);
+    // What pruning after the idempotency window leaves: the claims, no ledger row.
+    sqlx::query("DELETE FROM append_ledger")
+        .execute(&ctx.pool)
+        .await?;
+    for _ in 0..2 {
+        let retry = client.append("Old-1", &body).await?;
+        assert_eq!(
+            (retry.status, retry.code()),
+            (409, Some("append_expired")),
+            "{:?}",
+            retry.body
+        );
+    }
+    let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM event_claims")
+        .fetch_one(&ctx.pool)
+        .await?;
+    assert_eq!(claims, 2, "the original claims are kept");
+    assert_eq!(
+        ingest::stream_version(&ctx, "Old-1").await?,
+        Some(1),
+        "nothing written again"
+    );
     Ok(())
 }

@@ -12,10 +12,11 @@
 //! short sleep and counted as a retry; anything else, or a transport failure, is counted as an
 //! error and the writer moves to a new stream.
 //!
-//! `--rate N` caps the total appends started per second across all writers (a shared schedule of
-//! evenly spaced send slots; a writer waits for its slot, and a slot missed because every writer
-//! was busy is not made up later). Without it each writer sends as fast as it gets answers. A
-//! 503 retry re-sends the same append and takes no slot.
+//! `--rate N` caps the total appends started per second across all writers: a token bucket shared
+//! by the writers, filled at N per second and holding at most `--writers` tokens, so sends are
+//! evenly spaced and, after a stall in which every writer waited for an answer, at most one
+//! append per writer is sent at once to make up for it. Without it each writer sends as fast as it
+//! gets answers. A 503 retry re-sends the same append and takes no token.
 //!
 //! The first `--warmup-seconds` run the workload but are not measured. Throughput and latency
 //! (first send of an append to its final response, retries included) cover the appends sent after
@@ -75,34 +76,43 @@ struct Args {
     rate: Option<f64>,
 }
 
-/// Evenly spaced send slots shared by all writers, for `--rate`.
+/// The token bucket shared by all writers, for `--rate`, kept as the time at which the next
+/// token is due: one token every `interval`, at most `burst` of them saved up.
 #[derive(Debug)]
 struct Pacer {
     interval: Duration,
+    burst: Duration,
     next: Mutex<Instant>,
 }
 
 impl Pacer {
-    fn new(rate: f64, start: Instant) -> anyhow::Result<Self> {
+    fn new(rate: f64, burst: usize, start: Instant) -> anyhow::Result<Self> {
         let interval = Duration::try_from_secs_f64(1.0 / rate).context("--rate")?;
+        let burst = interval.saturating_mul(u32::try_from(burst).unwrap_or(u32::MAX));
         Ok(Pacer {
             interval,
+            burst,
             next: Mutex::new(start),
         })
     }
 
-    /// Waits for the next free slot (never earlier than now: missed slots are not made up).
+    /// Takes a token, waiting until it is due.
     async fn wait(&self) {
-        let slot = {
+        let due = {
             let mut next = match self.next.lock() {
                 Ok(next) => next,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            let slot = (*next).max(Instant::now());
-            *next = slot + self.interval;
-            slot
+            let now = Instant::now();
+            // Tokens not taken for a while are kept, up to `burst` of them.
+            let due = match now.checked_sub(self.burst) {
+                Some(oldest) => (*next).max(oldest),
+                None => *next,
+            };
+            *next = due + self.interval;
+            due
         };
-        tokio::time::sleep_until(slot.into()).await;
+        tokio::time::sleep_until(due.into()).await;
     }
 }
 
@@ -193,7 +203,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let start = Instant::now();
     let pacer = match args.rate {
-        Some(rate) => Some(Arc::new(Pacer::new(rate, start)?)),
+        Some(rate) => Some(Arc::new(Pacer::new(rate, args.writers, start)?)),
         None => None,
     };
     let schedule = Schedule {
