@@ -668,3 +668,64 @@ async fn a_retry_after_its_ledger_row_was_pruned_is_append_expired() -> anyhow::
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn overload_is_refused_with_503_and_retry_after_and_writes_nothing_partial(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::new("overload").await?;
+    let process = ingest::spawn(
+        &ctx,
+        &[
+            ("ESK_INGEST_KAFKA_APPENDS", "false"),
+            ("ESK_INGEST_WORKERS", "1"),
+            ("ESK_INGEST_QUEUE", "1"),
+            ("ESK_INGEST_MAX_BATCH", "1"),
+        ],
+    )
+    .await?;
+    let http = reqwest::Client::new();
+    let mut requests = Vec::new();
+    for i in 0..200 {
+        let http = http.clone();
+        let url = format!("{}/streams/Busy-{i}/events", process.http);
+        requests.push(tokio::spawn(async move {
+            let body = json!({"expected_version": "no_stream", "events": events(3)});
+            let response = http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await?;
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let body: Value = response.json().await?;
+            Ok::<_, anyhow::Error>((status, retry_after, body))
+        }));
+    }
+    let (mut accepted, mut refused) = (0i64, 0);
+    for request in requests {
+        let (status, retry_after, body) = request.await??;
+        match status {
+            201 => accepted += 1,
+            503 => {
+                refused += 1;
+                assert!(retry_after, "503 carries Retry-After");
+                assert_eq!(body["error"]["code"], "overloaded");
+            }
+            other => anyhow::bail!("unexpected {other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "the bounded queue refused some appends");
+    assert!(accepted > 0);
+    let ledger = ingest::ledger(&ctx).await?;
+    assert_eq!(
+        ledger.len() as i64,
+        accepted,
+        "exactly the acknowledged appends are in the ledger"
+    );
+    let claims: i64 = sqlx::query_scalar("SELECT count(*) FROM event_claims")
+        .fetch_one(&ctx.pool)
+        .await?;
+    assert_eq!(claims, accepted * 3, "no partial append");
+    Ok(())
+}
