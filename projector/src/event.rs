@@ -19,10 +19,6 @@ pub(crate) struct ProjectedEvent {
 }
 
 impl ProjectedEvent {
-    pub(crate) fn position(&self) -> i64 {
-        self.event.global_position
-    }
-
     /// Reads an event from a row selected with [`EVENT_COLUMNS`].
     pub(crate) fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));

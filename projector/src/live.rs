@@ -103,7 +103,9 @@ impl LiveRun<'_> {
             // librdkafka's own prefetch is bounded too, so memory stays flat while paused.
             .set("queued.max.messages.kbytes", "16384")
             .set("fetch.max.bytes", "8388608")
-            .set("max.partition.fetch.bytes", "1048576");
+            .set("max.partition.fetch.bytes", "1048576")
+            // Answer fetches quickly: live lag matters more than fetch efficiency here.
+            .set("fetch.wait.max.ms", "50");
         let consumer: Arc<StreamConsumer<RebalanceLog>> =
             Arc::new(client.create_with_context(RebalanceLog::default())?);
         consumer.subscribe(&[self.topic])?;

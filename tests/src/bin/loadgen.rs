@@ -12,6 +12,9 @@
 //! short sleep and counted as a retry; anything else, or a transport failure, is counted as an
 //! error and the writer moves to a new stream.
 //!
+//! `--in-flight K` lets each writer keep K appends in flight, each on a different stream it owns
+//! (one sequential lane per in-flight append); the default 1 is the anchor's workload exactly.
+//!
 //! `--rate N` caps the total appends started per second across all writers: a token bucket shared
 //! by the writers, filled at N per second and holding at most `--writers` tokens, so sends are
 //! evenly spaced and, after a stall in which every writer waited for an answer, at most one
@@ -74,6 +77,10 @@ struct Args {
     /// Total appends per second across all writers (default: as fast as answers come).
     #[arg(long)]
     rate: Option<f64>,
+    /// Appends each writer keeps in flight, each on a different stream it owns (1: one at a
+    /// time, like the anchor's writers).
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
 }
 
 /// The token bucket shared by all writers, for `--rate`, kept as the time at which the next
@@ -153,6 +160,7 @@ enum Outcome {
 struct Report {
     bench: &'static str,
     writers: usize,
+    in_flight_per_writer: usize,
     batch: usize,
     seconds: f64,
     events_per_s: u64,
@@ -191,8 +199,9 @@ fn main() -> anyhow::Result<ExitCode> {
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let measured = Duration::try_from_secs_f64(args.seconds).context("--seconds")?;
     let warmup = Duration::try_from_secs_f64(args.warmup_seconds).context("--warmup-seconds")?;
+    let lanes = args.in_flight.max(1);
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.writers)
+        .pool_max_idle_per_host(args.writers * lanes)
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -203,19 +212,21 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let start = Instant::now();
     let pacer = match args.rate {
-        Some(rate) => Some(Arc::new(Pacer::new(rate, args.writers, start)?)),
+        Some(rate) => Some(Arc::new(Pacer::new(rate, args.writers * lanes, start)?)),
         None => None,
     };
     let schedule = Schedule {
         measure_from: start + warmup,
         end: start + warmup + measured,
     };
-    let mut tasks = Vec::with_capacity(args.writers);
-    for writer in 0..args.writers {
+    let mut tasks = Vec::with_capacity(args.writers * lanes);
+    // A writer with several appends in flight runs one sequential lane per in-flight append,
+    // each on streams of its own, so expected versions stay exact.
+    for (writer, lane) in (0..args.writers).flat_map(|w| (0..lanes).map(move |l| (w, l))) {
         let client = client.clone();
         let base = Arc::clone(&base);
         let payload = Arc::clone(&payload);
-        let prefix = format!("Order-{run_id}-{writer}");
+        let prefix = format!("Order-{run_id}-{writer}-{lane}");
         let stream_events = args.stream_events;
         let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
@@ -248,6 +259,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = Report {
         bench: "ingest-http",
         writers: args.writers,
+        in_flight_per_writer: lanes,
         batch: args.batch,
         seconds: round2(elapsed),
         events_per_s: per_second(total.events as f64, elapsed),
