@@ -31,6 +31,9 @@ pub(crate) struct IndexerConfig {
     /// Most events the publisher reads and publishes per round.
     #[arg(long, env = "ESK_PUBLISH_BATCH", default_value_t = 5000)]
     pub(crate) publish_batch: i64,
+    /// How long the publisher waits after a partial round, to publish in larger batches (ms).
+    #[arg(long, env = "ESK_PUBLISH_LINGER_MS", default_value_t = 50)]
+    pub(crate) publish_linger_ms: u64,
     /// Run the publisher (one instance is elected among those that do).
     #[arg(long, env = "ESK_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) publish: bool,

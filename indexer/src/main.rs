@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             batch: config.publish_batch,
             metrics: metrics.clone(),
             indexed,
+            linger: Duration::from_millis(config.publish_linger_ms),
         };
         tasks.push(tokio::spawn(publisher.run(shutdown.clone())));
     }

@@ -104,7 +104,8 @@ impl LiveRun<'_> {
             .set("queued.max.messages.kbytes", "16384")
             .set("fetch.max.bytes", "8388608")
             .set("max.partition.fetch.bytes", "1048576")
-            // Answer fetches quickly: live lag matters more than fetch efficiency here.
+            // Fuller fetches, answered within 50 ms: bounded live lag, fewer broker requests.
+            .set("fetch.min.bytes", "65536")
             .set("fetch.wait.max.ms", "50");
         let consumer: Arc<StreamConsumer<RebalanceLog>> =
             Arc::new(client.create_with_context(RebalanceLog::default())?);
