@@ -1,5 +1,5 @@
 //! `esk`: the command-line tool of the esk event store, for operators (setup, migrate, doctor)
-//! and for people working with events (append, read, tail).
+//! and for people working with events (append, read, tail, projections).
 
 mod append;
 mod doctor;
@@ -7,6 +7,7 @@ mod events;
 mod exit;
 mod http;
 mod output;
+mod projection;
 mod read;
 mod setup;
 mod source;
@@ -67,6 +68,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Check Postgres, the broker, the topics and the services; exit 4 on a problem.
     Doctor(doctor::DoctorArgs),
+    /// Projections: list, status, rebuild, dead letters (through the projector binary).
+    Projection(projection::ProjectionArgs),
 }
 
 #[tokio::main]
@@ -110,5 +113,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => read::run(&Api::new(&cli.global.url)?, &out, args).await,
         Command::Tail(args) => tail::run(&Api::new(&cli.global.url)?, &out, args).await,
         Command::Doctor(args) => doctor::run(&cli.common, &cli.global.url, &out, args).await,
+        Command::Projection(args) => projection::run(&cli.common, &out, args).await,
     }
 }

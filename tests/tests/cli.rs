@@ -569,3 +569,65 @@ async fn unreachable_ingest_exits_3_and_help_documents_the_codes() -> anyhow::Re
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn projection_commands_list_status_rebuild_and_dead_letters() -> anyhow::Result<()> {
+    let (ctx, ingest_process, _indexer) = stack("cli_projection").await?;
+    let env = ctx.env();
+    let url = ingest_process.http.clone();
+    for i in 0..3 {
+        let run = esk(
+            &env,
+            &[
+                "--url",
+                &url,
+                "append",
+                &format!("Proj-{i}"),
+                "--type",
+                "Made",
+                "--data",
+                "{}",
+            ],
+            None,
+        )
+        .await?;
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    esk_tests::indexer::wait_indexed(&ctx, 3, Duration::from_secs(60)).await?;
+    let rebuild = esk(&env, &["projection", "rebuild", "counts"], None).await?;
+    assert_eq!(rebuild.code, 0, "{rebuild:?}");
+    let counted: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(count), 0)::int8 FROM projection_category_type_counts WHERE projection = 'counts'",
+    )
+    .fetch_one(&ctx.pool)
+    .await?;
+    assert_eq!(counted, 3, "the rebuild replayed every event");
+    let list = esk(&env, &["--json", "projection", "list"], None).await?;
+    assert_eq!(list.code, 0, "{list:?}");
+    let lines: Vec<Value> = list
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(lines.len(), 2, "both built-in projections: {list:?}");
+    let status = esk(&env, &["projection", "status", "counts"], None).await?;
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(
+        status.stdout.contains("counts") && status.stdout.contains("live"),
+        "{status:?}"
+    );
+    let unknown = esk(&env, &["projection", "status", "nope"], None).await?;
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+    let dead = esk(
+        &env,
+        &["projection", "dead-letters", "list", "counts"],
+        None,
+    )
+    .await?;
+    assert_eq!(dead.code, 0, "{dead:?}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&dead.stdout)?,
+        serde_json::json!([])
+    );
+    Ok(())
+}
