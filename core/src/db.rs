@@ -52,3 +52,29 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// Reads a [`CanonicalEvent`](crate::wire::CanonicalEvent) from an `events` row selected as
+/// `global_position, event_id, stream_id, event_type, data::text AS data, metadata::text AS
+/// metadata, version, created_at` (a NULL `data` reads as JSON null: payload-less replays).
+pub fn canonical_event_from_row(
+    row: &sqlx::postgres::PgRow,
+) -> Result<crate::wire::CanonicalEvent, sqlx::Error> {
+    use serde_json::value::RawValue;
+    use sqlx::Row;
+    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+    let data: Option<String> = row.try_get("data")?;
+    Ok(crate::wire::CanonicalEvent {
+        global_position: row.try_get("global_position")?,
+        event_id: row.try_get("event_id")?,
+        stream_id: row.try_get("stream_id")?,
+        event_type: row.try_get("event_type")?,
+        data: RawValue::from_string(data.unwrap_or_else(|| "null".into())).map_err(decode)?,
+        metadata: row
+            .try_get::<Option<String>, _>("metadata")?
+            .map(RawValue::from_string)
+            .transpose()
+            .map_err(decode)?,
+        version: row.try_get("version")?,
+        created_at: row.try_get("created_at")?,
+    })
+}

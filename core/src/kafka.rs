@@ -141,3 +141,28 @@ pub fn partition_count(brokers: &str, topic: &str) -> Result<i32, KafkaError> {
         .map_or(0, |t| t.partitions().len());
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
+
+/// Pauses (or resumes) every partition of `topic` currently assigned to `consumer`: the
+/// consumer keeps polling, so it stays in its group, but fetches nothing for them.
+pub fn set_paused<C: ConsumerContext + 'static>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    topic: &str,
+    paused: bool,
+) {
+    use rdkafka::consumer::Consumer;
+    let Ok(assignment) = consumer.assignment() else {
+        return;
+    };
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for element in assignment.elements_for_topic(topic) {
+        partitions.add_partition(topic, element.partition());
+    }
+    let result = if paused {
+        consumer.pause(&partitions)
+    } else {
+        consumer.resume(&partitions)
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, topic, paused, "cannot pause/resume partitions");
+    }
+}

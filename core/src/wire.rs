@@ -174,3 +174,59 @@ pub struct IngestLogEventRef<'a> {
     /// When ingest accepted it.
     pub created_at: DateTime<Utc>,
 }
+
+/// The headers of a record on the canonical topic (and of topics derived from it).
+pub fn canonical_headers(
+    event: &CanonicalEvent,
+    correlation_id: Option<&str>,
+    causation_id: Option<&str>,
+) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let position = event.global_position.to_string();
+    let version = event.version.to_string();
+    let event_id = event.event_id.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: header::GLOBAL_POSITION,
+            value: Some(&position),
+        })
+        .insert(Header {
+            key: header::STREAM_VERSION,
+            value: Some(&version),
+        })
+        .insert(Header {
+            key: header::EVENT_ID,
+            value: Some(&event_id),
+        })
+        .insert(Header {
+            key: header::EVENT_TYPE,
+            value: Some(&event.event_type),
+        });
+    if let Some(id) = correlation_id {
+        headers = headers.insert(Header {
+            key: header::CORRELATION_ID,
+            value: Some(id),
+        });
+    }
+    if let Some(id) = causation_id {
+        headers = headers.insert(Header {
+            key: header::CAUSATION_ID,
+            value: Some(id),
+        });
+    }
+    headers
+}
+
+impl CanonicalEvent {
+    /// The `correlation_id` and `causation_id` strings of the event's metadata.
+    pub fn trace_ids(&self) -> (Option<String>, Option<String>) {
+        let Some(metadata) = &self.metadata else {
+            return (None, None);
+        };
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(metadata.get()) else {
+            return (None, None);
+        };
+        let get = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+        (get("correlation_id"), get("causation_id"))
+    }
+}

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use esk_core::wire::{header, CanonicalEvent};
-use rdkafka::message::{Header, OwnedHeaders};
+use esk_core::wire::{canonical_headers, CanonicalEvent};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::value::RawValue;
 use sqlx::pool::PoolConnection;
@@ -160,38 +159,8 @@ impl Publisher {
         let deliveries = records
             .iter()
             .map(|(payload, event, correlation, causation)| {
-                let position = event.global_position.to_string();
-                let version = event.version.to_string();
-                let event_id = event.event_id.to_string();
-                let mut headers = OwnedHeaders::new_with_capacity(6)
-                    .insert(Header {
-                        key: header::GLOBAL_POSITION,
-                        value: Some(&position),
-                    })
-                    .insert(Header {
-                        key: header::STREAM_VERSION,
-                        value: Some(&version),
-                    })
-                    .insert(Header {
-                        key: header::EVENT_ID,
-                        value: Some(&event_id),
-                    })
-                    .insert(Header {
-                        key: header::EVENT_TYPE,
-                        value: Some(&event.event_type),
-                    });
-                if let Some(id) = correlation {
-                    headers = headers.insert(Header {
-                        key: header::CORRELATION_ID,
-                        value: Some(id),
-                    });
-                }
-                if let Some(id) = causation {
-                    headers = headers.insert(Header {
-                        key: header::CAUSATION_ID,
-                        value: Some(id),
-                    });
-                }
+                let headers =
+                    canonical_headers(event, correlation.as_deref(), causation.as_deref());
                 let record = FutureRecord::to(&self.topic)
                     .key(event.stream_id.as_str())
                     .payload(payload.as_slice())

@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +31,6 @@ pub(crate) struct AppState {
 
 /// The API routes (telemetry routes are merged by the caller).
 pub(crate) fn router(state: AppState) -> Router {
-    let body_limit = state.max_body_bytes;
     // Shed load beyond the concurrency limit instead of queueing bodies in memory (I6).
     let shed = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded))
@@ -42,7 +41,6 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
         .layer(shed)
         .with_state(state)
 }
@@ -94,19 +92,11 @@ async fn append(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let Path(stream_id) = path
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream_id", e.body_text()))?;
-    let body = body.map_err(|e| {
-        let status = e.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "payload_too_large"
-        } else {
-            "invalid_body"
-        };
-        ApiError::new(status, code, e.body_text())
-    })?;
+    let body = read_body(body, state.max_body_bytes).await?;
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -206,6 +196,39 @@ fn carry_trace_headers(headers: &HeaderMap, append: &mut esk_core::model::Append
             }
         }
     }
+}
+
+/// Reads the body up to `limit` bytes. A larger body is read on (and dropped) up to four times
+/// the limit before answering 413, so a client still writing it gets the answer instead of a
+/// reset connection; past that the connection is closed.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buffer = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                format!("cannot read the body: {e}"),
+            )
+        })?;
+        total += chunk.len();
+        if total <= limit {
+            buffer.extend_from_slice(&chunk);
+        } else if total > limit.saturating_mul(4) {
+            break;
+        }
+    }
+    if total > limit {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        ));
+    }
+    Ok(buffer)
 }
 
 /// Parses and validates a request body for `stream_id`.

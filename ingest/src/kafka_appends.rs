@@ -15,7 +15,6 @@ use esk_core::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::TopicPartitionList;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -95,9 +94,9 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             Ok(permit) => permit,
             Err(_) => {
                 // Backpressure: stop fetching until earlier requests are answered.
-                set_paused(&shared.consumer, &shared.appends_topic, true);
+                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
                 let permit = shared.in_flight.clone().acquire_owned().await;
-                set_paused(&shared.consumer, &shared.appends_topic, false);
+                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
                 match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
@@ -130,9 +129,9 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                 let (command, reply) = AppendCommand::new(append.clone());
                 if let Err(command) = shared.pipeline.try_submit(command) {
                     // Backpressure: stop fetching while the pipeline is full.
-                    set_paused(&shared.consumer, &shared.appends_topic, true);
+                    esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
                     let submitted = shared.pipeline.submit(command).await;
-                    set_paused(&shared.consumer, &shared.appends_topic, false);
+                    esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
                     if submitted.is_err() {
                         break;
                     }
@@ -146,24 +145,6 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
         }
     }
     tracing::info!("appends consumer stopped");
-}
-
-fn set_paused(consumer: &StreamConsumer, topic: &str, paused: bool) {
-    let Ok(assignment) = consumer.assignment() else {
-        return;
-    };
-    let mut partitions = TopicPartitionList::new();
-    for element in assignment.elements_for_topic(topic) {
-        partitions.add_partition(topic, element.partition());
-    }
-    let result = if paused {
-        consumer.pause(&partitions)
-    } else {
-        consumer.resume(&partitions)
-    };
-    if let Err(error) = result {
-        tracing::warn!(%error, paused, "cannot pause/resume the appends consumer");
-    }
 }
 
 /// Reads a request; an undecodable or invalid one is answered with a typed rejection.

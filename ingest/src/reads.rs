@@ -10,12 +10,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use esk_core::wire::CanonicalEvent;
 use serde_json::json;
-use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use crate::api::ApiError;
 
@@ -83,27 +81,9 @@ fn db_error(error: sqlx::Error) -> ApiError {
     )
 }
 
-fn to_event(row: &PgRow) -> Result<CanonicalEvent, sqlx::Error> {
-    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
-    Ok(CanonicalEvent {
-        global_position: row.try_get("global_position")?,
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        event_type: row.try_get("event_type")?,
-        data: RawValue::from_string(row.try_get("data")?).map_err(decode)?,
-        metadata: row
-            .try_get::<Option<String>, _>("metadata")?
-            .map(RawValue::from_string)
-            .transpose()
-            .map_err(decode)?,
-        version: row.try_get("version")?,
-        created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
-    })
-}
-
 fn events_of(rows: &[PgRow]) -> Result<Vec<CanonicalEvent>, ApiError> {
     rows.iter()
-        .map(to_event)
+        .map(esk_core::db::canonical_event_from_row)
         .collect::<Result<_, _>>()
         .map_err(db_error)
 }

@@ -1,12 +1,9 @@
 //! The event a projection sees, from the canonical topic or from the events table, and the
 //! filters that choose which events a projection gets.
 
-use chrono::{DateTime, Utc};
 use esk_core::model::category_of;
 use esk_core::wire::CanonicalEvent;
-use serde_json::value::RawValue;
 use sqlx::postgres::PgRow;
-use sqlx::Row;
 
 use crate::config::ProjectionSpec;
 
@@ -19,26 +16,10 @@ pub(crate) struct ProjectedEvent {
 }
 
 impl ProjectedEvent {
-    /// Reads an event from a row selected with [`EVENT_COLUMNS`].
+    /// Reads an event from a row selected with [`event_columns`].
     pub(crate) fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
-        let data: Option<String> = row.try_get("data")?;
         Ok(ProjectedEvent {
-            event: CanonicalEvent {
-                global_position: row.try_get("global_position")?,
-                event_id: row.try_get("event_id")?,
-                stream_id: row.try_get("stream_id")?,
-                event_type: row.try_get("event_type")?,
-                data: RawValue::from_string(data.unwrap_or_else(|| "null".into()))
-                    .map_err(decode)?,
-                metadata: row
-                    .try_get::<Option<String>, _>("metadata")?
-                    .map(RawValue::from_string)
-                    .transpose()
-                    .map_err(decode)?,
-                version: row.try_get("version")?,
-                created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
-            },
+            event: esk_core::db::canonical_event_from_row(row)?,
             source: None,
         })
     }

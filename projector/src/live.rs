@@ -14,7 +14,7 @@ use esk_core::kafka::RebalanceLog;
 use esk_core::wire::CanonicalEvent;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::Offset;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -356,7 +356,7 @@ async fn fetch(
             _ = stop.cancelled() => return,
             _ = queue.drained.notified() => {
                 if queue.paused.load(Ordering::SeqCst) && queue.len() <= queue.resume_at {
-                    set_paused(&consumer, &topic, false);
+                    esk_core::kafka::set_paused(&consumer, &topic, false);
                     queue.paused.store(false, Ordering::SeqCst);
                     metrics.paused.with_label_values(&[&name]).set(0);
                     tracing::info!(projection = %name, "queue drained; partitions resumed");
@@ -367,7 +367,7 @@ async fn fetch(
                     Ok(message) => {
                         let len = queue.push(message.detach());
                         if len >= queue.capacity && !queue.paused.swap(true, Ordering::SeqCst) {
-                            set_paused(&consumer, &topic, true);
+                            esk_core::kafka::set_paused(&consumer, &topic, true);
                             metrics.paused.with_label_values(&[&name]).set(1);
                             tracing::info!(projection = %name, queued = len, "queue full; partitions paused");
                         }
@@ -379,23 +379,5 @@ async fn fetch(
                 }
             }
         }
-    }
-}
-
-fn set_paused(consumer: &StreamConsumer<RebalanceLog>, topic: &str, paused: bool) {
-    let Ok(assignment) = consumer.assignment() else {
-        return;
-    };
-    let mut partitions = TopicPartitionList::new();
-    for element in assignment.elements_for_topic(topic) {
-        partitions.add_partition(topic, element.partition());
-    }
-    let result = if paused {
-        consumer.pause(&partitions)
-    } else {
-        consumer.resume(&partitions)
-    };
-    if let Err(error) = result {
-        tracing::warn!(%error, paused, "cannot pause/resume");
     }
 }

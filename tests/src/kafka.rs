@@ -39,18 +39,7 @@ pub fn read_topic(
     count: usize,
     timeout: Duration,
 ) -> anyhow::Result<Vec<OwnedMessage>> {
-    let consumer: BaseConsumer = esk_core::kafka::base_config(brokers)
-        .set("group.id", "esk-tests-reader")
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let mut assignment = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
-        }
-    }
-    consumer.assign(&assignment)?;
+    let consumer = reader_from_beginning(brokers, topic)?;
     let deadline = std::time::Instant::now() + timeout;
     let mut messages = Vec::new();
     while messages.len() < count && std::time::Instant::now() < deadline {
@@ -75,6 +64,21 @@ pub fn read_topic_until_idle(
     idle: Duration,
     limit: Duration,
 ) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer = reader_from_beginning(brokers, topic)?;
+    let started = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    let mut messages = Vec::new();
+    while last.elapsed() < idle && started.elapsed() < limit {
+        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
+            messages.push(result?.detach());
+            last = std::time::Instant::now();
+        }
+    }
+    Ok(messages)
+}
+
+/// A group-less consumer assigned every partition of `topic` from its beginning.
+fn reader_from_beginning(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = esk_core::kafka::base_config(brokers)
         .set("group.id", "esk-tests-reader")
         .set("enable.auto.commit", "false")
@@ -87,14 +91,5 @@ pub fn read_topic_until_idle(
         }
     }
     consumer.assign(&assignment)?;
-    let started = std::time::Instant::now();
-    let mut last = std::time::Instant::now();
-    let mut messages = Vec::new();
-    while last.elapsed() < idle && started.elapsed() < limit {
-        if let Some(result) = consumer.poll(Duration::from_millis(100)) {
-            messages.push(result?.detach());
-            last = std::time::Instant::now();
-        }
-    }
-    Ok(messages)
+    Ok(consumer)
 }

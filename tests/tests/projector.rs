@@ -345,3 +345,69 @@ async fn a_rebuild_handed_over_to_live_equals_a_projection_live_from_the_start(
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_topic_projection_forwards_matching_events_with_canonical_headers() -> anyhow::Result<()>
+{
+    let ctx = TestContext::new("proj_topic").await?;
+    let derived = format!("t-{}-derived", ctx.name);
+    esk_core::kafka::create_topics(&ctx.brokers, &[derived.as_str()], 2, 1).await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let _indexer = indexer::spawn(&ctx, &[]).await?;
+    let config = projector::write_config(&ctx, &format!(
+        "[[projection]]\nname = \"placed\"\nevent_types = [\"Placed\"]\nhandler = \"topic\"\ntopic = \"{derived}\"\n"))?;
+    let _process = projector::spawn(&ctx, Some(&config), &[]).await?;
+    let client = Client::new(&ingest_process);
+    for i in 0..4 {
+        let events = json!([
+            {"id": uuid::Uuid::new_v4(), "type": "Placed", "data": {"i": i}, "metadata": {"correlation_id": format!("c-{i}")}},
+            {"id": uuid::Uuid::new_v4(), "type": "Other", "data": {}}
+        ]);
+        let reply = client
+            .append(
+                &format!("Shop-{i}"),
+                &json!({"expected_version": "no_stream", "events": events}),
+            )
+            .await?;
+        assert_eq!(reply.status, 201);
+    }
+    let records = esk_tests::kafka::read_topic(&ctx.brokers, &derived, 4, Duration::from_secs(60))?;
+    assert_eq!(records.len(), 4, "only the Placed events are forwarded");
+    let extra = esk_tests::kafka::read_topic(&ctx.brokers, &derived, 5, Duration::from_secs(3))?;
+    assert_eq!(extra.len(), 4, "nothing else arrives");
+    for record in &records {
+        use rdkafka::message::Headers;
+        use rdkafka::Message;
+        let value = esk_tests::kafka::json_payload(record)?;
+        assert_eq!(value["type"], "Placed");
+        let headers: HashMap<String, String> = record
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            headers.get("global_position"),
+            Some(&value["global_position"].to_string())
+        );
+        assert_eq!(
+            headers.get("event_type").map(String::as_str),
+            Some("Placed")
+        );
+        assert_eq!(
+            headers.get("correlation_id"),
+            value["metadata"]["correlation_id"]
+                .as_str()
+                .map(str::to_owned)
+                .as_ref()
+        );
+    }
+    Ok(())
+}

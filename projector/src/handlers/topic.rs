@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use esk_core::wire::header;
-use rdkafka::message::{Header, OwnedHeaders};
+use esk_core::wire::canonical_headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::event::ProjectedEvent;
@@ -39,26 +38,8 @@ impl TopicForwarder {
             .collect::<Result<_, _>>()
             .map_err(|e| DeliveryError(e.to_string()))?;
         let sends = events.iter().zip(&payloads).map(|(e, payload)| {
-            let position = e.event.global_position.to_string();
-            let version = e.event.version.to_string();
-            let event_id = e.event.event_id.to_string();
-            let headers = OwnedHeaders::new_with_capacity(4)
-                .insert(Header {
-                    key: header::GLOBAL_POSITION,
-                    value: Some(&position),
-                })
-                .insert(Header {
-                    key: header::STREAM_VERSION,
-                    value: Some(&version),
-                })
-                .insert(Header {
-                    key: header::EVENT_ID,
-                    value: Some(&event_id),
-                })
-                .insert(Header {
-                    key: header::EVENT_TYPE,
-                    value: Some(&e.event.event_type),
-                });
+            let (correlation, causation) = e.event.trace_ids();
+            let headers = canonical_headers(&e.event, correlation.as_deref(), causation.as_deref());
             self.producer.send(
                 FutureRecord::to(&self.topic)
                     .key(e.event.stream_id.as_str())
