@@ -54,14 +54,15 @@ pub(crate) struct Tuning {
         default_value = "127.0.0.1:9102"
     )]
     pub(crate) http_addr: String,
-    /// Events queued per projection; partitions pause when it is full.
-    #[arg(long, env = "ESK_PROJECTOR_QUEUE", default_value_t = 2000)]
+    /// Events queued per projection; partitions pause when it is full. Keep it well above the
+    /// batch: pausing drops the client's prefetched records, which are then fetched again.
+    #[arg(long, env = "ESK_PROJECTOR_QUEUE", default_value_t = 20000)]
     pub(crate) queue_capacity: usize,
     /// Partitions resume once the queue is below this fraction of its capacity.
     #[arg(long, env = "ESK_PROJECTOR_RESUME_BELOW", default_value_t = 0.5)]
     pub(crate) resume_below: f64,
     /// Most events handed to a handler at once.
-    #[arg(long, env = "ESK_PROJECTOR_BATCH", default_value_t = 500)]
+    #[arg(long, env = "ESK_PROJECTOR_BATCH", default_value_t = 2000)]
     pub(crate) batch: usize,
     /// Events read per query while replaying from Postgres.
     #[arg(long, env = "ESK_PROJECTOR_REPLAY_BATCH", default_value_t = 10000)]
