@@ -82,6 +82,23 @@ impl Telemetry {
         }
     }
 
+    /// Binds `addr` and serves [`Telemetry::router`] until `shutdown` resolves.
+    pub async fn serve(
+        &self,
+        addr: &str,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+        let app = self.router();
+        Ok(tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }))
+    }
+
     /// `/metrics`, `/health` and `/ready`.
     pub fn router(&self) -> Router {
         Router::new()

@@ -230,3 +230,51 @@ impl CanonicalEvent {
         (get("correlation_id"), get("causation_id"))
     }
 }
+
+/// The headers of an `ingest-log` record (the routing fields of its value, for tools that read
+/// only headers).
+pub fn ingest_log_headers(
+    event: &IngestLogEventRef<'_>,
+    correlation_id: Option<&str>,
+    causation_id: Option<&str>,
+) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let event_id = event.event_id.to_string();
+    let version = event.version.to_string();
+    let append_id = event.append_id.to_string();
+    let attempt_id = event.attempt_id.to_string();
+    let mut headers = OwnedHeaders::new_with_capacity(7)
+        .insert(Header {
+            key: header::EVENT_ID,
+            value: Some(&event_id),
+        })
+        .insert(Header {
+            key: header::EVENT_TYPE,
+            value: Some(event.event_type),
+        })
+        .insert(Header {
+            key: header::STREAM_VERSION,
+            value: Some(&version),
+        })
+        .insert(Header {
+            key: header::APPEND_ID,
+            value: Some(&append_id),
+        })
+        .insert(Header {
+            key: header::ATTEMPT_ID,
+            value: Some(&attempt_id),
+        });
+    if let Some(id) = correlation_id {
+        headers = headers.insert(Header {
+            key: header::CORRELATION_ID,
+            value: Some(id),
+        });
+    }
+    if let Some(id) = causation_id {
+        headers = headers.insert(Header {
+            key: header::CAUSATION_ID,
+            value: Some(id),
+        });
+    }
+    headers
+}

@@ -14,7 +14,6 @@ mod publisher;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use esk_core::telemetry::{init_tracing, Telemetry};
 use tokio::sync::Notify;
@@ -33,16 +32,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let indexed = Arc::new(Notify::new());
 
-    let listener = tokio::net::TcpListener::bind(&config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    let app = telemetry.router();
     let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let server = telemetry
+        .serve(&config.http_addr, async move { stop.cancelled().await })
+        .await?;
 
     let mut tasks = Vec::new();
     let indexer = index_loop::Indexer::new(

@@ -6,11 +6,10 @@ use std::time::Instant;
 
 use chrono::Utc;
 use esk_core::model::{advisory_key, Append, NO_STREAM};
-use rdkafka::error::KafkaError;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ingest_log::{Accepted, IngestLog};
+use crate::ingest_log::{Accepted, IngestLog, ProduceError};
 use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, Rejection};
 use crate::{event_claims, ledger, stream_index};
@@ -24,7 +23,7 @@ pub(crate) enum AttemptError {
     Database(#[from] sqlx::Error),
     /// The broker did not acknowledge every event; the transaction rolled back.
     #[error("kafka: {0}")]
-    Produce(#[from] KafkaError),
+    Produce(#[from] ProduceError),
     /// COMMIT failed: the transaction may or may not have committed.
     #[error("commit outcome unknown: {0}")]
     CommitUnknown(#[source] sqlx::Error),

@@ -4,9 +4,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use esk_core::model::Append;
-use esk_core::wire::{header, IngestLogEventRef};
+use esk_core::wire::{ingest_log_headers, IngestLogEventRef};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use crate::config::IngestConfig;
@@ -59,11 +58,9 @@ impl IngestLog {
         accepted: &[Accepted<'_>],
         attempt_id: uuid::Uuid,
         created_at: DateTime<Utc>,
-    ) -> Result<(), KafkaError> {
-        let attempt_text = attempt_id.to_string();
+    ) -> Result<(), ProduceError> {
         let mut records = Vec::new();
         for item in accepted {
-            let append_text = item.append.append_id.to_string();
             for (offset, event) in item.append.events.iter().enumerate() {
                 let version = item.first_version + offset as i64;
                 let value = IngestLogEventRef {
@@ -77,45 +74,9 @@ impl IngestLog {
                     attempt_id,
                     created_at,
                 };
-                let payload = serde_json::to_vec(&value).map_err(|e| {
-                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::InvalidMessage)
-                        .tap_log(&e)
-                })?;
-                let version_text = version.to_string();
-                let event_id_text = event.id.to_string();
-                let mut headers = OwnedHeaders::new_with_capacity(7)
-                    .insert(Header {
-                        key: header::EVENT_ID,
-                        value: Some(event_id_text.as_str()),
-                    })
-                    .insert(Header {
-                        key: header::EVENT_TYPE,
-                        value: Some(event.event_type.as_str()),
-                    })
-                    .insert(Header {
-                        key: header::STREAM_VERSION,
-                        value: Some(version_text.as_str()),
-                    })
-                    .insert(Header {
-                        key: header::APPEND_ID,
-                        value: Some(append_text.as_str()),
-                    })
-                    .insert(Header {
-                        key: header::ATTEMPT_ID,
-                        value: Some(attempt_text.as_str()),
-                    });
-                if let Some(id) = event.correlation_id() {
-                    headers = headers.insert(Header {
-                        key: header::CORRELATION_ID,
-                        value: Some(id),
-                    });
-                }
-                if let Some(id) = event.causation_id() {
-                    headers = headers.insert(Header {
-                        key: header::CAUSATION_ID,
-                        value: Some(id),
-                    });
-                }
+                let payload = serde_json::to_vec(&value)?;
+                let headers =
+                    ingest_log_headers(&value, event.correlation_id(), event.causation_id());
                 records.push((item.append.stream_id.as_str(), payload, headers));
             }
         }
@@ -130,20 +91,20 @@ impl IngestLog {
             });
         for result in futures::future::join_all(deliveries).await {
             if let Err((error, _)) = result {
-                return Err(error);
+                return Err(ProduceError::Kafka(error));
             }
         }
         Ok(())
     }
 }
 
-trait TapLog {
-    fn tap_log(self, cause: &serde_json::Error) -> Self;
-}
-
-impl TapLog for KafkaError {
-    fn tap_log(self, cause: &serde_json::Error) -> Self {
-        tracing::error!(error = %cause, "cannot encode an ingest-log record");
-        self
-    }
+/// Why the events of an attempt were not all acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProduceError {
+    /// The broker did not acknowledge a record.
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    /// A record could not be encoded (not expected: the payloads are parsed JSON).
+    #[error("cannot encode an ingest-log record: {0}")]
+    Encode(#[from] serde_json::Error),
 }

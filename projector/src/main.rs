@@ -14,7 +14,6 @@ mod metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Parser;
 use config::{Command, DeadLetterCommand, ProjectorConfig};
 use esk_core::telemetry::{init_tracing, Telemetry};
@@ -133,17 +132,14 @@ async fn serve(
     telemetry: Telemetry,
     metrics: Arc<metrics::ProjectorMetrics>,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&config.tuning.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.tuning.http_addr))?;
     let shutdown = CancellationToken::new();
-    let app = telemetry.router();
     let stop = shutdown.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-    });
+    let server = telemetry
+        .serve(
+            &config.tuning.http_addr,
+            async move { stop.cancelled().await },
+        )
+        .await?;
     let partitions = partition_count(config).await?;
     let mut tasks = Vec::new();
     for spec in config.projections()? {

@@ -64,13 +64,6 @@ impl SqlProjection for CategoryTypeCounts {
         conn: &'a mut PgConnection,
         projection: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        async move {
-            sqlx::query("DELETE FROM projection_category_type_counts WHERE projection = $1")
-                .bind(projection)
-                .execute(conn)
-                .await?;
-            Ok(())
-        }
-        .boxed()
+        super::sql::delete_projection_rows(conn, "projection_category_type_counts", projection)
     }
 }

@@ -46,3 +46,21 @@ pub(crate) fn registered(kind: &str) -> Option<Box<dyn SqlProjection>> {
 pub(crate) fn names() -> Vec<&'static str> {
     vec!["category_type_counts", "stream_summary"]
 }
+
+/// The `reset` of a read model whose rows are keyed by projection name: deletes them all.
+/// `table` is one of the built-in tables (never user input).
+pub(crate) fn delete_projection_rows<'a>(
+    conn: &'a mut PgConnection,
+    table: &'static str,
+    projection: &'a str,
+) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+    use futures::FutureExt;
+    async move {
+        sqlx::query(&format!("DELETE FROM {table} WHERE projection = $1"))
+            .bind(projection)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+    .boxed()
+}

@@ -21,9 +21,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use esk_core::model::derived_append_id;
-use esk_core::wire::{header, IngestLogEventRef};
+use esk_core::wire::{ingest_log_headers, IngestLogEventRef};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -308,12 +307,10 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
     let payloads: Vec<Value> = (0..args.batch)
         .map(|i| json!({"sku": format!("sku-{i}"), "qty": i, "note": note}))
         .collect();
-    let attempt_texts: Vec<String> = plan.attempts.iter().map(|(a, _)| a.to_string()).collect();
     let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(args.in_flight);
     for append in &plan.appends {
         let stream = plan.streams[append.stream].as_str();
         let (attempt_id, created_at) = plan.attempts[append.attempt];
-        let append_text = append.append_id.to_string();
         for (k, data) in payloads.iter().take(append.count).enumerate() {
             let event_id = plan.event_ids[append.first_event + k];
             let version = append.first_version + k as i64;
@@ -329,29 +326,7 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
                 created_at,
             };
             let payload = serde_json::to_vec(&value)?;
-            let event_text = event_id.to_string();
-            let version_text = version.to_string();
-            let headers = OwnedHeaders::new_with_capacity(5)
-                .insert(Header {
-                    key: header::EVENT_ID,
-                    value: Some(event_text.as_str()),
-                })
-                .insert(Header {
-                    key: header::EVENT_TYPE,
-                    value: Some("ItemAdded"),
-                })
-                .insert(Header {
-                    key: header::STREAM_VERSION,
-                    value: Some(version_text.as_str()),
-                })
-                .insert(Header {
-                    key: header::APPEND_ID,
-                    value: Some(append_text.as_str()),
-                })
-                .insert(Header {
-                    key: header::ATTEMPT_ID,
-                    value: Some(attempt_texts[append.attempt].as_str()),
-                });
+            let headers = ingest_log_headers(&value, None, None);
             let mut record = FutureRecord::to(&args.topic)
                 .key(stream)
                 .payload(&payload)
