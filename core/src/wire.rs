@@ -185,7 +185,7 @@ pub fn canonical_headers(
     let position = event.global_position.to_string();
     let version = event.version.to_string();
     let event_id = event.event_id.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(6)
+    let headers = OwnedHeaders::new_with_capacity(6)
         .insert(Header {
             key: header::GLOBAL_POSITION,
             value: Some(&position),
@@ -202,19 +202,7 @@ pub fn canonical_headers(
             key: header::EVENT_TYPE,
             value: Some(&event.event_type),
         });
-    if let Some(id) = correlation_id {
-        headers = headers.insert(Header {
-            key: header::CORRELATION_ID,
-            value: Some(id),
-        });
-    }
-    if let Some(id) = causation_id {
-        headers = headers.insert(Header {
-            key: header::CAUSATION_ID,
-            value: Some(id),
-        });
-    }
-    headers
+    with_trace_ids(headers, correlation_id, causation_id)
 }
 
 impl CanonicalEvent {
@@ -243,7 +231,7 @@ pub fn ingest_log_headers(
     let version = event.version.to_string();
     let append_id = event.append_id.to_string();
     let attempt_id = event.attempt_id.to_string();
-    let mut headers = OwnedHeaders::new_with_capacity(7)
+    let headers = OwnedHeaders::new_with_capacity(7)
         .insert(Header {
             key: header::EVENT_ID,
             value: Some(&event_id),
@@ -264,17 +252,26 @@ pub fn ingest_log_headers(
             key: header::ATTEMPT_ID,
             value: Some(&attempt_id),
         });
-    if let Some(id) = correlation_id {
-        headers = headers.insert(Header {
-            key: header::CORRELATION_ID,
-            value: Some(id),
-        });
-    }
-    if let Some(id) = causation_id {
-        headers = headers.insert(Header {
-            key: header::CAUSATION_ID,
-            value: Some(id),
-        });
+    with_trace_ids(headers, correlation_id, causation_id)
+}
+
+/// Adds the correlation and causation headers, when the event has them.
+fn with_trace_ids(
+    mut headers: rdkafka::message::OwnedHeaders,
+    correlation_id: Option<&str>,
+    causation_id: Option<&str>,
+) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::Header;
+    for (key, value) in [
+        (header::CORRELATION_ID, correlation_id),
+        (header::CAUSATION_ID, causation_id),
+    ] {
+        if let Some(id) = value {
+            headers = headers.insert(Header {
+                key,
+                value: Some(id),
+            });
+        }
     }
     headers
 }

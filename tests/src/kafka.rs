@@ -93,3 +93,19 @@ fn reader_from_beginning(brokers: &str, topic: &str) -> anyhow::Result<BaseConsu
     consumer.assign(&assignment)?;
     Ok(consumer)
 }
+
+/// A record's headers as text, by name.
+pub fn header_map(message: &OwnedMessage) -> std::collections::BTreeMap<String, String> {
+    use rdkafka::message::Headers;
+    message
+        .headers()
+        .map(|h| {
+            h.iter()
+                .map(|h| {
+                    let value = String::from_utf8_lossy(h.value.unwrap_or_default());
+                    (h.key.to_owned(), value.into_owned())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,6 +1,6 @@
 //! The indexer: exactly-once indexing, phantoms, crashes, rebalances, ordering, publishing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use esk_core::model::advisory_key;
@@ -517,19 +517,7 @@ async fn canonical_records_have_the_envelope_and_headers() -> anyhow::Result<()>
         assert!(value.get(field).is_some(), "envelope field {field}");
     }
     assert_eq!(value["data"], json!({"k": [1, 2]}));
-    let headers: BTreeMap<String, String> = record
-        .headers()
-        .map(|h| {
-            h.iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = kafka::header_map(record);
     assert_eq!(
         headers.get("global_position").map(String::as_str),
         Some("1")

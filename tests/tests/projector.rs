@@ -376,23 +376,9 @@ async fn a_topic_projection_forwards_matching_events_with_canonical_headers() ->
     let extra = esk_tests::kafka::read_topic(&ctx.brokers, &derived, 5, Duration::from_secs(3))?;
     assert_eq!(extra.len(), 4, "nothing else arrives");
     for record in &records {
-        use rdkafka::message::Headers;
-        use rdkafka::Message;
         let value = esk_tests::kafka::json_payload(record)?;
         assert_eq!(value["type"], "Placed");
-        let headers: HashMap<String, String> = record
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_owned(),
-                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = esk_tests::kafka::header_map(record);
         assert_eq!(
             headers.get("global_position"),
             Some(&value["global_position"].to_string())
