@@ -45,15 +45,15 @@ impl ExpectedVersion {
 }
 
 /// One event of an append, validated.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NewEvent {
     /// Globally unique event id.
     pub id: Uuid,
     /// Event type, non-empty.
     #[serde(rename = "type")]
     pub event_type: String,
-    /// JSON payload.
-    pub data: serde_json::Value,
+    /// JSON payload, kept as the text it was validated into (it is only ever passed on).
+    pub data: Box<serde_json::value::RawValue>,
     /// Optional JSON object of metadata (correlation and causation ids live here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
@@ -76,7 +76,7 @@ impl NewEvent {
 }
 
 /// A validated append: what ingest turns into one ledger row.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Append {
     /// Target stream.
     pub stream_id: String,

@@ -280,7 +280,12 @@ fn parse_event(index: usize, value: &Value, limits: &Limits) -> Result<NewEvent,
         Some(m @ Value::Object(_)) => Some(m.clone()),
         Some(_) => return Err(InvalidAppend::InvalidMetadata(path("metadata"))),
     };
-    let size = json_size(data) + metadata.as_ref().map_or(0, json_size);
+    // Serialized once here; the text is what ingest-log carries, so its length is the size.
+    let data = serde_json::value::to_raw_value(data).map_err(|_| InvalidAppend::WrongType {
+        field: path("data"),
+        expected: "JSON",
+    })?;
+    let size = data.get().len() + metadata.as_ref().map_or(0, json_size);
     if size > limits.max_event_bytes {
         return Err(InvalidAppend::EventTooLarge {
             index,
@@ -291,7 +296,7 @@ fn parse_event(index: usize, value: &Value, limits: &Limits) -> Result<NewEvent,
     Ok(NewEvent {
         id,
         event_type: event_type.to_owned(),
-        data: data.clone(),
+        data,
         metadata,
     })
 }

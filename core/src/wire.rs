@@ -163,7 +163,7 @@ pub struct IngestLogEventRef<'a> {
     #[serde(rename = "type")]
     pub event_type: &'a str,
     /// Payload.
-    pub data: &'a serde_json::Value,
+    pub data: &'a RawValue,
     /// Metadata object.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<&'a serde_json::Value>,

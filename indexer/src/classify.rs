@@ -55,8 +55,14 @@ pub(crate) async fn committed(
 
 /// Accepted ledger rows: append id → the attempt that committed it.
 async fn load(pool: &PgPool, append_ids: &[Uuid]) -> Result<HashMap<Uuid, Uuid>, sqlx::Error> {
+    // One primary-key probe per id. `append_id = ANY($1)` with a batch's thousand ids made the
+    // planner scan the whole ledger while it was small (docs/design.md, "Performance notes").
     let rows = sqlx::query(
-        "SELECT append_id, attempt_id, status FROM append_ledger WHERE append_id = ANY($1)",
+        "SELECT l.append_id, l.attempt_id, l.status
+         FROM unnest($1::uuid[]) AS u(id)
+         CROSS JOIN LATERAL (
+             SELECT append_id, attempt_id, status FROM append_ledger WHERE append_id = u.id LIMIT 1
+         ) AS l",
     )
     .bind(append_ids)
     .fetch_all(pool)

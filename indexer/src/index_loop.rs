@@ -12,7 +12,7 @@ use esk_core::model::category_of;
 use esk_core::telemetry::Health;
 use esk_core::wire::IngestLogEvent;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -36,10 +36,12 @@ struct PartitionState {
 }
 
 /// A record accepted into the batch.
+#[derive(Clone)]
 struct Pending {
     partition: i32,
     offset: i64,
-    message: OwnedMessage,
+    /// The record's value (its headers and key are not needed: the value carries everything).
+    payload: Vec<u8>,
 }
 
 pub(crate) struct Indexer {
@@ -132,11 +134,16 @@ impl Indexer {
                     .ok()
             };
             let Some(result) = next else { break };
-            let result = result.map(|m| m.detach());
+            // Only where the record is and its value are kept; nothing else is copied.
+            let result = result.map(|m| Pending {
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
             self.apply_rebalances();
             match result {
-                Ok(message) => {
-                    if let Some(pending) = self.admit(message).await {
+                Ok(record) => {
+                    if let Some(pending) = self.admit(record).await {
                         batch.push(pending);
                     }
                 }
@@ -157,9 +164,9 @@ impl Indexer {
     }
 
     /// Decides whether a record is the next one to index for its partition.
-    async fn admit(&mut self, message: OwnedMessage) -> Option<Pending> {
-        let partition = message.partition();
-        let offset = message.offset();
+    async fn admit(&mut self, record: Pending) -> Option<Pending> {
+        let partition = record.partition;
+        let offset = record.offset;
         if !self.states.contains_key(&partition) {
             let expected = self.stored_offset(partition).await;
             self.states.insert(
@@ -200,11 +207,7 @@ impl Indexer {
             _ => {
                 state.seeking = false;
                 state.expected = Some(offset + 1);
-                Some(Pending {
-                    partition,
-                    offset,
-                    message,
-                })
+                Some(record)
             }
         }
     }
@@ -286,14 +289,7 @@ impl Indexer {
         let mut culprits = Vec::new();
         for partition in partitions {
             let part: Vec<&Pending> = batch.iter().filter(|p| p.partition == partition).collect();
-            let owned: Vec<Pending> = part
-                .into_iter()
-                .map(|p| Pending {
-                    partition: p.partition,
-                    offset: p.offset,
-                    message: p.message.clone(),
-                })
-                .collect();
+            let owned: Vec<Pending> = part.into_iter().cloned().collect();
             if let Err(CommitError::UniqueViolation(_)) = self.try_index(&owned).await {
                 culprits.push(partition);
             }
@@ -351,8 +347,7 @@ impl Indexer {
         let decoded: Vec<Result<IngestLogEvent, String>> = batch
             .iter()
             .map(|p| {
-                let payload = p.message.payload().unwrap_or_default();
-                serde_json::from_slice::<IngestLogEvent>(payload).map_err(|e| e.to_string())
+                serde_json::from_slice::<IngestLogEvent>(&p.payload).map_err(|e| e.to_string())
             })
             .collect();
         let pairs: HashSet<classify::AttemptPair> = decoded
@@ -399,7 +394,7 @@ impl Indexer {
                     write.dead_letters.push(DeadLetter {
                         partition: pending.partition,
                         offset: pending.offset,
-                        payload: pending.message.payload().unwrap_or_default().to_vec(),
+                        payload: pending.payload.clone(),
                         error: error.clone(),
                     });
                 }

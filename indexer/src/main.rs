@@ -84,3 +84,7 @@ async fn main() -> anyhow::Result<()> {
     let _ = server.await;
     Ok(())
 }
+
+/// mimalloc: measurably faster than glibc malloc on the allocation-heavy paths (JSON, records).
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

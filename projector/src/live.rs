@@ -13,7 +13,7 @@ use chrono::Utc;
 use esk_core::kafka::RebalanceLog;
 use esk_core::wire::CanonicalEvent;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::Offset;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -32,9 +32,28 @@ pub(crate) enum Exit {
     NeedsCatchUp,
 }
 
+/// A canonical record as the queue holds it: where it came from and its payload. Headers and
+/// key are not copied (the payload carries everything a projection reads).
+#[derive(Debug)]
+struct QueuedRecord {
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+}
+
+impl QueuedRecord {
+    fn copy_of(message: &BorrowedMessage<'_>) -> Self {
+        Self {
+            partition: message.partition(),
+            offset: message.offset(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+        }
+    }
+}
+
 /// The bounded queue between the consumer and the handler.
 struct Queue {
-    items: Mutex<VecDeque<OwnedMessage>>,
+    items: Mutex<VecDeque<QueuedRecord>>,
     capacity: usize,
     resume_at: usize,
     not_empty: Notify,
@@ -47,7 +66,7 @@ impl Queue {
         self.items.lock().map(|q| q.len()).unwrap_or(0)
     }
 
-    fn push(&self, message: OwnedMessage) -> usize {
+    fn push(&self, message: QueuedRecord) -> usize {
         let len = self
             .items
             .lock()
@@ -60,8 +79,8 @@ impl Queue {
         len
     }
 
-    fn take(&self, max: usize) -> Vec<OwnedMessage> {
-        let taken: Vec<OwnedMessage> = self
+    fn take(&self, max: usize) -> Vec<QueuedRecord> {
+        let taken: Vec<QueuedRecord> = self
             .items
             .lock()
             .map(|mut q| {
@@ -187,10 +206,10 @@ impl LiveRun<'_> {
         &self,
         consumer: &StreamConsumer<RebalanceLog>,
         states: &mut HashMap<i32, PartitionState>,
-        message: OwnedMessage,
+        message: QueuedRecord,
     ) -> anyhow::Result<Admit> {
-        let partition = message.partition();
-        let offset = message.offset();
+        let partition = message.partition;
+        let offset = message.offset;
         let state = match states.entry(partition) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(slot) => {
@@ -234,7 +253,7 @@ impl LiveRun<'_> {
     async fn apply(
         &self,
         states: &mut HashMap<i32, PartitionState>,
-        mut admitted: Vec<OwnedMessage>,
+        mut admitted: Vec<QueuedRecord>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let name = &self.projection.name;
@@ -250,20 +269,18 @@ impl LiveRun<'_> {
             let mut ranges: BTreeMap<i32, PartitionRange> = BTreeMap::new();
             let mut events = Vec::with_capacity(admitted.len());
             for message in &admitted {
-                let partition = message.partition();
+                let partition = message.partition;
                 let floor = states.get(&partition).map_or(i64::MAX, |s| s.position);
                 let range = ranges.entry(partition).or_insert(PartitionRange {
-                    start: message.offset(),
-                    next: message.offset() + 1,
+                    start: message.offset,
+                    next: message.offset + 1,
                     position: floor,
                 });
-                range.next = message.offset() + 1;
-                let event: CanonicalEvent = match serde_json::from_slice(
-                    message.payload().unwrap_or_default(),
-                ) {
+                range.next = message.offset + 1;
+                let event: CanonicalEvent = match serde_json::from_slice(&message.payload) {
                     Ok(e) => e,
                     Err(error) => {
-                        tracing::error!(projection = %name, partition, offset = message.offset(), %error, "undecodable canonical record skipped");
+                        tracing::error!(projection = %name, partition, offset = message.offset, %error, "undecodable canonical record skipped");
                         continue;
                     }
                 };
@@ -274,7 +291,7 @@ impl LiveRun<'_> {
                 }
                 events.push(ProjectedEvent {
                     event,
-                    source: Some((partition, message.offset())),
+                    source: Some((partition, message.offset)),
                 });
             }
             match self
@@ -323,7 +340,7 @@ impl LiveRun<'_> {
                     for partition in &lost {
                         states.remove(partition);
                     }
-                    admitted.retain(|m| !lost.contains(&m.partition()));
+                    admitted.retain(|m| !lost.contains(&m.partition));
                 }
                 Err(ProcessError::Database(error)) => {
                     tracing::warn!(projection = %name, %error, "projection batch failed; retrying");
@@ -335,7 +352,7 @@ impl LiveRun<'_> {
 }
 
 enum Admit {
-    Take(OwnedMessage),
+    Take(QueuedRecord),
     Skip,
     NotLive,
 }
@@ -365,7 +382,7 @@ async fn fetch(
             message = consumer.recv() => {
                 match message {
                     Ok(message) => {
-                        let len = queue.push(message.detach());
+                        let len = queue.push(QueuedRecord::copy_of(&message));
                         if len >= queue.capacity && !queue.paused.swap(true, Ordering::SeqCst) {
                             esk_core::kafka::set_paused(&consumer, &topic, true);
                             metrics.paused.with_label_values(&[&name]).set(1);
