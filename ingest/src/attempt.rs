@@ -54,11 +54,13 @@ pub(crate) async fn run(
     let started = Instant::now();
     let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; appends.len()];
 
-    // Step 1: the attempt's advisory lock lets the indexer wait for this transaction's end.
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(advisory_key(attempt_id))
-        .execute(&mut *tx)
+    // Step 1: the attempt's advisory lock lets the indexer wait for this transaction's end. It
+    // is taken by the BEGIN's own round trip (the key is an integer, formatted, never text).
+    let mut tx = pool
+        .begin_with(format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({})",
+            advisory_key(attempt_id)
+        ))
         .await?;
 
     // Step 2: claim the append ids; those already decided are answered from the ledger.
@@ -151,6 +153,7 @@ pub(crate) async fn run(
     streams.sort_unstable();
     streams.dedup();
     let mut accepted: Vec<Accepted<'_>> = Vec::new();
+    let mut stream_versions: Vec<(&str, i64)> = Vec::new();
     if !streams.is_empty() {
         let before = stream_index::lock(&mut tx, &streams).await?;
         let mut current: HashMap<&str, i64> = streams
@@ -184,30 +187,29 @@ pub(crate) async fn run(
                 release.extend(append.events.iter().map(|e| e.id));
             }
         }
-        let mut updates: Vec<(&str, i64)> = Vec::new();
         let mut unfilled: Vec<&str> = Vec::new();
         for stream in &streams {
             let old = before.get(*stream).copied().unwrap_or(NO_STREAM);
             let new = current.get(stream).copied().unwrap_or(NO_STREAM);
             if new != old {
-                updates.push((stream, new));
+                stream_versions.push((stream, new));
             } else if new == NO_STREAM {
                 unfilled.push(stream);
             }
         }
-        stream_index::store(&mut tx, &updates, &unfilled).await?;
+        stream_index::remove_placeholders(&mut tx, &unfilled).await?;
     }
 
-    // Record every outcome of an append claimed by this attempt, rejections included: a
-    // redelivered rejected request must not be accepted later.
+    // Record every outcome of an append claimed by this attempt, rejections included (a
+    // redelivered rejected request must not be accepted later), with the new stream versions.
     let recorded: Vec<(Uuid, &AppendOutcome)> = appends
         .iter()
         .zip(&outcomes)
         .filter(|(a, _)| claimed.contains(&a.append_id))
         .filter_map(|(a, o)| o.as_ref().map(|o| (a.append_id, o)))
         .collect();
-    if !recorded.is_empty() {
-        ledger::record_outcomes(&mut tx, &recorded).await?;
+    if !recorded.is_empty() || !stream_versions.is_empty() {
+        ledger::record_outcomes_and_versions(&mut tx, &recorded, &stream_versions).await?;
     }
     event_claims::release(&mut tx, &release).await?;
 

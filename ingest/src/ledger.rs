@@ -96,10 +96,14 @@ pub(crate) async fn load(
     Ok(entries)
 }
 
-/// Writes the final outcome of every append claimed by this attempt.
-pub(crate) async fn record_outcomes(
+/// Writes the end of step 4 in one statement: the new version of every stream this attempt
+/// moved (rows it holds locked) and the final outcome of every append it claimed (rows it
+/// inserted). Both sets of rows are this transaction's own, so nothing is waited for and the
+/// two updates cannot interleave with anyone else's.
+pub(crate) async fn record_outcomes_and_versions(
     conn: &mut PgConnection,
     outcomes: &[(Uuid, &AppendOutcome)],
+    stream_versions: &[(&str, i64)],
 ) -> Result<(), sqlx::Error> {
     let mut ids = Vec::with_capacity(outcomes.len());
     let mut statuses = Vec::with_capacity(outcomes.len());
@@ -132,8 +136,14 @@ pub(crate) async fn record_outcomes(
             }
         }
     }
+    let (streams, versions): (Vec<&str>, Vec<i64>) = stream_versions.iter().copied().unzip();
     sqlx::query(
-        "UPDATE append_ledger AS l
+        "WITH stream_versions AS (
+             UPDATE streams AS s SET version = v.version
+             FROM unnest($7::text[], $8::int8[]) AS v(stream_id, version)
+             WHERE s.stream_id = v.stream_id
+         )
+         UPDATE append_ledger AS l
          SET status = u.st, first_version = u.f, last_version = u.l,
              reject_code = u.c, actual_version = u.av
          FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
@@ -146,6 +156,8 @@ pub(crate) async fn record_outcomes(
     .bind(&lasts)
     .bind(&codes)
     .bind(&actuals)
+    .bind(&streams)
+    .bind(&versions)
     .execute(conn)
     .await?;
     Ok(())
