@@ -283,11 +283,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `data` of the events of one append: `{"sku": "sku-i", "qty": i, "note": "xxx…"}`.
-fn event_payloads(batch: usize) -> Vec<Value> {
+/// The `data` of the events of one append, as JSON text: `{"sku": "sku-i", "qty": i,
+/// "note": "xxx…"}`. Serialised once; every request embeds the same text.
+fn event_payloads(batch: usize) -> Vec<String> {
     let note = "x".repeat(100);
     (0..batch)
-        .map(|i| json!({"sku": format!("sku-{i}"), "qty": i, "note": note}))
+        .map(|i| json!({"sku": format!("sku-{i}"), "qty": i, "note": note}).to_string())
         .collect()
 }
 
@@ -296,7 +297,7 @@ async fn run_writer(
     client: &reqwest::Client,
     base: &str,
     prefix: &str,
-    payload: &[Value],
+    payload: &[String],
     stream_events: usize,
     schedule: Schedule,
     pacer: Option<&Pacer>,
@@ -352,25 +353,30 @@ async fn run_writer(
     stats
 }
 
-/// The JSON body of one append, serialised once so retries send identical bytes.
-fn append_body(version: Option<i64>, payload: &[Value]) -> Vec<u8> {
-    let expected = match version {
-        None => json!("no_stream"),
-        Some(v) => json!(v),
-    };
-    let events: Vec<Value> = payload
-        .iter()
-        .map(|data| {
-            json!({
-                "id": Uuid::new_v4().to_string(),
-                "type": "ItemAdded",
-                "data": data,
-            })
-        })
-        .collect();
-    json!({"expected_version": expected, "events": events})
-        .to_string()
-        .into_bytes()
+/// The JSON body of one append (fresh event ids), written once so retries send identical
+/// bytes. Built as text: the loadgen shares the machine with what it measures.
+fn append_body(version: Option<i64>, payload: &[String]) -> bytes::Bytes {
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(64 + payload.iter().map(|d| d.len() + 80).sum::<usize>());
+    match version {
+        None => body.push_str(r#"{"expected_version":"no_stream","events":["#),
+        Some(v) => {
+            let _ = write!(body, r#"{{"expected_version":{v},"events":["#);
+        }
+    }
+    for (i, data) in payload.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        // Writing into a String cannot fail.
+        let _ = write!(
+            body,
+            r#"{{"id":"{}","type":"ItemAdded","data":{data}}}"#,
+            Uuid::new_v4()
+        );
+    }
+    body.push_str("]}");
+    bytes::Bytes::from(body)
 }
 
 /// Sends one append, re-sending the same body while the answer is 503. Returns the outcome and
@@ -378,7 +384,7 @@ fn append_body(version: Option<i64>, payload: &[Value]) -> Vec<u8> {
 async fn send_append(
     client: &reqwest::Client,
     url: &str,
-    body: Vec<u8>,
+    body: bytes::Bytes,
     end: Instant,
 ) -> (Outcome, u64) {
     let mut retries = 0;
