@@ -7,6 +7,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext};
 
 /// Failures of topic administration.
@@ -23,6 +25,54 @@ pub enum KafkaAdminError {
         /// Broker error code.
         code: RDKafkaErrorCode,
     },
+}
+
+/// Enqueues every record in order, then waits for all their delivery reports. Returns each
+/// record's (partition, offset) in input order, or the first failure. A full local queue is
+/// waited out for up to `queue_timeout`, as `FutureProducer::send` does.
+///
+/// One `send` future per record joined together cost the publisher an eighth of its CPU at
+/// thousands of records per round; this enqueues synchronously and awaits plain receivers.
+/// After a failure the records already enqueued may still be delivered: callers treat them as
+/// not sent (ingest rolls back, so they are phantoms; the publisher republishes them).
+pub async fn send_all<'a, K, P>(
+    producer: &FutureProducer,
+    records: Vec<FutureRecord<'a, K, P>>,
+    queue_timeout: Duration,
+) -> Result<Vec<(i32, i64)>, KafkaError>
+where
+    K: ToBytes + ?Sized + 'a,
+    P: ToBytes + ?Sized + 'a,
+{
+    let mut pending = Vec::with_capacity(records.len());
+    for record in records {
+        let started = std::time::Instant::now();
+        let mut record = record;
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push(delivery);
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                    if started.elapsed() < queue_timeout =>
+                {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+    }
+    let mut delivered = Vec::with_capacity(pending.len());
+    for delivery in pending {
+        match delivery.await {
+            Ok(Ok(delivery)) => delivered.push((delivery.partition, delivery.offset)),
+            Ok(Err((error, _))) => return Err(error),
+            Err(_) => return Err(KafkaError::Canceled),
+        }
+    }
+    Ok(delivered)
 }
 
 /// Base settings for every client.

@@ -138,45 +138,53 @@ impl Publisher {
         let mut records = Vec::with_capacity(rows.len());
         let mut last = through;
         for row in &rows {
-            let position: i64 = row.try_get("global_position")?;
-            let data: String = row.try_get("data")?;
-            let metadata: Option<String> = row.try_get("metadata")?;
+            // Columns by position (the SELECT above): a lookup by name per field was a tenth of
+            // the publisher's CPU.
+            let position: i64 = row.try_get(0)?;
+            let data: String = row.try_get(4)?;
+            let metadata: Option<String> = row.try_get(5)?;
             let event = CanonicalEvent {
-                event_id: row.try_get::<Uuid, _>("event_id")?,
-                stream_id: row.try_get("stream_id")?,
-                version: row.try_get("version")?,
+                event_id: row.try_get::<Uuid, _>(1)?,
+                stream_id: row.try_get(2)?,
+                version: row.try_get(6)?,
                 global_position: position,
-                event_type: row.try_get("event_type")?,
+                event_type: row.try_get(3)?,
                 data: RawValue::from_string(data)?,
                 metadata: metadata.map(RawValue::from_string).transpose()?,
-                created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
+                created_at: row.try_get::<DateTime<Utc>, _>(7)?,
             };
-            let correlation: Option<String> = row.try_get("correlation_id")?;
-            let causation: Option<String> = row.try_get("causation_id")?;
-            records.push((serde_json::to_vec(&event)?, event, correlation, causation));
+            let correlation: Option<String> = row.try_get(8)?;
+            let causation: Option<String> = row.try_get(9)?;
+            let headers = canonical_headers(&event, correlation.as_deref(), causation.as_deref());
+            records.push((serde_json::to_vec(&event)?, event, headers));
             last = position;
         }
-        let deliveries = records
+        let mut headers_in_order = Vec::with_capacity(records.len());
+        let mut payloads = Vec::with_capacity(records.len());
+        for (payload, event, headers) in records {
+            headers_in_order.push(headers);
+            payloads.push((payload, event));
+        }
+        let sends: Vec<_> = payloads
             .iter()
-            .map(|(payload, event, correlation, causation)| {
-                let headers =
-                    canonical_headers(event, correlation.as_deref(), causation.as_deref());
-                let record = FutureRecord::to(&self.topic)
+            .zip(headers_in_order)
+            .map(|((payload, event), headers)| {
+                FutureRecord::to(&self.topic)
                     .key(event.stream_id.as_str())
                     .payload(payload.as_slice())
-                    .headers(headers);
-                self.producer.send(record, Duration::from_secs(30))
-            });
+                    .headers(headers)
+            })
+            .collect();
+        let delivered =
+            esk_core::kafka::send_all(&self.producer, sends, Duration::from_secs(30)).await?;
         // The last record per partition, for projections handing over from a replay.
         let mut last_per_partition: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-        let results = futures::future::join_all(deliveries).await;
-        for (result, (_, event, _, _)) in results.into_iter().zip(&records) {
-            let delivery = result.map_err(|(e, _)| e)?;
+        for ((partition, offset), (_, event)) in delivered.into_iter().zip(&payloads) {
             let entry = last_per_partition
-                .entry(delivery.partition)
-                .or_insert((delivery.offset, event.global_position));
-            if delivery.offset >= entry.0 {
-                *entry = (delivery.offset, event.global_position);
+                .entry(partition)
+                .or_insert((offset, event.global_position));
+            if offset >= entry.0 {
+                *entry = (offset, event.global_position);
             }
         }
         let partitions: Vec<i32> = last_per_partition.keys().copied().collect();

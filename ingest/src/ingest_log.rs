@@ -60,6 +60,7 @@ impl IngestLog {
         created_at: DateTime<Utc>,
     ) -> Result<(), ProduceError> {
         let mut records = Vec::new();
+        let mut all_headers = Vec::new();
         for item in accepted {
             for (offset, event) in item.append.events.iter().enumerate() {
                 let version = item.first_version + offset as i64;
@@ -77,23 +78,23 @@ impl IngestLog {
                 let payload = serde_json::to_vec(&value)?;
                 let headers =
                     ingest_log_headers(&value, event.correlation_id(), event.causation_id());
-                records.push((item.append.stream_id.as_str(), payload, headers));
+                records.push((item.append.stream_id.as_str(), payload));
+                all_headers.push(headers);
             }
         }
-        let deliveries = records
-            .into_iter()
-            .map(|(key, payload, headers)| async move {
-                let record = FutureRecord::to(&self.topic)
-                    .key(key)
-                    .payload(&payload)
-                    .headers(headers);
-                self.producer.send(record, self.queue_timeout).await
-            });
-        for result in futures::future::join_all(deliveries).await {
-            if let Err((error, _)) = result {
-                return Err(ProduceError::Kafka(error));
-            }
-        }
+        let sends: Vec<_> = records
+            .iter()
+            .zip(all_headers)
+            .map(|((key, payload), headers)| {
+                FutureRecord::to(&self.topic)
+                    .key(*key)
+                    .payload(payload.as_slice())
+                    .headers(headers)
+            })
+            .collect();
+        esk_core::kafka::send_all(&self.producer, sends, self.queue_timeout)
+            .await
+            .map_err(ProduceError::Kafka)?;
         Ok(())
     }
 }
