@@ -41,9 +41,9 @@ pub(crate) fn encode(rows: &[EventRow<'_>]) -> Vec<u8> {
         put_field(&mut buf, row.stream_id.as_bytes());
         put_field(&mut buf, row.category.as_bytes());
         put_field(&mut buf, row.event_type.as_bytes());
-        put_jsonb(&mut buf, row.data);
+        put_json(&mut buf, row.data);
         match row.metadata {
-            Some(m) => put_jsonb(&mut buf, m),
+            Some(m) => put_json(&mut buf, m),
             None => buf.extend_from_slice(&(-1i32).to_be_bytes()),
         }
         put_field(&mut buf, &row.version.to_be_bytes());
@@ -62,10 +62,9 @@ fn put_field(buf: &mut Vec<u8>, bytes: &[u8]) {
     buf.extend_from_slice(bytes);
 }
 
-fn put_jsonb(buf: &mut Vec<u8>, json_text: &str) {
-    buf.extend_from_slice(&((json_text.len() + 1) as i32).to_be_bytes());
-    buf.push(1); // jsonb binary format version
-    buf.extend_from_slice(json_text.as_bytes());
+/// A `json` column's binary form is its text.
+fn put_json(buf: &mut Vec<u8>, json_text: &str) {
+    put_field(buf, json_text.as_bytes());
 }
 
 /// Streams the rows into `events` inside the caller's transaction.
@@ -105,10 +104,10 @@ mod tests {
         assert!(bytes.starts_with(b"PGCOPY\n\xff\r\n\0"));
         assert!(bytes.ends_with(&[0xff, 0xff]));
         // header 19 + count 2 + 11 length words + payloads + trailer 2
-        let payload = 8 + 16 + 1 + 1 + 1 + 3 + 8 + 8 + 4 + 8;
+        let payload = 8 + 16 + 1 + 1 + 1 + 2 + 8 + 8 + 4 + 8;
         assert_eq!(bytes.len(), 19 + 2 + 11 * 4 + payload + 2);
         // created_at at Postgres's epoch encodes as zero microseconds.
-        let micros_at = 19 + 2 + 4 + 8 + 4 + 16 + 4 + 1 + 4 + 1 + 4 + 1 + 4 + 3 + 4 + 4 + 8 + 4;
+        let micros_at = 19 + 2 + 4 + 8 + 4 + 16 + 4 + 1 + 4 + 1 + 4 + 1 + 4 + 2 + 4 + 4 + 8 + 4;
         assert_eq!(&bytes[micros_at..micros_at + 8], &[0u8; 8]);
     }
 }

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use esk_core::kafka::RebalanceLog;
 use esk_core::model::category_of;
 use esk_core::telemetry::Health;
-use esk_core::wire::IngestLogEvent;
+use esk_core::wire::{CanonicalEvent, IngestLogEvent};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::classify;
 use crate::commit::{self, BatchWrite, CommitError, DeadLetter};
+use crate::committed_tail::CommittedTail;
 use crate::config::IndexerConfig;
 use crate::copy_batch::EventRow;
 use crate::metrics::IndexerMetrics;
@@ -54,6 +55,8 @@ pub(crate) struct Indexer {
     max_batch: usize,
     linger: Duration,
     indexed: Arc<Notify>,
+    /// Committed batches for this process's publisher.
+    tail: Arc<CommittedTail>,
 }
 
 impl Indexer {
@@ -63,6 +66,7 @@ impl Indexer {
         metrics: Arc<IndexerMetrics>,
         health: Arc<Health>,
         indexed: Arc<Notify>,
+        tail: Arc<CommittedTail>,
     ) -> anyhow::Result<Self> {
         let mut client =
             esk_core::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id);
@@ -85,6 +89,7 @@ impl Indexer {
             max_batch: config.max_batch.max(1),
             linger: Duration::from_millis(config.linger_ms),
             indexed,
+            tail,
         })
     }
 
@@ -365,11 +370,14 @@ impl Indexer {
             ..Default::default()
         };
         let mut phantoms = 0u64;
+        // decoded[row_sources[i]] is the event of write.rows[i].
+        let mut row_sources: Vec<usize> = Vec::new();
         let mut newest: HashMap<i32, chrono::DateTime<Utc>> = HashMap::new();
-        for (pending, decoded) in batch.iter().zip(&decoded) {
+        for (source, (pending, decoded)) in batch.iter().zip(&decoded).enumerate() {
             match decoded {
                 Ok(event) if committed.contains(&(event.append_id, event.attempt_id)) => {
                     newest.insert(pending.partition, event.created_at);
+                    row_sources.push(source);
                     write.rows.push(EventRow {
                         global_position: 0,
                         event_id: event.event_id,
@@ -403,6 +411,28 @@ impl Indexer {
         let rows = write.rows.len() as u64;
         let dead = write.dead_letters.len() as u64;
         commit::commit(&self.pool, &self.topic, &mut write, &self.metrics).await?;
+        if self.tail.is_active() {
+            let committed_events = write
+                .rows
+                .iter()
+                .zip(&row_sources)
+                .filter_map(|(row, source)| {
+                    let event = decoded.get(*source)?.as_ref().ok()?;
+                    Some(CanonicalEvent {
+                        event_id: event.event_id,
+                        stream_id: event.stream_id.clone(),
+                        version: event.version,
+                        global_position: row.global_position,
+                        event_type: event.event_type.clone(),
+                        data: event.data.clone(),
+                        metadata: event.metadata.clone(),
+                        // As stored: Postgres keeps microseconds (so does the COPY encoding).
+                        created_at: event.created_at.trunc_subsecs(6),
+                    })
+                })
+                .collect();
+            self.tail.extend(committed_events);
+        }
 
         self.metrics.batches.inc();
         self.metrics.batch_events.observe(batch.len() as f64);

@@ -3,6 +3,7 @@
 
 mod classify;
 mod commit;
+mod committed_tail;
 mod config;
 mod copy_batch;
 mod index_loop;
@@ -31,6 +32,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let shutdown = CancellationToken::new();
     let indexed = Arc::new(Notify::new());
+    // A few publish rounds' worth: enough to publish from memory while the publisher keeps up.
+    let tail = Arc::new(committed_tail::CommittedTail::new(
+        usize::try_from(config.publish_batch.saturating_mul(4)).unwrap_or(20_000),
+    ));
 
     let stop = shutdown.clone();
     let server = telemetry
@@ -44,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
         telemetry.health.clone(),
         indexed.clone(),
+        tail.clone(),
     )?;
     tasks.push(tokio::spawn(indexer.run(shutdown.clone())));
     if config.publish {
@@ -55,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             metrics: metrics.clone(),
             indexed,
             linger: Duration::from_millis(config.publish_linger_ms),
+            tail,
         };
         tasks.push(tokio::spawn(publisher.run(shutdown.clone())));
     }
