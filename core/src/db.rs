@@ -53,28 +53,33 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// The `events` columns [`canonical_event_from_row`] reads, in its order.
+pub const EVENT_COLUMNS: &str = "global_position, event_id, stream_id, event_type, \
+     data::text AS data, metadata::text AS metadata, version, created_at";
+
 /// Reads a [`CanonicalEvent`](crate::wire::CanonicalEvent) from an `events` row selected as
-/// `global_position, event_id, stream_id, event_type, data::text AS data, metadata::text AS
-/// metadata, version, created_at` (a NULL `data` reads as JSON null: payload-less replays).
+/// [`EVENT_COLUMNS`] (or the same columns in that order; a NULL `data` reads as JSON null:
+/// payload-less replays). Columns are read by position: by name, the lookups were a tenth of the
+/// publisher's CPU.
 pub fn canonical_event_from_row(
     row: &sqlx::postgres::PgRow,
 ) -> Result<crate::wire::CanonicalEvent, sqlx::Error> {
     use serde_json::value::RawValue;
     use sqlx::Row;
     let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
-    let data: Option<String> = row.try_get("data")?;
+    let data: Option<String> = row.try_get(4)?;
     Ok(crate::wire::CanonicalEvent {
-        global_position: row.try_get("global_position")?,
-        event_id: row.try_get("event_id")?,
-        stream_id: row.try_get("stream_id")?,
-        event_type: row.try_get("event_type")?,
+        global_position: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        stream_id: row.try_get(2)?,
+        event_type: row.try_get(3)?,
         data: RawValue::from_string(data.unwrap_or_else(|| "null".into())).map_err(decode)?,
         metadata: row
-            .try_get::<Option<String>, _>("metadata")?
+            .try_get::<Option<String>, _>(5)?
             .map(RawValue::from_string)
             .transpose()
             .map_err(decode)?,
-        version: row.try_get("version")?,
-        created_at: row.try_get("created_at")?,
+        version: row.try_get(6)?,
+        created_at: row.try_get(7)?,
     })
 }

@@ -10,6 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use esk_core::db::EVENT_COLUMNS;
 use esk_core::wire::CanonicalEvent;
 use serde_json::json;
 use sqlx::postgres::PgRow;
@@ -20,10 +21,6 @@ use crate::api::ApiError;
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_WAIT_MS: u64 = 60_000;
-
-const EVENT_COLUMNS: &str =
-    "global_position, event_id, stream_id, event_type, data::text AS data, \
-     metadata::text AS metadata, version, created_at";
 
 /// Read routes over the pool.
 pub(crate) fn router(pool: PgPool) -> Router {

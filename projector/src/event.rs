@@ -26,10 +26,11 @@ impl ProjectedEvent {
 }
 
 /// Columns for [`ProjectedEvent::from_row`]; `with_data` false skips the payloads for handlers
-/// that do not read them (a large part of a replay's cost).
+/// that do not read them (a large part of a replay's cost). Same order as
+/// [`esk_core::db::EVENT_COLUMNS`], which the row is read by.
 pub(crate) fn event_columns(with_data: bool) -> &'static str {
     if with_data {
-        "global_position, event_id, stream_id, event_type, data::text AS data, metadata::text AS metadata, version, created_at"
+        esk_core::db::EVENT_COLUMNS
     } else {
         "global_position, event_id, stream_id, event_type, NULL::text AS data, NULL::text AS metadata, version, created_at"
     }
