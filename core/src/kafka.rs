@@ -7,7 +7,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::ToBytes;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, ClientContext};
 
@@ -27,27 +27,44 @@ pub enum KafkaAdminError {
     },
 }
 
-/// Enqueues every record in order, then waits for all their delivery reports. Returns each
-/// record's (partition, offset) in input order, or the first failure. A full local queue is
-/// waited out for up to `queue_timeout`, as `FutureProducer::send` does.
+/// A record to produce: key, encoded value and headers.
+#[derive(Debug)]
+pub struct OutgoingRecord<'a> {
+    /// Record key (the stream id on every esk topic).
+    pub key: &'a str,
+    /// Encoded value.
+    pub payload: Vec<u8>,
+    /// Record headers.
+    pub headers: OwnedHeaders,
+}
+
+/// Enqueues every record to `topic` in order, then waits for all their delivery reports.
+/// Returns each record's (partition, offset) in input order, or the first failure. A full local
+/// queue is waited out for up to `queue_timeout`, as `FutureProducer::send` does.
 ///
 /// One `send` future per record joined together cost the publisher an eighth of its CPU at
-/// thousands of records per round; this enqueues synchronously and awaits plain receivers.
-/// After a failure the records already enqueued may still be delivered: callers treat them as
-/// not sent (ingest rolls back, so they are phantoms; the publisher republishes them).
-pub async fn send_all<'a, K, P>(
+/// thousands of records per round; this enqueues synchronously (librdkafka copies key and
+/// value) and awaits plain receivers. After a failure the records already enqueued may still be
+/// delivered: callers treat them as not sent (ingest rolls back, so they are phantoms; the
+/// publisher and topic projections send them again).
+pub async fn send_all(
     producer: &FutureProducer,
-    records: Vec<FutureRecord<'a, K, P>>,
+    topic: &str,
+    records: Vec<OutgoingRecord<'_>>,
     queue_timeout: Duration,
-) -> Result<Vec<(i32, i64)>, KafkaError>
-where
-    K: ToBytes + ?Sized + 'a,
-    P: ToBytes + ?Sized + 'a,
-{
+) -> Result<Vec<(i32, i64)>, KafkaError> {
     let mut pending = Vec::with_capacity(records.len());
-    for record in records {
+    for OutgoingRecord {
+        key,
+        payload,
+        headers,
+    } in records
+    {
         let started = std::time::Instant::now();
-        let mut record = record;
+        let mut record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload.as_slice())
+            .headers(headers);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {

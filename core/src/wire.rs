@@ -206,6 +206,17 @@ pub fn canonical_headers(
 }
 
 impl CanonicalEvent {
+    /// The record of this event on the canonical topic (and on topics derived from it): key =
+    /// stream id, value = the JSON envelope, headers from [`canonical_headers`].
+    pub fn to_record(&self) -> Result<crate::kafka::OutgoingRecord<'_>, serde_json::Error> {
+        let (correlation, causation) = self.trace_ids();
+        Ok(crate::kafka::OutgoingRecord {
+            key: &self.stream_id,
+            payload: serde_json::to_vec(self)?,
+            headers: canonical_headers(self, correlation.as_deref(), causation.as_deref()),
+        })
+    }
+
     /// The `correlation_id` and `causation_id` strings of the event's metadata.
     pub fn trace_ids(&self) -> (Option<String>, Option<String>) {
         let Some(metadata) = &self.metadata else {

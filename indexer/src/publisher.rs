@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use esk_core::db::{canonical_event_from_row, EVENT_COLUMNS};
-use esk_core::wire::{canonical_headers, CanonicalEvent};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use esk_core::kafka::send_all;
+use esk_core::wire::CanonicalEvent;
+use rdkafka::producer::FutureProducer;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::Notify;
@@ -151,32 +152,20 @@ impl Publisher {
         let Some(last) = events.last().map(|e| e.global_position) else {
             return Ok(0);
         };
-        let mut headers_in_order = Vec::with_capacity(events.len());
-        let mut payloads = Vec::with_capacity(events.len());
-        for event in events {
-            let (correlation, causation) = event.trace_ids();
-            headers_in_order.push(canonical_headers(
-                &event,
-                correlation.as_deref(),
-                causation.as_deref(),
-            ));
-            payloads.push((serde_json::to_vec(&event)?, event));
-        }
-        let sends: Vec<_> = payloads
+        let records = events
             .iter()
-            .zip(headers_in_order)
-            .map(|((payload, event), headers)| {
-                FutureRecord::to(&self.topic)
-                    .key(event.stream_id.as_str())
-                    .payload(payload.as_slice())
-                    .headers(headers)
-            })
-            .collect();
-        let delivered =
-            esk_core::kafka::send_all(&self.producer, sends, Duration::from_secs(30)).await?;
+            .map(CanonicalEvent::to_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let delivered = send_all(
+            &self.producer,
+            &self.topic,
+            records,
+            Duration::from_secs(30),
+        )
+        .await?;
         // The last record per partition, for projections handing over from a replay.
         let mut last_per_partition: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-        for ((partition, offset), (_, event)) in delivered.into_iter().zip(&payloads) {
+        for ((partition, offset), event) in delivered.into_iter().zip(&events) {
             let entry = last_per_partition
                 .entry(partition)
                 .or_insert((offset, event.global_position));
@@ -210,8 +199,8 @@ impl Publisher {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.metrics.published.inc_by(payloads.len() as u64);
+        self.metrics.published.inc_by(events.len() as u64);
         self.metrics.publish_lag.set(last_indexed - last);
-        Ok(payloads.len())
+        Ok(events.len())
     }
 }

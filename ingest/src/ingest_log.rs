@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use esk_core::kafka::{send_all, OutgoingRecord};
 use esk_core::model::Append;
 use esk_core::wire::{ingest_log_headers, IngestLogEventRef};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 
 use crate::config::IngestConfig;
 
@@ -60,7 +61,6 @@ impl IngestLog {
         created_at: DateTime<Utc>,
     ) -> Result<(), ProduceError> {
         let mut records = Vec::new();
-        let mut all_headers = Vec::new();
         for item in accepted {
             for (offset, event) in item.append.events.iter().enumerate() {
                 let version = item.first_version + offset as i64;
@@ -75,26 +75,18 @@ impl IngestLog {
                     attempt_id,
                     created_at,
                 };
-                let payload = serde_json::to_vec(&value)?;
-                let headers =
-                    ingest_log_headers(&value, event.correlation_id(), event.causation_id());
-                records.push((item.append.stream_id.as_str(), payload));
-                all_headers.push(headers);
+                records.push(OutgoingRecord {
+                    key: &item.append.stream_id,
+                    payload: serde_json::to_vec(&value)?,
+                    headers: ingest_log_headers(
+                        &value,
+                        event.correlation_id(),
+                        event.causation_id(),
+                    ),
+                });
             }
         }
-        let sends: Vec<_> = records
-            .iter()
-            .zip(all_headers)
-            .map(|((key, payload), headers)| {
-                FutureRecord::to(&self.topic)
-                    .key(*key)
-                    .payload(payload.as_slice())
-                    .headers(headers)
-            })
-            .collect();
-        esk_core::kafka::send_all(&self.producer, sends, self.queue_timeout)
-            .await
-            .map_err(ProduceError::Kafka)?;
+        send_all(&self.producer, &self.topic, records, self.queue_timeout).await?;
         Ok(())
     }
 }

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use esk_core::wire::canonical_headers;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use esk_core::kafka::send_all;
+use rdkafka::producer::FutureProducer;
 
 use crate::event::ProjectedEvent;
 
@@ -32,25 +32,19 @@ impl TopicForwarder {
     }
 
     pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), DeliveryError> {
-        let payloads: Vec<Vec<u8>> = events
+        let records = events
             .iter()
-            .map(|e| serde_json::to_vec(&e.event))
-            .collect::<Result<_, _>>()
+            .map(|e| e.event.to_record())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DeliveryError(e.to_string()))?;
-        let sends = events.iter().zip(&payloads).map(|(e, payload)| {
-            let (correlation, causation) = e.event.trace_ids();
-            let headers = canonical_headers(&e.event, correlation.as_deref(), causation.as_deref());
-            self.producer.send(
-                FutureRecord::to(&self.topic)
-                    .key(e.event.stream_id.as_str())
-                    .payload(payload.as_slice())
-                    .headers(headers),
-                Duration::from_secs(30),
-            )
-        });
-        for result in futures::future::join_all(sends).await {
-            result.map_err(|(e, _)| DeliveryError(format!("produce to {}: {e}", self.topic)))?;
-        }
+        send_all(
+            &self.producer,
+            &self.topic,
+            records,
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|e| DeliveryError(format!("produce to {}: {e}", self.topic)))?;
         Ok(())
     }
 }
