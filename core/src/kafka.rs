@@ -27,6 +27,16 @@ pub enum KafkaAdminError {
     },
 }
 
+/// The partitions of `requested` that an offsets compare-and-set did not match (`matched`, the
+/// partitions its `RETURNING` gave back): another consumer owns them now, so the caller rolls
+/// back and re-reads them. Empty when every partition matched.
+pub fn unmatched_partitions(requested: Vec<i32>, matched: &[i32]) -> Vec<i32> {
+    requested
+        .into_iter()
+        .filter(|p| !matched.contains(p))
+        .collect()
+}
+
 /// A record to produce: key, encoded value and headers.
 #[derive(Debug)]
 pub struct OutgoingRecord<'a> {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod kafka;
 pub mod model;
+pub mod retry;
 pub mod telemetry;
 pub mod validate;
 pub mod wire;

@@ -76,11 +76,8 @@ pub(crate) async fn commit(
     .bind(&nexts)
     .fetch_all(&mut *tx)
     .await?;
-    if owned.len() != partitions.len() {
-        let lost = partitions
-            .into_iter()
-            .filter(|p| !owned.contains(p))
-            .collect();
+    let lost = esk_core::kafka::unmatched_partitions(partitions, &owned);
+    if !lost.is_empty() {
         return Err(CommitError::NotOwner(lost));
     }
 

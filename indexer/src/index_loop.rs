@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{SubsecRound, Utc};
 use esk_core::kafka::RebalanceLog;
 use esk_core::model::category_of;
@@ -218,10 +217,7 @@ impl Indexer {
     }
 
     async fn stored_offset(&self, partition: i32) -> Option<i64> {
-        let mut backoff = ExponentialBuilder::default()
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build();
+        let mut backoff = esk_core::retry::until_stopped(Duration::from_secs(1));
         loop {
             match sqlx::query_scalar::<_, i64>(
                 "SELECT next_offset FROM indexer_offsets WHERE topic = $1 AND partition_id = $2",
@@ -238,7 +234,8 @@ impl Indexer {
                         .with_label_values(&["load_offset"])
                         .inc();
                     tracing::warn!(%error, partition, "cannot read the stored offset; retrying");
-                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
+                    tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
+                        .await;
                 }
             }
         }
@@ -247,11 +244,7 @@ impl Indexer {
     /// Indexes one batch: classify, then commit, retrying transient failures; partitions lost
     /// to another consumer are dropped from the batch and re-read from their stored offsets.
     async fn index(&mut self, mut batch: Vec<Pending>, shutdown: &CancellationToken) {
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build();
+        let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(50));
         loop {
             if batch.is_empty() || shutdown.is_cancelled() {
                 return;
@@ -277,7 +270,8 @@ impl Indexer {
                 Err(CommitError::Database(error)) => {
                     self.metrics.errors.with_label_values(&["commit"]).inc();
                     tracing::warn!(%error, records = batch.len(), "indexing transaction failed; retrying");
-                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
+                    tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
+                        .await;
                 }
             }
         }

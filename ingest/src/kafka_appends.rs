@@ -8,7 +8,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use esk_core::model::Append;
 use esk_core::validate::{parse_append, InvalidAppend, Limits};
 use esk_core::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
@@ -223,11 +222,7 @@ async fn await_and_respond(
     append: Append,
     mut reply: tokio::sync::oneshot::Receiver<AppendReply>,
 ) {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .without_max_times()
-        .build();
+    let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(100));
     let outcome = loop {
         match reply.await {
             Ok(Ok(outcome)) => break outcome,
@@ -239,7 +234,7 @@ async fn await_and_respond(
                 tracing::warn!(append_id = %append.append_id, "pipeline dropped an append; resubmitting")
             }
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        let delay = backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY);
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -277,11 +272,7 @@ async fn respond(shared: Arc<Shared>, context: RequestContext, result: AppendRes
             return;
         }
     };
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .without_max_times()
-        .build();
+    let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(100));
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(&shared.results_topic).payload(&payload);
         if let Some(key) = &context.reply_key {
@@ -291,7 +282,7 @@ async fn respond(shared: Arc<Shared>, context: RequestContext, result: AppendRes
             Ok(_) => break,
             Err((error, _)) => {
                 tracing::warn!(%error, "cannot deliver an append result; retrying");
-                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                let delay = backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY);
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}

@@ -86,11 +86,8 @@ pub(crate) async fn write(
             .bind(&positions)
             .fetch_all(conn)
             .await?;
-            if owned.len() != partitions.len() {
-                let lost = partitions
-                    .into_iter()
-                    .filter(|p| !owned.contains(p))
-                    .collect();
+            let lost = esk_core::kafka::unmatched_partitions(partitions, &owned);
+            if !lost.is_empty() {
                 return Err(CheckpointError::NotOwner(lost));
             }
         }

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use esk_core::kafka::RebalanceLog;
 use esk_core::wire::CanonicalEvent;
@@ -257,11 +256,7 @@ impl LiveRun<'_> {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let name = &self.projection.name;
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(50))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .build();
+        let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(50));
         loop {
             if admitted.is_empty() || shutdown.is_cancelled() {
                 return Ok(());
@@ -344,7 +339,8 @@ impl LiveRun<'_> {
                 }
                 Err(ProcessError::Database(error)) => {
                     tracing::warn!(projection = %name, %error, "projection batch failed; retrying");
-                    tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
+                    tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
+                        .await;
                 }
             }
         }
