@@ -83,3 +83,44 @@ pub fn canonical_event_from_row(
         created_at: row.try_get(7)?,
     })
 }
+
+/// Whether a Postgres failure may pass if the same work is tried again (the server or the
+/// connection was unavailable, or the transaction lost a race), as opposed to the server
+/// refusing this data or this statement, which would fail the same way every time.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| transient_sqlstate(&code)),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+/// SQLSTATEs that mean "try again": connection exceptions (08), serialization failure and
+/// deadlock (40001, 40P01), insufficient resources (53), operator intervention such as a
+/// shutdown or a statement timeout (57), lock not available (55P03), system errors (58).
+fn transient_sqlstate(code: &str) -> bool {
+    matches!(code, "40001" | "40P01" | "55P03" | "55006")
+        || ["08", "53", "57", "58"].iter().any(|class| code.starts_with(class))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_sqlstates() {
+        for code in ["08006", "40001", "40P01", "53300", "57P01", "57014", "55P03", "58030"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["22021", "22P02", "23505", "23502", "42P01", "42501", "XX000"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+        assert!(is_transient(&sqlx::Error::PoolTimedOut));
+        assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+}

@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod kafka;
 pub mod model;
+pub mod raw_json;
 pub mod retry;
 pub mod telemetry;
 pub mod validate;

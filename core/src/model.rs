@@ -1,6 +1,5 @@
 //! The event model: expected versions, events, and the identities derived from them.
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Stream version stored for "no stream" (a stream's version is that of its last event).
@@ -45,34 +44,21 @@ impl ExpectedVersion {
 }
 
 /// One event of an append, validated.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone)]
 pub struct NewEvent {
     /// Globally unique event id.
     pub id: Uuid,
     /// Event type, non-empty.
-    #[serde(rename = "type")]
     pub event_type: String,
-    /// JSON payload, kept as the text it was validated into (it is only ever passed on).
+    /// JSON payload: the text the client sent, less whitespace between tokens.
     pub data: Box<serde_json::value::RawValue>,
-    /// Optional JSON object of metadata (correlation and causation ids live here).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<serde_json::Value>,
-}
-
-impl NewEvent {
-    /// The `correlation_id` metadata field, when present as a string.
-    pub fn correlation_id(&self) -> Option<&str> {
-        self.metadata_str("correlation_id")
-    }
-
-    /// The `causation_id` metadata field, when present as a string.
-    pub fn causation_id(&self) -> Option<&str> {
-        self.metadata_str("causation_id")
-    }
-
-    fn metadata_str(&self, key: &str) -> Option<&str> {
-        self.metadata.as_ref()?.get(key)?.as_str()
-    }
+    /// Optional JSON object of metadata, kept as text like `data` (correlation and causation
+    /// ids live here).
+    pub metadata: Option<Box<serde_json::value::RawValue>>,
+    /// The metadata's `correlation_id`, when it is a string.
+    pub correlation_id: Option<String>,
+    /// The metadata's `causation_id`, when it is a string.
+    pub causation_id: Option<String>,
 }
 
 /// A validated append: what ingest turns into one ledger row.

@@ -166,7 +166,7 @@ pub struct IngestLogEventRef<'a> {
     pub data: &'a RawValue,
     /// Metadata object.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub metadata: Option<&'a serde_json::Value>,
+    pub metadata: Option<&'a RawValue>,
     /// The append this event belongs to.
     pub append_id: Uuid,
     /// The ingest attempt that produced it.

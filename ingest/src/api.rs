@@ -11,9 +11,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use esk_core::validate::{parse_append, InvalidAppend, Limits};
+use esk_core::validate::{
+    parse_append_body, validate_trace_id, InvalidAppend, Limits, TraceDefaults,
+};
 use esk_core::wire::{ErrorBody, ErrorEnvelope};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, Rejection};
@@ -96,17 +98,8 @@ async fn append(
 ) -> Result<Response, ApiError> {
     let Path(stream_id) = path
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream_id", e.body_text()))?;
-    let body = read_body(body, state.max_body_bytes).await?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|mime| {
-            let mime = mime.trim();
-            mime.eq_ignore_ascii_case("application/json")
-                || (mime.starts_with("application/") && mime.ends_with("+json"))
-        });
-    if !is_json {
+    // Cheap refusals first: nothing of a body that will be refused is read.
+    if !is_json(&headers) {
         state.metrics.invalid("unsupported_media_type");
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -114,11 +107,15 @@ async fn append(
             "send the body as Content-Type: application/json",
         ));
     }
-    let mut append = decode(&stream_id, &body, &state.limits).map_err(|e| {
+    let trace = trace_defaults(&headers).map_err(|e| {
+        state.metrics.invalid(e.code());
+        ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+    })?;
+    let body = read_body(body, state.max_body_bytes).await?;
+    let append = parse_append_body(&stream_id, &body, &state.limits, trace).map_err(|e| {
         state.metrics.invalid(e.code());
         ApiError::invalid(&e)
     })?;
-    carry_trace_headers(&headers, &mut append);
     let append_id = append.append_id;
     let (command, reply) = AppendCommand::new(append);
     if state.pipeline.try_submit(command).is_err() {
@@ -174,28 +171,34 @@ async fn append(
     }
 }
 
-/// Copies `X-Correlation-Id` / `X-Causation-Id` request headers into the metadata of events
-/// that do not carry their own, so the ids travel with the events to the indexer, the canonical
-/// topic's headers and the projections.
-fn carry_trace_headers(headers: &HeaderMap, append: &mut esk_core::model::Append) {
-    for (header_name, key) in [
-        ("x-correlation-id", "correlation_id"),
-        ("x-causation-id", "causation_id"),
-    ] {
-        let Some(value) = headers.get(header_name).and_then(|v| v.to_str().ok()) else {
-            continue;
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| {
+            let mime = mime.trim();
+            mime.eq_ignore_ascii_case("application/json")
+                || (mime.starts_with("application/") && mime.ends_with("+json"))
+        })
+}
+
+/// The `X-Correlation-Id` / `X-Causation-Id` request headers, validated: they are copied into
+/// the metadata of events that do not carry their own, so the ids travel with the events to the
+/// indexer, the canonical topic's headers and the projections.
+fn trace_defaults(headers: &HeaderMap) -> Result<TraceDefaults<'_>, InvalidAppend> {
+    let read = |name: &str| -> Result<Option<&str>, InvalidAppend> {
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
         };
-        for event in &mut append.events {
-            let metadata = event
-                .metadata
-                .get_or_insert_with(|| Value::Object(Default::default()));
-            if let Some(object) = metadata.as_object_mut() {
-                object
-                    .entry(key)
-                    .or_insert_with(|| Value::String(value.to_owned()));
-            }
-        }
-    }
+        validate_trace_id(name, value.as_bytes())?;
+        // Printable ASCII, checked above.
+        Ok(value.to_str().ok())
+    };
+    Ok(TraceDefaults {
+        correlation_id: read("x-correlation-id")?,
+        causation_id: read("x-causation-id")?,
+    })
 }
 
 /// Reads the body up to `limit` bytes. A larger body is read on (and dropped) up to four times
@@ -229,18 +232,6 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
         ));
     }
     Ok(buffer)
-}
-
-/// Parses and validates a request body for `stream_id`.
-pub(crate) fn decode(
-    stream_id: &str,
-    body: &[u8],
-    limits: &Limits,
-) -> Result<esk_core::model::Append, InvalidAppend> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| InvalidAppend::MalformedJson(e.to_string()))?;
-    let object = value.as_object().ok_or(InvalidAppend::NotAnObject)?;
-    parse_append(stream_id, object, &[], limits)
 }
 
 async fn openapi() -> Response {

@@ -70,7 +70,7 @@ impl IngestLog {
                     version,
                     event_type: &event.event_type,
                     data: &event.data,
-                    metadata: event.metadata.as_ref(),
+                    metadata: event.metadata.as_deref(),
                     append_id: item.append.append_id,
                     attempt_id,
                     created_at,
@@ -80,8 +80,8 @@ impl IngestLog {
                     payload: serde_json::to_vec(&value)?,
                     headers: ingest_log_headers(
                         &value,
-                        event.correlation_id(),
-                        event.causation_id(),
+                        event.correlation_id.as_deref(),
+                        event.causation_id.as_deref(),
                     ),
                 });
             }

@@ -9,12 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use esk_core::model::Append;
-use esk_core::validate::{parse_append, InvalidAppend, Limits};
+use esk_core::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
 use esk_core::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -152,40 +151,37 @@ fn decode_request(
     limits: &Limits,
     context: &mut RequestContext,
 ) -> Result<Append, InvalidAppend> {
-    let value: Value = serde_json::from_slice(payload.unwrap_or_default())
-        .map_err(|e| InvalidAppend::MalformedJson(e.to_string()))?;
-    let object = value.as_object().ok_or(InvalidAppend::NotAnObject)?;
-    context.request_id = object
-        .get("request_id")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if let Some(reply_to) = object.get("reply_to").and_then(Value::as_str) {
-        context.reply_key = Some(reply_to.as_bytes().to_vec());
+    let object = parse_object(payload.ok_or(InvalidAppend::EmptyRequest)?)?;
+    let text = |key: &str| {
+        object
+            .last(key)
+            .and_then(|v| serde_json::from_str::<String>(v.get()).ok())
+    };
+    context.request_id = text("request_id");
+    if let Some(reply_to) = text("reply_to") {
+        context.reply_key = Some(reply_to.into_bytes());
     }
-    match object.get("schema_version") {
-        Some(v) if v.as_u64() == Some(u64::from(APPEND_SCHEMA_VERSION)) => {}
-        Some(_) => {
-            return Err(InvalidAppend::WrongType {
-                field: "schema_version".into(),
-                expected: "1",
-            })
-        }
+    match object.last("schema_version") {
+        Some(v) if v.get() == APPEND_SCHEMA_VERSION.to_string() => {}
+        Some(v) => return Err(InvalidAppend::UnsupportedSchemaVersion(v.get().to_owned())),
         None => return Err(InvalidAppend::MissingField("schema_version".into())),
     }
     let stream_id = object
-        .get("stream_id")
-        .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?
-        .as_str()
-        .ok_or_else(|| InvalidAppend::WrongType {
+        .last("stream_id")
+        .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?;
+    let stream_id = serde_json::from_str::<String>(stream_id.get()).map_err(|_| {
+        InvalidAppend::WrongType {
             field: "stream_id".into(),
             expected: "a string",
-        })?;
-    context.stream_id = Some(stream_id.to_owned());
+        }
+    })?;
+    context.stream_id = Some(stream_id.clone());
     parse_append(
-        stream_id,
-        object,
+        &stream_id,
+        &object,
         &["schema_version", "request_id", "reply_to", "stream_id"],
         limits,
+        TraceDefaults::default(),
     )
 }
 

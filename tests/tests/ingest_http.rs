@@ -269,11 +269,11 @@ async fn a_retry_waits_for_an_attempt_that_holds_its_append_id() -> anyhow::Resu
         let stream = format!("Slow-{commit}");
         let evs = events(1);
         let body = json!({"expected_version": "no_stream", "events": evs});
-        let append = esk_core::validate::parse_append(
+        let append = esk_core::validate::parse_append_body(
             &stream,
-            body.as_object().ok_or_else(|| anyhow::anyhow!("object"))?,
-            &[],
+            body.to_string().as_bytes(),
             &Default::default(),
+            Default::default(),
         )?;
         let mut holder = ctx.pool.begin().await?;
         sqlx::query(
