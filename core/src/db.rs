@@ -105,7 +105,9 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
 /// shutdown or a statement timeout (57), lock not available (55P03), system errors (58).
 fn transient_sqlstate(code: &str) -> bool {
     matches!(code, "40001" | "40P01" | "55P03" | "55006")
-        || ["08", "53", "57", "58"].iter().any(|class| code.starts_with(class))
+        || ["08", "53", "57", "58"]
+            .iter()
+            .any(|class| code.starts_with(class))
 }
 
 #[cfg(test)]
@@ -114,10 +116,14 @@ mod tests {
 
     #[test]
     fn classifies_sqlstates() {
-        for code in ["08006", "40001", "40P01", "53300", "57P01", "57014", "55P03", "58030"] {
+        for code in [
+            "08006", "40001", "40P01", "53300", "57P01", "57014", "55P03", "58030",
+        ] {
             assert!(transient_sqlstate(code), "{code}");
         }
-        for code in ["22021", "22P02", "23505", "23502", "42P01", "42501", "XX000"] {
+        for code in [
+            "22021", "22P02", "23505", "23502", "42P01", "42501", "XX000",
+        ] {
             assert!(!transient_sqlstate(code), "{code}");
         }
         assert!(is_transient(&sqlx::Error::PoolTimedOut));

@@ -147,7 +147,9 @@ pub fn compact(raw: &str) -> Result<Cow<'_, str>, UnstorableJson> {
                         .and_then(|h| u16::from_str_radix(h, 16).ok())
                         .unwrap_or(0);
                     match unit {
-                        0xD800..=0xDBFF if pending_high => return Err(UnstorableJson::LoneSurrogate),
+                        0xD800..=0xDBFF if pending_high => {
+                            return Err(UnstorableJson::LoneSurrogate)
+                        }
                         0xD800..=0xDBFF => pending_high = true,
                         0xDC00..=0xDFFF if !pending_high => {
                             return Err(UnstorableJson::LoneSurrogate)
@@ -229,7 +231,10 @@ mod tests {
         assert_eq!(names, ["b", "a", "b"]);
         assert_eq!(members.0[0].1.get(), "0.17393510096763853");
         assert_eq!(members.0[1].1.get(), "18446744073709551617");
-        assert_eq!(members.last("b").map(RawValue::get), Some(r#"{"z":1,"y":2}"#));
+        assert_eq!(
+            members.last("b").map(RawValue::get),
+            Some(r#"{"z":1,"y":2}"#)
+        );
         assert_eq!(members.first_duplicate(), Some("b"));
     }
 
@@ -241,7 +246,9 @@ mod tests {
 
     #[test]
     fn escaped_member_names_are_decoded() {
-        let members = Members::parse(r#"{"a\u0062": 1}"#).expect("json").expect("object");
+        let members = Members::parse(r#"{"a\u0062": 1}"#)
+            .expect("json")
+            .expect("object");
         assert_eq!(members.0[0].0, "ab");
     }
 
@@ -269,9 +276,15 @@ mod tests {
     fn compact_refuses_lone_surrogates_and_keeps_pairs() {
         assert_eq!(compact(r#""\ud800""#), Err(UnstorableJson::LoneSurrogate));
         assert_eq!(compact(r#""\udc00x""#), Err(UnstorableJson::LoneSurrogate));
-        assert_eq!(compact(r#""\ud800\u0041""#), Err(UnstorableJson::LoneSurrogate));
+        assert_eq!(
+            compact(r#""\ud800\u0041""#),
+            Err(UnstorableJson::LoneSurrogate)
+        );
         assert_eq!(compact(r#""\ud800\n""#), Err(UnstorableJson::LoneSurrogate));
-        assert_eq!(compact(r#""\ud83d\ude00""#).as_deref(), Ok(r#""\ud83d\ude00""#));
+        assert_eq!(
+            compact(r#""\ud83d\ude00""#).as_deref(),
+            Ok(r#""\ud83d\ude00""#)
+        );
         assert_eq!(compact(r#""\u0000\\u""#).as_deref(), Ok(r#""\u0000\\u""#));
     }
 }

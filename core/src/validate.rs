@@ -445,8 +445,8 @@ fn parse_event_type(
             expected: "a string",
         });
     }
-    let event_type: String = serde_json::from_str(value.get())
-        .map_err(|_| invalid("it has an invalid \\u escape"))?;
+    let event_type: String =
+        serde_json::from_str(value.get()).map_err(|_| invalid("it has an invalid \\u escape"))?;
     if event_type.trim().is_empty() {
         return Err(invalid("it is empty"));
     }
@@ -683,7 +683,16 @@ mod tests {
 
     #[test]
     fn names_with_control_or_invisible_characters_are_refused() {
-        for bad in ["a\u{0}b", "a\u{7f}", "a\u{85}", "a\u{200B}", "a\u{2028}", "a\u{202E}", "a\u{2067}", "\u{FEFF}a"] {
+        for bad in [
+            "a\u{0}b",
+            "a\u{7f}",
+            "a\u{85}",
+            "a\u{200B}",
+            "a\u{2028}",
+            "a\u{202E}",
+            "a\u{2067}",
+            "\u{FEFF}a",
+        ] {
             let err = validate_stream_id(bad, &Limits::default()).expect_err(bad);
             assert_eq!(err.code(), "invalid_stream_id", "{bad:?}");
             let event = serde_json::json!({"id": ID, "type": bad, "data": 1}).to_string();
@@ -697,19 +706,27 @@ mod tests {
     fn structural_problems_are_typed() {
         let cases = [
             (
-                format!(r#"{{"expected_version": "any", "expected_version": 1, "events": [{{"id": "{ID}", "type": "T", "data": 1}}]}}"#),
+                format!(
+                    r#"{{"expected_version": "any", "expected_version": 1, "events": [{{"id": "{ID}", "type": "T", "data": 1}}]}}"#
+                ),
                 "duplicate_field",
             ),
             (
-                one_event_body(&format!(r#"{{"id": "{ID}", "type": "T", "type": "U", "data": 1}}"#)),
+                one_event_body(&format!(
+                    r#"{{"id": "{ID}", "type": "T", "type": "U", "data": 1}}"#
+                )),
                 "duplicate_field",
             ),
             (
-                one_event_body(&format!(r#"{{"id": "{ID}", "type": "T", "data": "\ud800"}}"#)),
+                one_event_body(&format!(
+                    r#"{{"id": "{ID}", "type": "T", "data": "\ud800"}}"#
+                )),
                 "unstorable_json",
             ),
             (
-                one_event_body(&format!(r#"{{"id": "{ID}", "type": "T", "data": 1, "metadata": {{"a": "\udc00"}}}}"#)),
+                one_event_body(&format!(
+                    r#"{{"id": "{ID}", "type": "T", "data": 1, "metadata": {{"a": "\udc00"}}}}"#
+                )),
                 "unstorable_json",
             ),
             (
@@ -717,10 +734,15 @@ mod tests {
                 "invalid_event_type",
             ),
             (
-                one_event_body(&format!(r#"{{"id": "{ID}", "type": "T", "data": 1, "metadata": "x"}}"#)),
+                one_event_body(&format!(
+                    r#"{{"id": "{ID}", "type": "T", "data": 1, "metadata": "x"}}"#
+                )),
                 "invalid_metadata",
             ),
-            (r#"{"expected_version": "any", "events": [1]}"#.to_owned(), "wrong_type"),
+            (
+                r#"{"expected_version": "any", "events": [1]}"#.to_owned(),
+                "wrong_type",
+            ),
             ("[]".to_owned(), "invalid_body"),
             ("{".to_owned(), "malformed_json"),
         ];
@@ -728,7 +750,12 @@ mod tests {
             let err = parse_text(&body).expect_err(&body);
             assert_eq!(err.code(), code, "{body}");
         }
-        let err = parse_append_body("S", &[0xff, b'{', b'}'], &Limits::default(), Default::default());
+        let err = parse_append_body(
+            "S",
+            &[0xff, b'{', b'}'],
+            &Limits::default(),
+            Default::default(),
+        );
         assert_eq!(err.expect_err("not UTF-8").code(), "malformed_json");
     }
 

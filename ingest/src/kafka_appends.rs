@@ -169,12 +169,11 @@ fn decode_request(
     let stream_id = object
         .last("stream_id")
         .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?;
-    let stream_id = serde_json::from_str::<String>(stream_id.get()).map_err(|_| {
-        InvalidAppend::WrongType {
+    let stream_id =
+        serde_json::from_str::<String>(stream_id.get()).map_err(|_| InvalidAppend::WrongType {
             field: "stream_id".into(),
             expected: "a string",
-        }
-    })?;
+        })?;
     context.stream_id = Some(stream_id.clone());
     parse_append(
         &stream_id,

@@ -204,7 +204,10 @@ impl Worker {
 }
 
 fn log_outcome(append: &Append, outcome: &AppendOutcome) {
-    let correlation_id = append.events.first().and_then(|e| e.correlation_id.as_deref());
+    let correlation_id = append
+        .events
+        .first()
+        .and_then(|e| e.correlation_id.as_deref());
     match outcome {
         AppendOutcome::Accepted {
             first_version,

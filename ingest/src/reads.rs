@@ -136,7 +136,13 @@ async fn read_stream(
         (Some(last), true) => Some(last.version + 1),
         _ => None,
     };
-    Ok(Json(json!({"stream_id": stream_id, "direction": if backward {"backward"} else {"forward"}, "events": events, "next": next})).into_response())
+    Ok(Json(StreamPage {
+        stream_id: &stream_id,
+        direction: if backward { "backward" } else { "forward" },
+        events: &events,
+        next,
+    })
+    .into_response())
 }
 
 async fn read_all(pool: &PgPool, p: &HashMap<String, String>) -> Result<Response, ApiError> {
@@ -194,7 +200,31 @@ fn positioned_page(
         Some(last) if events.len() as i64 == limit => Some(last.global_position + 1),
         _ => None,
     };
-    Ok(Json(json!({"source": name, "events": events, "next": next})).into_response())
+    Ok(Json(PositionedPage {
+        source: name,
+        events: &events,
+        next,
+    })
+    .into_response())
+}
+
+/// A page of one stream. Pages are serialized from these types, never through
+/// `serde_json::Value`, which would re-read the stored payloads and alter them (number digits,
+/// key order, duplicate keys).
+#[derive(Debug, serde::Serialize)]
+struct StreamPage<'a> {
+    stream_id: &'a str,
+    direction: &'static str,
+    events: &'a [CanonicalEvent],
+    next: Option<i64>,
+}
+
+/// A page of `$all` or a category, by global position.
+#[derive(Debug, serde::Serialize)]
+struct PositionedPage<'a> {
+    source: &'a str,
+    events: &'a [CanonicalEvent],
+    next: Option<i64>,
 }
 
 /// `GET /wait?stream_id=S&version=N` or `GET /wait?position=P`, with `timeout_ms`: answers
