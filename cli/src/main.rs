@@ -6,6 +6,7 @@ mod doctor;
 mod events;
 mod exit;
 mod http;
+mod indexer;
 mod output;
 mod projection;
 mod read;
@@ -70,6 +71,8 @@ enum Command {
     Doctor(doctor::DoctorArgs),
     /// Projections: list, status, rebuild, dead letters (through the projector binary).
     Projection(projection::ProjectionArgs),
+    /// The indexer's operator actions: quarantine the record a halted partition stopped at.
+    Indexer(indexer::IndexerArgs),
 }
 
 #[tokio::main]
@@ -114,6 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tail(args) => tail::run(&Api::new(&cli.global.url)?, &out, args).await,
         Command::Doctor(args) => doctor::run(&cli.common, &cli.global.url, &out, args).await,
         Command::Projection(args) => projection::run(&cli.common, &out, args).await,
+        Command::Indexer(args) => indexer::run(&cli.common, &out, args).await,
     }
 }
 

@@ -26,11 +26,12 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
-/// Liveness and readiness of a process, with the reasons it is unhealthy.
+/// Liveness and readiness of a process, with the reasons it is unhealthy. Each problem has a
+/// key (what it is about: a partition, a task) so that it can be cleared when that recovers.
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
-    problems: Mutex<Vec<String>>,
+    problems: Mutex<Vec<(String, String)>>,
 }
 
 impl Health {
@@ -44,18 +45,35 @@ impl Health {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Records a problem that makes the process unhealthy until restarted (a halted partition).
+    /// Records a problem that makes the process unhealthy until restarted.
     pub fn report_problem(&self, problem: String) {
+        self.set_problem(&problem.clone(), problem);
+    }
+
+    /// Makes the process unhealthy for `key` with `problem` (replacing an earlier problem of
+    /// the same key) until [`Health::clear_problem`].
+    pub fn set_problem(&self, key: &str, problem: String) {
         if let Ok(mut problems) = self.problems.lock() {
-            if !problems.contains(&problem) {
-                problems.push(problem);
+            match problems.iter_mut().find(|(k, _)| k == key) {
+                Some(entry) => entry.1 = problem,
+                None => problems.push((key.to_owned(), problem)),
             }
+        }
+    }
+
+    /// Withdraws the problem of `key`, if any.
+    pub fn clear_problem(&self, key: &str) {
+        if let Ok(mut problems) = self.problems.lock() {
+            problems.retain(|(k, _)| k != key);
         }
     }
 
     /// Current problems.
     pub fn problems(&self) -> Vec<String> {
-        self.problems.lock().map(|p| p.clone()).unwrap_or_default()
+        self.problems
+            .lock()
+            .map(|p| p.iter().map(|(_, problem)| problem.clone()).collect())
+            .unwrap_or_default()
     }
 }
 

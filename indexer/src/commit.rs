@@ -18,6 +18,14 @@ pub(crate) struct DeadLetter {
     pub(crate) error: String,
 }
 
+/// A record an operator quarantined (`esk indexer quarantine`), set aside instead of indexed.
+#[derive(Debug, Clone)]
+pub(crate) struct Quarantined {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) payload: Vec<u8>,
+}
+
 /// What one transaction writes. `ranges` holds, per partition, the batch's first offset and the
 /// next offset after it.
 #[derive(Debug, Default)]
@@ -25,6 +33,14 @@ pub(crate) struct BatchWrite<'a> {
     pub(crate) ranges: BTreeMap<i32, (i64, i64)>,
     pub(crate) rows: Vec<EventRow<'a>>,
     pub(crate) dead_letters: Vec<DeadLetter>,
+    pub(crate) quarantined: Vec<Quarantined>,
+}
+
+/// Whether the transaction is kept or only tried (to find which record Postgres refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Commit,
+    TryOnly,
 }
 
 /// How a transaction ended without writing.
@@ -33,20 +49,47 @@ pub(crate) enum CommitError {
     /// These partitions' stored offsets did not match: another consumer owns them now.
     #[error("partitions {0:?} are owned by another consumer")]
     NotOwner(Vec<i32>),
-    /// A unique constraint failed: an invariant broke.
-    #[error("unique violation: {0}")]
-    UniqueViolation(String),
-    /// Anything else (connection lost, ...): retry.
+    /// Postgres refused the data (SQLSTATE class 22 or 23: a unique violation is a broken
+    /// invariant, anything else a record validation let through). The same records would be
+    /// refused again: the offending record must be found and its partition halted.
+    #[error("postgres refused the batch's data ({code}): {detail}")]
+    Refused { code: String, detail: String },
+    /// Anything else (connection lost, a timeout, the schema missing, ...): retry.
     #[error("postgres: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
 }
 
-/// Writes the batch in one transaction.
+impl From<sqlx::Error> for CommitError {
+    fn from(error: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &error {
+            if let Some(code) = db
+                .code()
+                .filter(|c| c.starts_with("22") || c.starts_with("23"))
+            {
+                return CommitError::Refused {
+                    code: code.into_owned(),
+                    detail: db.message().to_owned(),
+                };
+            }
+        }
+        CommitError::Database(error)
+    }
+}
+
+impl CommitError {
+    /// A refusal that means an invariant broke (a unique violation), not bad data.
+    pub(crate) fn is_invariant_violation(&self) -> bool {
+        matches!(self, CommitError::Refused { code, .. } if code == "23505")
+    }
+}
+
+/// Writes the batch in one transaction (in [`Mode::TryOnly`], rolls it back at the end).
 pub(crate) async fn commit(
     pool: &PgPool,
     topic: &str,
     batch: &mut BatchWrite<'_>,
     metrics: &IndexerMetrics,
+    mode: Mode,
 ) -> Result<(), CommitError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
@@ -96,9 +139,7 @@ pub(crate) async fn commit(
             row.global_position = last - count + 1 + i as i64;
         }
         let copy_started = Instant::now();
-        copy_batch::copy_rows(&mut tx, &batch.rows)
-            .await
-            .map_err(classify)?;
+        copy_batch::copy_rows(&mut tx, &batch.rows).await?;
         metrics
             .copy_seconds
             .observe(copy_started.elapsed().as_secs_f64());
@@ -127,18 +168,25 @@ pub(crate) async fn commit(
         .execute(&mut *tx)
         .await?;
     }
+    for q in &batch.quarantined {
+        sqlx::query(
+            "UPDATE indexer_quarantine SET payload = $4, quarantined_at = now()
+             WHERE topic = $1 AND partition_id = $2 AND kafka_offset = $3",
+        )
+        .bind(topic)
+        .bind(q.partition)
+        .bind(q.offset)
+        .bind(&q.payload)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if mode == Mode::TryOnly {
+        tx.rollback().await?;
+        return Ok(());
+    }
     tx.commit().await?;
     metrics
         .commit_seconds
         .observe(started.elapsed().as_secs_f64());
     Ok(())
-}
-
-fn classify(error: sqlx::Error) -> CommitError {
-    match &error {
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("23505") => {
-            CommitError::UniqueViolation(db.message().to_owned())
-        }
-        _ => CommitError::Database(error),
-    }
 }

@@ -18,7 +18,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify;
-use crate::commit::{self, BatchWrite, CommitError, DeadLetter};
+use crate::commit::{self, BatchWrite, CommitError, DeadLetter, Mode, Quarantined};
+
+/// Marks a record an operator quarantined, in place of a decoding error.
+const QUARANTINED: &str = "quarantined by an operator";
 use crate::committed_tail::CommittedTail;
 use crate::config::IndexerConfig;
 use crate::copy_batch::EventRow;
@@ -31,9 +34,21 @@ struct PartitionState {
     expected: Option<i64>,
     /// A seek to `expected` is under way; records past it are ignored until it lands.
     seeking: bool,
-    /// Halted after an invariant violation.
-    halted: bool,
+    /// Halted at this offset: Postgres refused the record there (nothing after it is indexed
+    /// until an operator quarantines it).
+    halted_at: Option<i64>,
 }
+
+impl PartitionState {
+    fn halted(&self) -> bool {
+        self.halted_at.is_some()
+    }
+}
+
+/// How often a process with a halted partition looks for an operator's quarantine request.
+const QUARANTINE_POLL: Duration = Duration::from_secs(2);
+/// Failed indexing transactions in a row before `/health` says so (a blip is not a problem).
+const FAILURES_BEFORE_UNHEALTHY: u32 = 3;
 
 /// A record accepted into the batch.
 #[derive(Clone)]
@@ -56,6 +71,10 @@ pub(crate) struct Indexer {
     indexed: Arc<Notify>,
     /// Committed batches for this process's publisher.
     tail: Arc<CommittedTail>,
+    /// Records an operator quarantined, to be set aside when they come round again.
+    quarantined: HashSet<(i32, i64)>,
+    /// Indexing transactions that failed in a row (transient errors).
+    failures: u32,
 }
 
 impl Indexer {
@@ -89,11 +108,16 @@ impl Indexer {
             linger: Duration::from_millis(config.linger_ms),
             indexed,
             tail,
+            quarantined: HashSet::new(),
+            failures: 0,
         })
     }
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         loop {
+            if self.states.values().any(PartitionState::halted) {
+                self.release_quarantined().await;
+            }
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 b = self.collect() => b,
@@ -110,14 +134,14 @@ impl Indexer {
     fn apply_rebalances(&mut self) {
         let changed = self.consumer.context().take_changed();
         for partition in changed {
-            let halted = self.states.get(&partition).is_some_and(|s| s.halted);
+            let halted_at = self.states.get(&partition).and_then(|s| s.halted_at);
             self.states.remove(&partition);
-            if halted {
+            if halted_at.is_some() {
                 // A halted partition stays halted in this process until it is restarted.
                 self.states.insert(
                     partition,
                     PartitionState {
-                        halted: true,
+                        halted_at,
                         ..Default::default()
                     },
                 );
@@ -131,7 +155,16 @@ impl Indexer {
         let deadline = tokio::time::Instant::now() + self.linger;
         loop {
             let next = if batch.is_empty() {
-                Some(self.consumer.recv().await)
+                let halted = self.states.values().any(PartitionState::halted);
+                if halted {
+                    // Come back now and then to look for a quarantine request.
+                    match tokio::time::timeout(QUARANTINE_POLL, self.consumer.recv()).await {
+                        Ok(result) => Some(result),
+                        Err(_) => return batch,
+                    }
+                } else {
+                    Some(self.consumer.recv().await)
+                }
             } else {
                 tokio::time::timeout_at(deadline, self.consumer.recv())
                     .await
@@ -182,7 +215,7 @@ impl Indexer {
             );
         }
         let state = self.states.get_mut(&partition)?;
-        if state.halted {
+        if state.halted() {
             return None;
         }
         match state.expected {
@@ -242,15 +275,19 @@ impl Indexer {
     }
 
     /// Indexes one batch: classify, then commit, retrying transient failures; partitions lost
-    /// to another consumer are dropped from the batch and re-read from their stored offsets.
+    /// to another consumer are dropped from the batch and re-read from their stored offsets; a
+    /// batch Postgres refuses is narrowed to the refused record, whose partition halts.
     async fn index(&mut self, mut batch: Vec<Pending>, shutdown: &CancellationToken) {
         let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(50));
         loop {
             if batch.is_empty() || shutdown.is_cancelled() {
                 return;
             }
-            match self.try_index(&batch).await {
-                Ok(()) => return,
+            match self.try_index(&batch, Mode::Commit).await {
+                Ok(()) => {
+                    self.indexing_recovered();
+                    return;
+                }
                 Err(CommitError::NotOwner(lost)) => {
                     self.metrics.zombie_rollbacks.inc();
                     tracing::info!(
@@ -260,16 +297,25 @@ impl Indexer {
                     self.forget(&lost);
                     batch.retain(|p| !lost.contains(&p.partition));
                 }
-                Err(CommitError::UniqueViolation(detail)) => {
-                    // The split commits the healthy partitions; anything it could not commit
-                    // is re-read from the stored offsets (the next batch's CAS fails and seeks).
-                    let culprits = self.find_culprits(&batch).await;
-                    self.halt(&culprits, &detail);
+                Err(refused @ CommitError::Refused { .. }) => {
+                    self.indexing_recovered();
+                    self.isolate_refused(&batch, refused).await;
                     return;
                 }
                 Err(CommitError::Database(error)) => {
                     self.metrics.errors.with_label_values(&["commit"]).inc();
-                    tracing::warn!(%error, records = batch.len(), "indexing transaction failed; retrying");
+                    self.failures += 1;
+                    if self.failures >= FAILURES_BEFORE_UNHEALTHY {
+                        self.health.set_problem(
+                            "indexing",
+                            format!(
+                                "{} indexing transactions in a row failed; retrying: {error}",
+                                self.failures
+                            ),
+                        );
+                    }
+                    tracing::warn!(%error, records = batch.len(), failures = self.failures,
+                        "indexing transaction failed; retrying");
                     tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
                         .await;
                 }
@@ -277,56 +323,186 @@ impl Indexer {
         }
     }
 
-    /// Splits a batch that hit a unique violation by partition to find the offending ones.
-    async fn find_culprits(&mut self, batch: &[Pending]) -> Vec<i32> {
-        let partitions: Vec<i32> = batch
-            .iter()
-            .map(|p| p.partition)
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let mut culprits = Vec::new();
-        for partition in partitions {
-            let part: Vec<&Pending> = batch.iter().filter(|p| p.partition == partition).collect();
-            let owned: Vec<Pending> = part.into_iter().cloned().collect();
-            if let Err(CommitError::UniqueViolation(_)) = self.try_index(&owned).await {
-                culprits.push(partition);
-            }
+    fn indexing_recovered(&mut self) {
+        if self.failures > 0 {
+            self.failures = 0;
+            self.health.clear_problem("indexing");
         }
-        if culprits.is_empty() {
-            // Not reproducible partition by partition: halt them all rather than drop anything.
-            culprits = batch
-                .iter()
-                .map(|p| p.partition)
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect();
-        }
-        culprits
     }
 
-    fn halt(&mut self, partitions: &[i32], detail: &str) {
+    /// Commits each partition of a refused batch on its own; in a partition that is refused
+    /// again, finds the first refused record, commits what comes before it and halts there.
+    /// Every other partition keeps indexing; nothing is skipped.
+    async fn isolate_refused(&mut self, batch: &[Pending], refused: CommitError) {
+        tracing::warn!(error = %refused, records = batch.len(), "Postgres refused a batch; narrowing it down");
+        let mut partitions: Vec<i32> = batch.iter().map(|p| p.partition).collect();
+        partitions.sort_unstable();
+        partitions.dedup();
         for partition in partitions {
-            tracing::error!(partition, detail, "unique violation while indexing: an invariant broke; halting the partition (nothing dropped)");
-            self.metrics.invariant_violations.inc();
-            self.health.report_problem(format!(
-                "ingest-log partition {partition} halted: unique violation ({detail})"
-            ));
-            self.states.insert(
-                *partition,
-                PartitionState {
-                    halted: true,
-                    ..Default::default()
-                },
-            );
-            let mut list = TopicPartitionList::new();
-            list.add_partition(&self.topic, *partition);
-            if let Err(error) = self.consumer.pause(&list) {
-                tracing::warn!(%error, partition, "cannot pause the halted partition");
+            let records: Vec<Pending> = batch
+                .iter()
+                .filter(|p| p.partition == partition)
+                .cloned()
+                .collect();
+            let outcome = match self.try_index(&records, Mode::Commit).await {
+                Ok(()) => continue,
+                Err(refused @ CommitError::Refused { .. }) => {
+                    self.first_refused(&records, refused).await
+                }
+                Err(other) => Err(other),
+            };
+            match outcome {
+                Ok((index, refusal)) => {
+                    if index > 0 {
+                        if let Err(error) = self.try_index(&records[..index], Mode::Commit).await {
+                            // Re-read from the stored offset later; the halt below still holds.
+                            tracing::warn!(%error, partition, "cannot commit the records before the refused one");
+                        }
+                    }
+                    self.halt(&records[index], &refusal);
+                }
+                Err(error) => {
+                    // Not narrowed this time (the database went away, the partition moved):
+                    // re-read the partition from its stored offset and try again.
+                    tracing::warn!(%error, partition, "cannot narrow the refused batch now; re-reading the partition");
+                    self.forget(&[partition]);
+                }
             }
         }
-        let halted = self.states.values().filter(|s| s.halted).count();
+    }
+
+    /// The index of the first record whose inclusion makes Postgres refuse `records` (which it
+    /// refuses whole, with `refused`), found by bisecting prefixes in rolled-back transactions.
+    async fn first_refused(
+        &mut self,
+        records: &[Pending],
+        refused: CommitError,
+    ) -> Result<(usize, CommitError), CommitError> {
+        let (mut accepted, mut refused_at) = (0, records.len());
+        let mut refusal = refused;
+        while refused_at - accepted > 1 {
+            let mid = accepted + (refused_at - accepted) / 2;
+            match self.try_index(&records[..mid], Mode::TryOnly).await {
+                Ok(()) => accepted = mid,
+                Err(error @ CommitError::Refused { .. }) => {
+                    refused_at = mid;
+                    refusal = error;
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok((refused_at - 1, refusal))
+    }
+
+    /// Stops indexing a partition at a record Postgres refuses: nothing is dropped, the
+    /// partition waits for an operator, `/health` and the metrics say where and why.
+    fn halt(&mut self, record: &Pending, refusal: &CommitError) {
+        let (partition, offset) = (record.partition, record.offset);
+        let event = serde_json::from_slice::<IngestLogEvent>(&record.payload).ok();
+        let append_id = event.as_ref().map(|e| e.append_id.to_string());
+        let append = append_id.as_deref().unwrap_or("unknown");
+        tracing::error!(
+            partition,
+            offset,
+            append_id = append,
+            stream_id = event.as_ref().map(|e| e.stream_id.as_str()),
+            event_id = event.as_ref().map(|e| e.event_id.to_string()),
+            error = %refusal,
+            "ingest-log partition halted at a record Postgres refuses (nothing dropped); \
+             `esk indexer quarantine --partition {partition} --offset {offset}` sets it aside"
+        );
+        if refusal.is_invariant_violation() {
+            self.metrics.invariant_violations.inc();
+        }
+        self.health.set_problem(
+            &format!("partition-{partition}"),
+            format!(
+                "ingest-log partition {partition} halted at offset {offset} (append {append}): \
+                 {refusal}; after a look, `esk indexer quarantine --partition {partition} \
+                 --offset {offset}` sets the record aside"
+            ),
+        );
+        self.states.insert(
+            partition,
+            PartitionState {
+                halted_at: Some(offset),
+                ..Default::default()
+            },
+        );
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        if let Err(error) = self.consumer.pause(&list) {
+            tracing::warn!(%error, partition, "cannot pause the halted partition");
+        }
+        self.count_halted();
+    }
+
+    fn count_halted(&self) {
+        let halted = self.states.values().filter(|s| s.halted()).count();
         self.metrics.halted_partitions.set(halted as i64);
+    }
+
+    /// Resumes halted partitions whose record an operator quarantined: the record is set aside
+    /// (into `indexer_quarantine`) when it is read again, in the transaction that moves on.
+    async fn release_quarantined(&mut self) {
+        let halted: Vec<(i32, i64)> = self
+            .states
+            .iter()
+            .filter_map(|(p, s)| s.halted_at.map(|o| (*p, o)))
+            .collect();
+        let partitions: Vec<i32> = halted.iter().map(|(p, _)| *p).collect();
+        let requested: Vec<(i32, i64)> = match sqlx::query_as(
+            "SELECT partition_id, kafka_offset FROM indexer_quarantine
+             WHERE topic = $1 AND partition_id = ANY($2) AND quarantined_at IS NULL",
+        )
+        .bind(&self.topic)
+        .bind(&partitions)
+        .fetch_all(&self.pool)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read quarantine requests");
+                return;
+            }
+        };
+        for (partition, offset) in requested {
+            if !halted.contains(&(partition, offset)) {
+                continue;
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.topic, partition);
+            if let Err(error) = self.consumer.resume(&list) {
+                tracing::warn!(%error, partition, "cannot resume the partition; will retry");
+                continue;
+            }
+            if let Err(error) = self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                tracing::warn!(%error, partition, "cannot seek to the quarantined record; will retry");
+                let _ = self.consumer.pause(&list);
+                continue;
+            }
+            tracing::warn!(
+                partition,
+                offset,
+                "operator quarantined the record the partition halted at; resuming"
+            );
+            self.quarantined.insert((partition, offset));
+            self.states.insert(
+                partition,
+                PartitionState {
+                    expected: Some(offset),
+                    seeking: true,
+                    halted_at: None,
+                },
+            );
+            self.health.clear_problem(&format!("partition-{partition}"));
+        }
+        self.count_halted();
     }
 
     fn forget(&mut self, partitions: &[i32]) {
@@ -335,7 +511,7 @@ impl Indexer {
         }
     }
 
-    async fn try_index(&mut self, batch: &[Pending]) -> Result<(), CommitError> {
+    async fn try_index(&mut self, batch: &[Pending], mode: Mode) -> Result<(), CommitError> {
         let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
         for p in batch {
             let range = ranges
@@ -346,6 +522,9 @@ impl Indexer {
         let decoded: Vec<Result<IngestLogEvent, String>> = batch
             .iter()
             .map(|p| {
+                if self.quarantined.contains(&(p.partition, p.offset)) {
+                    return Err(QUARANTINED.to_owned());
+                }
                 serde_json::from_slice::<IngestLogEvent>(&p.payload).map_err(|e| e.to_string())
             })
             .collect();
@@ -391,6 +570,13 @@ impl Indexer {
                     tracing::debug!(stream_id = %event.stream_id, event_id = %event.event_id,
                         append_id = %event.append_id, attempt_id = %event.attempt_id, "phantom skipped");
                 }
+                Err(error) if error == QUARANTINED => {
+                    write.quarantined.push(Quarantined {
+                        partition: pending.partition,
+                        offset: pending.offset,
+                        payload: pending.payload.clone(),
+                    });
+                }
                 Err(error) => {
                     tracing::warn!(partition = pending.partition, offset = pending.offset, %error, "undecodable ingest-log record dead-lettered");
                     write.dead_letters.push(DeadLetter {
@@ -404,7 +590,18 @@ impl Indexer {
         }
         let rows = write.rows.len() as u64;
         let dead = write.dead_letters.len() as u64;
-        commit::commit(&self.pool, &self.topic, &mut write, &self.metrics).await?;
+        commit::commit(&self.pool, &self.topic, &mut write, &self.metrics, mode).await?;
+        if mode == Mode::TryOnly {
+            return Ok(());
+        }
+        for q in &write.quarantined {
+            tracing::warn!(
+                partition = q.partition,
+                offset = q.offset,
+                "record quarantined: set aside in indexer_quarantine, not indexed"
+            );
+            self.quarantined.remove(&(q.partition, q.offset));
+        }
         if self.tail.is_active() {
             let committed_events = write
                 .rows

@@ -79,7 +79,7 @@ impl IndexerMetrics {
             ),
             halted_partitions: m.gauge(
                 "indexer_halted_partitions",
-                "Partitions halted after an invariant violation",
+                "Ingest-log partitions halted at a record Postgres refuses (a broken invariant or data validation let through)",
             ),
             invariant_violations: m.counter(
                 "indexer_invariant_violations_total",
