@@ -7,6 +7,7 @@ pub mod kafka;
 pub mod model;
 pub mod raw_json;
 pub mod retry;
+pub mod supervisor;
 pub mod telemetry;
 pub mod validate;
 pub mod wire;
