@@ -24,7 +24,7 @@ pub(crate) enum Cause {
     Request { url: String, error: reqwest::Error },
     #[error("POST {url} answered {status}")]
     Status { url: String, status: StatusCode },
-    #[error("postgres: {0}")]
+    #[error("postgres{}: {}", sqlstate(.0), .0)]
     Database(sqlx::Error),
     #[error("produce to {topic}: {error}")]
     Produce { topic: String, error: KafkaError },
@@ -109,6 +109,14 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// " <SQLSTATE>" of a server error, for the log and the dead letter.
+fn sqlstate(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db.code().map(|c| format!(" {c}")).unwrap_or_default(),
+        _ => String::new(),
+    }
 }
 
 /// 408 Request Timeout, 429 Too Many Requests and every 5xx.
