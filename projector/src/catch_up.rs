@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::postgres::PgRow;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Progress};
 use crate::event::{event_columns, Filter, ProjectedEvent};
@@ -74,6 +75,7 @@ pub(crate) async fn catch_up(
     batch: i64,
     partitions: i32,
     reporter: &mut Reporter,
+    shutdown: &CancellationToken,
 ) -> Result<ReplaySummary, ProcessError> {
     let started = Instant::now();
     let mut applied = 0u64;
@@ -97,10 +99,12 @@ pub(crate) async fn catch_up(
                 .process(
                     pool,
                     &matching,
+                    &[],
                     &Progress::Replay {
                         from: through,
                         through: next,
                     },
+                    shutdown,
                 )
                 .await
             {

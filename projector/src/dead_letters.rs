@@ -1,5 +1,5 @@
-//! A projection's dead letters: events its handler kept failing on, kept for inspection and
-//! replay (`projector dead-letters list|replay NAME`).
+//! A projection's dead letters: events its handler rejected, and canonical records that did not
+//! decode, kept for inspection and replay (`projector dead-letters list|replay NAME`).
 
 use esk_core::wire::CanonicalEvent;
 use sqlx::{PgConnection, PgPool, Row};
@@ -37,12 +37,46 @@ pub(crate) async fn store(
     Ok(())
 }
 
+/// A canonical-topic record whose value is not an event envelope: dead-lettered with where it
+/// came from and its bytes, never skipped silently.
+#[derive(Debug)]
+pub(crate) struct UndecodableRecord<'a> {
+    pub(crate) topic: &'a str,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) payload: &'a [u8],
+    pub(crate) error: String,
+}
+
+/// Stores an undecodable record in the caller's transaction.
+pub(crate) async fn store_undecodable(
+    conn: &mut PgConnection,
+    projection: &str,
+    record: &UndecodableRecord<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dead_letters (source, kafka_topic, kafka_partition, kafka_offset, payload, error, attempts)
+         VALUES ($1, $2, $3, $4, $5, $6, 1)",
+    )
+    .bind(source(projection))
+    .bind(record.topic)
+    .bind(record.partition)
+    .bind(record.offset)
+    .bind(record.payload)
+    .bind(format!("undecodable canonical record: {}", record.error))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// A stored dead letter.
 #[derive(Debug, serde::Serialize)]
 pub(crate) struct DeadLetter {
     pub(crate) id: i64,
     pub(crate) global_position: Option<i64>,
     pub(crate) event_id: Option<uuid::Uuid>,
+    pub(crate) kafka_partition: Option<i32>,
+    pub(crate) kafka_offset: Option<i64>,
     pub(crate) error: String,
     pub(crate) attempts: i32,
     pub(crate) created_at: chrono::DateTime<chrono::Utc>,
@@ -51,7 +85,8 @@ pub(crate) struct DeadLetter {
 /// Dead letters not replayed yet, oldest first.
 pub(crate) async fn list(pool: &PgPool, projection: &str) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, global_position, event_id, error, attempts, created_at FROM dead_letters
+        "SELECT id, global_position, event_id, kafka_partition, kafka_offset, error, attempts, created_at
+         FROM dead_letters
          WHERE source = $1 AND replayed_at IS NULL ORDER BY id",
     )
     .bind(source(projection))
@@ -63,6 +98,8 @@ pub(crate) async fn list(pool: &PgPool, projection: &str) -> Result<Vec<DeadLett
                 id: r.try_get("id")?,
                 global_position: r.try_get("global_position")?,
                 event_id: r.try_get("event_id")?,
+                kafka_partition: r.try_get("kafka_partition")?,
+                kafka_offset: r.try_get("kafka_offset")?,
                 error: r.try_get("error")?,
                 attempts: r.try_get("attempts")?,
                 created_at: r.try_get("created_at")?,
@@ -86,12 +123,18 @@ pub(crate) async fn replay(
     for row in rows {
         let id: i64 = row.try_get("id")?;
         let payload: Option<Vec<u8>> = row.try_get("payload")?;
-        let event: CanonicalEvent = serde_json::from_slice(&payload.unwrap_or_default())?;
-        let event = ProjectedEvent {
-            event,
-            source: None,
+        // An undecodable record stays undecodable: it counts as still failing.
+        let outcome = match serde_json::from_slice::<CanonicalEvent>(&payload.unwrap_or_default()) {
+            Ok(event) => {
+                let event = ProjectedEvent {
+                    event,
+                    source: None,
+                };
+                projection.replay_dead_letter(pool, &event, id).await
+            }
+            Err(error) => Err(format!("undecodable canonical record: {error}")),
         };
-        match projection.replay_dead_letter(pool, &event, id).await {
+        match outcome {
             Ok(()) => replayed += 1,
             Err(error) => {
                 sqlx::query(

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, PartitionRange, Progress};
 use crate::config::Tuning;
+use crate::dead_letters::UndecodableRecord;
 use crate::event::ProjectedEvent;
 use crate::handlers::{ProcessError, Projection};
 
@@ -263,6 +264,7 @@ impl LiveRun<'_> {
             }
             let mut ranges: BTreeMap<i32, PartitionRange> = BTreeMap::new();
             let mut events = Vec::with_capacity(admitted.len());
+            let mut undecodable = Vec::new();
             for message in &admitted {
                 let partition = message.partition;
                 let floor = states.get(&partition).map_or(i64::MAX, |s| s.position);
@@ -275,7 +277,16 @@ impl LiveRun<'_> {
                 let event: CanonicalEvent = match serde_json::from_slice(&message.payload) {
                     Ok(e) => e,
                     Err(error) => {
-                        tracing::error!(projection = %name, partition, offset = message.offset, %error, "undecodable canonical record skipped");
+                        // Dead-lettered with the checkpoint that moves past it.
+                        tracing::error!(projection = %name, partition, offset = message.offset,
+                            %error, "undecodable canonical record; dead-lettering it");
+                        undecodable.push(UndecodableRecord {
+                            topic: self.topic,
+                            partition,
+                            offset: message.offset,
+                            payload: &message.payload,
+                            error: error.to_string(),
+                        });
                         continue;
                     }
                 };
@@ -294,9 +305,11 @@ impl LiveRun<'_> {
                 .process(
                     self.pool,
                     &events,
+                    &undecodable,
                     &Progress::Live {
                         ranges: ranges.clone(),
                     },
+                    shutdown,
                 )
                 .await
             {
@@ -337,6 +350,7 @@ impl LiveRun<'_> {
                     }
                     admitted.retain(|m| !lost.contains(&m.partition));
                 }
+                Err(ProcessError::Stopped) => return Ok(()),
                 Err(ProcessError::Database(error)) => {
                     tracing::warn!(projection = %name, %error, "projection batch failed; retrying");
                     tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
@@ -379,10 +393,17 @@ async fn fetch(
                 match message {
                     Ok(message) => {
                         let len = queue.push(QueuedRecord::copy_of(&message));
-                        if len >= queue.capacity && !queue.paused.swap(true, Ordering::SeqCst) {
-                            esk_core::kafka::set_paused(&consumer, &topic, true);
-                            metrics.paused.with_label_values(&[&name]).set(1);
-                            tracing::info!(projection = %name, queued = len, "queue full; partitions paused");
+                        if len >= queue.capacity {
+                            if !queue.paused.swap(true, Ordering::SeqCst) {
+                                esk_core::kafka::set_paused(&consumer, &topic, true);
+                                metrics.paused.with_label_values(&[&name]).set(1);
+                                tracing::info!(projection = %name, queued = len, "queue full; partitions paused");
+                            } else if len > queue.capacity {
+                                // Still arriving while paused: a rebalance assigned partitions
+                                // that are not paused yet (a stalled handler may hold the queue
+                                // full for long). Pause the whole assignment again.
+                                esk_core::kafka::set_paused(&consumer, &topic, true);
+                            }
                         }
                     }
                     Err(error) => {

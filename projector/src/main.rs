@@ -8,6 +8,7 @@ mod config;
 mod dead_letters;
 mod event;
 mod handlers;
+mod health;
 mod live;
 mod metrics;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 use clap::Parser;
 use config::{Command, DeadLetterCommand, ProjectorConfig};
 use esk_core::telemetry::{init_tracing, Telemetry};
+use handlers::ProcessError;
 use handlers::Projection;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,7 @@ async fn run(config: ProjectorConfig) -> anyhow::Result<()> {
     let specs = config.projections()?;
     let telemetry = Telemetry::new("projector");
     let metrics = Arc::new(metrics::ProjectorMetrics::new(&telemetry.registry));
+    let stalls = Arc::new(health::Stalls::default());
     let pool =
         esk_core::db::connect(&config.common.database_url, config.tuning.pg_connections).await?;
     if config.tuning.migrate {
@@ -53,10 +56,11 @@ async fn run(config: ProjectorConfig) -> anyhow::Result<()> {
             &config.tuning,
             &config.common.kafka_brokers,
             metrics.clone(),
+            stalls.clone(),
         )
     };
     match config.command.clone().unwrap_or(Command::Run) {
-        Command::Run => serve(&config, pool, telemetry, metrics).await,
+        Command::Run => serve(&config, pool, telemetry, metrics, stalls.clone()).await,
         Command::Rebuild { name } => {
             let projection = build(&name)?;
             projection.reset(&pool).await?;
@@ -69,6 +73,8 @@ async fn run(config: ProjectorConfig) -> anyhow::Result<()> {
                 config.tuning.replay_batch,
                 partitions,
                 &mut reporter,
+                // A one-shot command: an outage is waited out until it is interrupted.
+                &CancellationToken::new(),
             )
             .await?;
             let rate = summary.events as f64 / summary.seconds.max(1e-9);
@@ -131,15 +137,17 @@ async fn serve(
     pool: PgPool,
     telemetry: Telemetry,
     metrics: Arc<metrics::ProjectorMetrics>,
+    stalls: Arc<health::Stalls>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let server = telemetry
-        .serve(
-            &config.tuning.http_addr,
-            async move { stop.cancelled().await },
-        )
-        .await?;
+    let server = health::serve(
+        &telemetry,
+        stalls.clone(),
+        &config.tuning.http_addr,
+        async move { stop.cancelled().await },
+    )
+    .await?;
     let partitions = partition_count(config).await?;
     let mut tasks = Vec::new();
     for spec in config.projections()? {
@@ -148,6 +156,7 @@ async fn serve(
             &config.tuning,
             &config.common.kafka_brokers,
             metrics.clone(),
+            stalls.clone(),
         )?;
         let runner = ProjectionRunner {
             pool: pool.clone(),
@@ -206,12 +215,14 @@ impl ProjectionRunner {
                     self.tuning.replay_batch,
                     self.partitions,
                     &mut reporter,
+                    &shutdown,
                 )
                 .await
                 {
                     Ok(summary) => {
                         tracing::info!(projection = %name, events = summary.events, through = summary.through, "caught up; going live")
                     }
+                    Err(ProcessError::Stopped) => return,
                     Err(error) => {
                         tracing::warn!(projection = %name, %error, "catch-up failed; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;

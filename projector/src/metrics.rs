@@ -10,6 +10,7 @@ pub(crate) struct ProjectorMetrics {
     pub(crate) lag_events: IntGaugeVec,
     pub(crate) lag_seconds: IntGaugeVec,
     pub(crate) paused: IntGaugeVec,
+    pub(crate) stalled: IntGaugeVec,
     pub(crate) queue_depth: IntGaugeVec,
     pub(crate) retries: IntCounterVec,
     pub(crate) dead_letters: IntCounterVec,
@@ -26,6 +27,7 @@ impl ProjectorMetrics {
         self.lag_events.with_label_values(l);
         self.lag_seconds.with_label_values(l);
         self.paused.with_label_values(l);
+        self.stalled.with_label_values(l);
         self.queue_depth.with_label_values(l);
         self.retries.with_label_values(l);
         self.dead_letters.with_label_values(l);
@@ -61,8 +63,17 @@ impl ProjectorMetrics {
                 "1 while the projection's partitions are paused (queue full)",
                 p,
             ),
+            stalled: m.gauge_vec(
+                "projector_stalled",
+                "1 while the projection waits out a transient handler or database failure",
+                p,
+            ),
             queue_depth: m.gauge_vec("projector_queue_depth", "Records queued for the handler", p),
-            retries: m.counter_vec("projector_retries_total", "Handler retries", p),
+            retries: m.counter_vec(
+                "projector_retries_total",
+                "Retries after a transient failure or a rejection",
+                p,
+            ),
             dead_letters: m.counter_vec("projector_dead_letters_total", "Events dead-lettered", p),
             zombie_rollbacks: m.counter_vec(
                 "projector_zombie_rollbacks_total",

@@ -1,6 +1,7 @@
 //! Driving the projector binary, and a webhook receiver for its webhook handler.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,8 +9,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
+use bytes::Bytes;
 use serde_json::Value;
+use tokio::sync::oneshot;
 
 use crate::process::{bin_dir, Process};
 use crate::TestContext;
@@ -71,11 +74,15 @@ pub async fn command(
 pub struct Receiver {
     /// Every event envelope received, in arrival order (repeats included).
     pub events: Vec<Value>,
+    /// Every acknowledged request body, byte for byte.
+    pub bodies: Vec<Bytes>,
     /// Requests received.
     pub requests: usize,
     /// Answer 500 to this many more requests.
     pub fail_next: usize,
-    /// Answer 500 to any batch holding an event of this type.
+    /// Answer this status to every request while set (an outage: 503, ...).
+    pub fail_with: Option<u16>,
+    /// Answer 400 (a rejection) to any batch holding an event of this type.
     pub poison_type: Option<String>,
     /// Sleep this long before answering.
     pub delay: Duration,
@@ -88,6 +95,14 @@ pub struct Webhook {
     pub url: String,
     /// Shared state.
     pub state: Arc<Mutex<Receiver>>,
+    addr: SocketAddr,
+    server: Arc<Mutex<Option<Server>>>,
+}
+
+#[derive(Debug)]
+struct Server {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
 impl Webhook {
@@ -95,12 +110,49 @@ impl Webhook {
     pub async fn start(receiver: Receiver) -> anyhow::Result<Self> {
         let state = Arc::new(Mutex::new(receiver));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/hook", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        let server = Self::serve(listener, state.clone());
+        Ok(Webhook {
+            url: format!("http://{addr}/hook"),
+            state,
+            addr,
+            server: Arc::new(Mutex::new(Some(server))),
+        })
+    }
+
+    fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<Receiver>>) -> Server {
         let app = Router::new()
             .route("/hook", post(receive))
-            .with_state(state.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Webhook { url, state })
+            .with_state(state);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Server { stop, task }
+    }
+
+    /// Stops listening and closes its connections: requests are refused until [`Self::restart`].
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let server = self.server.lock().ok().and_then(|mut s| s.take());
+        if let Some(server) = server {
+            let _ = server.stop.send(());
+            server.task.await??;
+        }
+        Ok(())
+    }
+
+    /// Listens again on the same address.
+    pub async fn restart(&self) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.addr).await?;
+        let server = Self::serve(listener, self.state.clone());
+        if let Ok(mut slot) = self.server.lock() {
+            *slot = Some(server);
+        }
+        Ok(())
     }
 
     /// Ids of the events received at least once, with their first arrival index.
@@ -117,7 +169,10 @@ impl Webhook {
     }
 }
 
-async fn receive(State(state): State<Arc<Mutex<Receiver>>>, Json(body): Json<Value>) -> StatusCode {
+async fn receive(State(state): State<Arc<Mutex<Receiver>>>, raw: Bytes) -> StatusCode {
+    let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
+        return StatusCode::BAD_REQUEST;
+    };
     let delay = state.lock().map(|s| s.delay).unwrap_or_default();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
@@ -126,6 +181,9 @@ async fn receive(State(state): State<Arc<Mutex<Receiver>>>, Json(body): Json<Val
         return StatusCode::INTERNAL_SERVER_ERROR;
     };
     s.requests += 1;
+    if let Some(status) = s.fail_with {
+        return StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    }
     if s.fail_next > 0 {
         s.fail_next -= 1;
         return StatusCode::INTERNAL_SERVER_ERROR;
@@ -136,9 +194,10 @@ async fn receive(State(state): State<Arc<Mutex<Receiver>>>, Json(body): Json<Val
             .iter()
             .any(|e| e["type"].as_str() == Some(poison.as_str()))
         {
-            return StatusCode::INTERNAL_SERVER_ERROR;
+            return StatusCode::BAD_REQUEST;
         }
     }
     s.events.extend(events);
+    s.bodies.push(raw);
     StatusCode::OK
 }

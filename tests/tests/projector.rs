@@ -397,3 +397,434 @@ async fn a_topic_projection_forwards_matching_events_with_canonical_headers() ->
     }
     Ok(())
 }
+
+/// The projection's dead letters: (event id, partition, offset, payload, error), oldest first.
+type DeadLetterRow = (
+    Option<uuid::Uuid>,
+    Option<i32>,
+    Option<i64>,
+    Option<Vec<u8>>,
+    String,
+);
+
+async fn dead_letters(ctx: &TestContext, projection: &str) -> anyhow::Result<Vec<DeadLetterRow>> {
+    Ok(sqlx::query_as(
+        "SELECT event_id, kafka_partition, kafka_offset, payload, error FROM dead_letters
+         WHERE source = $1 ORDER BY id",
+    )
+    .bind(format!("projection:{projection}"))
+    .fetch_all(&ctx.pool)
+    .await?)
+}
+
+/// `/health` status code and body.
+async fn health(process: &esk_tests::process::Process) -> anyhow::Result<(u16, serde_json::Value)> {
+    let response = reqwest::get(format!("{}/health", process.http)).await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or_default()))
+}
+
+/// Appends one event of `event_type` to `stream` and returns its id.
+async fn append_one(client: &Client, stream: &str, event_type: &str) -> anyhow::Result<String> {
+    let event = ingest::event(event_type);
+    let id = event["id"].as_str().unwrap_or_default().to_owned();
+    let reply = client
+        .append(
+            stream,
+            &json!({"expected_version": "any", "events": [event]}),
+        )
+        .await?;
+    anyhow::ensure!(reply.status == 201, "append failed: {:?}", reply.body);
+    Ok(id)
+}
+
+/// Waits until every id in `ids` reached the webhook.
+async fn wait_delivered(hook: &Webhook, ids: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let done = eventually(timeout, || async {
+        let first = hook.first_arrivals();
+        ids.iter().all(|id| first.contains_key(id)).then_some(())
+    })
+    .await;
+    if done.is_none() {
+        let first = hook.first_arrivals();
+        let missing: Vec<&String> = ids.iter().filter(|id| !first.contains_key(*id)).collect();
+        anyhow::bail!("not delivered: {missing:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_webhook_outage_stalls_the_projection_without_dead_letters_and_loses_nothing(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::new("proj_outage").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let _indexer = indexer::spawn(&ctx, &[]).await?;
+    let hook = Webhook::start(Receiver::default()).await?;
+    let config = projector::write_config(
+        &ctx,
+        &format!(
+            "[[projection]]\nname = \"outage\"\nhandler = \"webhook\"\nurl = \"{}\"\ntimeout_ms = 1000\n",
+            hook.url
+        ),
+    )?;
+    // The old policy dead-lettered after 3 quick tries (well under a second); the outage below
+    // lasts several seconds.
+    let process = projector::spawn(
+        &ctx,
+        Some(&config),
+        &[
+            ("ESK_PROJECTOR_MAX_ATTEMPTS", "3"),
+            ("ESK_PROJECTOR_RETRY_MS", "20"),
+        ],
+    )
+    .await?;
+    let client = Client::new(&ingest_process);
+    let mut ids = vec![append_one(&client, "Out-0", "Before").await?];
+    wait_delivered(&hook, &ids, Duration::from_secs(60)).await?;
+
+    // The receiver answers 503 ...
+    if let Ok(mut state) = hook.state.lock() {
+        state.fail_with = Some(503);
+    }
+    for s in 0..6 {
+        ids.push(append_one(&client, &format!("Out-{s}"), "During").await?);
+    }
+    let unhealthy = eventually(Duration::from_secs(30), || async {
+        let (status, body) = health(&process).await.ok()?;
+        (status == 503).then_some(body)
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("/health never reported the stall"))?;
+    assert!(
+        unhealthy.to_string().contains("outage") && unhealthy.to_string().contains("503"),
+        "the problem names the projection and the error: {unhealthy}"
+    );
+    let metrics = indexer::metrics(&process).await?;
+    assert_eq!(metrics.get("esk_projector_stalled").copied(), Some(1.0));
+    indexer::pause(3000).await;
+    // ... then refuses connections.
+    hook.stop().await?;
+    for s in 0..4 {
+        ids.push(append_one(&client, &format!("Out-{s}"), "Refused").await?);
+    }
+    indexer::pause(3000).await;
+    let (status, body) = health(&process).await?;
+    assert_eq!(status, 503, "still unhealthy while refused: {body}");
+    assert!(
+        dead_letters(&ctx, "outage").await?.is_empty(),
+        "nothing dead-lettered during the outage"
+    );
+
+    // Recovery: everything arrives, nothing was dead-lettered, healthy again.
+    if let Ok(mut state) = hook.state.lock() {
+        state.fail_with = None;
+    }
+    hook.restart().await?;
+    wait_delivered(&hook, &ids, Duration::from_secs(60)).await?;
+    let healthy = eventually(Duration::from_secs(30), || async {
+        (health(&process).await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    assert!(healthy.is_some(), "/health is 200 again after recovery");
+    let metrics = indexer::metrics(&process).await?;
+    assert_eq!(metrics.get("esk_projector_stalled").copied(), Some(0.0));
+    assert!(
+        metrics
+            .get("esk_projector_retries_total")
+            .copied()
+            .unwrap_or(0.0)
+            >= 2.0,
+        "the retries were counted"
+    );
+    assert_eq!(
+        metrics.get("esk_projector_dead_letters_total").copied(),
+        Some(0.0)
+    );
+    assert!(dead_letters(&ctx, "outage").await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_webhook_rejecting_one_event_dead_letters_exactly_that_event() -> anyhow::Result<()> {
+    let ctx = TestContext::new("proj_reject").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let _indexer = indexer::spawn(&ctx, &[]).await?;
+    let hook = Webhook::start(Receiver {
+        poison_type: Some("Refused".into()),
+        ..Default::default()
+    })
+    .await?;
+    let config = projector::write_config(
+        &ctx,
+        &format!(
+            "[[projection]]\nname = \"reject\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
+            hook.url
+        ),
+    )?;
+    let _process = projector::spawn(
+        &ctx,
+        Some(&config),
+        &[
+            ("ESK_PROJECTOR_MAX_ATTEMPTS", "2"),
+            ("ESK_PROJECTOR_RETRY_MS", "20"),
+        ],
+    )
+    .await?;
+    let client = Client::new(&ingest_process);
+    let mut ids = Vec::new();
+    let mut refused = String::new();
+    for s in 0..3 {
+        for v in 0..4 {
+            if s == 1 && v == 2 {
+                refused = append_one(&client, &format!("Rej-{s}"), "Refused").await?;
+            } else {
+                ids.push(append_one(&client, &format!("Rej-{s}"), "Fine").await?);
+            }
+        }
+    }
+    wait_delivered(&hook, &ids, Duration::from_secs(60)).await?;
+    let listed = eventually(Duration::from_secs(30), || async {
+        (!dead_letters(&ctx, "reject").await.ok()?.is_empty()).then_some(())
+    })
+    .await;
+    assert!(listed.is_some(), "the rejected event was dead-lettered");
+    // Anything else still in flight is checkpointed by now.
+    indexer::pause(1000).await;
+    let stored = dead_letters(&ctx, "reject").await?;
+    assert_eq!(stored.len(), 1, "exactly one dead letter: {stored:?}");
+    assert_eq!(
+        stored[0].0.map(|id| id.to_string()),
+        Some(refused.clone()),
+        "the rejected event"
+    );
+    assert!(
+        stored[0].4.contains("400"),
+        "with the answer: {}",
+        stored[0].4
+    );
+    assert!(
+        !hook.first_arrivals().contains_key(&refused),
+        "the rejected event was never acknowledged"
+    );
+    assert_eq!(
+        hook.first_arrivals().len(),
+        ids.len(),
+        "all the others arrived"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_undecodable_canonical_record_is_dead_lettered_and_later_events_still_project(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::new("proj_undecodable").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let _indexer = indexer::spawn(&ctx, &[]).await?;
+    let hook = Webhook::start(Receiver::default()).await?;
+    let config = projector::write_config(
+        &ctx,
+        &format!(
+            "[[projection]]\nname = \"undecodable\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
+            hook.url
+        ),
+    )?;
+    let _process = projector::spawn(&ctx, Some(&config), &[]).await?;
+    let client = Client::new(&ingest_process);
+    // Live first, so the record below is read from the topic, not replayed from Postgres.
+    let first = append_one(&client, "Und-1", "First").await?;
+    wait_delivered(&hook, std::slice::from_ref(&first), Duration::from_secs(60)).await?;
+    // Same key as the stream, so the events after it share its partition.
+    let garbage = b"{\"event_id\": \"not an envelope\", \"data\": [1, 2".to_vec();
+    let producer = esk_tests::kafka::producer(&ctx.brokers)?;
+    let (partition, offset) =
+        esk_tests::kafka::produce(&producer, &ctx.topics.events, "Und-1", &garbage).await?;
+    let mut later = Vec::new();
+    for s in 0..3 {
+        later.push(append_one(&client, &format!("Und-{s}"), "Later").await?);
+    }
+    wait_delivered(&hook, &later, Duration::from_secs(60)).await?;
+    let stored = eventually(Duration::from_secs(30), || async {
+        let stored = dead_letters(&ctx, "undecodable").await.ok()?;
+        (!stored.is_empty()).then_some(stored)
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("the undecodable record was not dead-lettered"))?;
+    assert_eq!(stored.len(), 1, "one dead letter: {stored:?}");
+    let (event_id, p, o, payload, error) = &stored[0];
+    assert_eq!(*event_id, None);
+    assert_eq!(
+        (*p, *o),
+        (Some(partition), Some(offset)),
+        "where it was read"
+    );
+    assert_eq!(payload.as_deref(), Some(garbage.as_slice()), "its bytes");
+    assert!(error.contains("undecodable"), "{error}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_webhook_receives_event_payloads_byte_exact() -> anyhow::Result<()> {
+    let ctx = TestContext::new("proj_exact").await?;
+    let hook = Webhook::start(Receiver::default()).await?;
+    let config = projector::write_config(
+        &ctx,
+        &format!(
+            "[[projection]]\nname = \"exact\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
+            hook.url
+        ),
+    )?;
+    let _process = projector::spawn(&ctx, Some(&config), &[]).await?;
+    // Produced onto the canonical topic directly: the events table stores JSONB, which would
+    // normalise the payload before the projector ever saw it.
+    let data = r#"{"r":0.17393510096763853,"big":18446744073709551617,"k":1,"k":2}"#;
+    let metadata = r#"{"z":1,"a":[1.0,2.50]}"#;
+    let event_id = uuid::Uuid::new_v4();
+    let record = format!(
+        r#"{{"event_id":"{event_id}","stream_id":"Exact-1","version":0,"global_position":1,"type":"Exact","data":{data},"metadata":{metadata},"created_at":"2024-05-01T12:00:00Z"}}"#
+    );
+    let producer = esk_tests::kafka::producer(&ctx.brokers)?;
+    esk_tests::kafka::produce(&producer, &ctx.topics.events, "Exact-1", record.as_bytes()).await?;
+    wait_delivered(&hook, &[event_id.to_string()], Duration::from_secs(60)).await?;
+    let body = hook
+        .state
+        .lock()
+        .ok()
+        .and_then(|s| s.bodies.first().cloned())
+        .ok_or_else(|| anyhow::anyhow!("no body"))?;
+    let text = String::from_utf8(body.to_vec())?;
+    assert!(
+        text.contains(&format!(r#""data":{data}"#)),
+        "data byte-exact: {text}"
+    );
+    assert!(
+        text.contains(&format!(r#""metadata":{metadata}"#)),
+        "metadata byte-exact: {text}"
+    );
+    assert!(
+        text.starts_with(r#"{"projection":"exact","events":[{"#),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sql_projection_waits_out_lost_connections_without_dead_letters() -> anyhow::Result<()> {
+    let ctx = TestContext::new("proj_sql_outage").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let _indexer = indexer::spawn(&ctx, &[]).await?;
+    let process = projector::spawn(
+        &ctx,
+        None,
+        &[
+            ("ESK_PROJECTOR_MAX_ATTEMPTS", "2"),
+            ("ESK_PROJECTOR_RETRY_MS", "20"),
+        ],
+    )
+    .await?;
+    let client = Client::new(&ingest_process);
+    append_one(&client, "Lk-0", "Before").await?;
+    wait_counts_match(&ctx, "counts").await?;
+    // Hold the read model's table, so the projection's next write waits on the lock ...
+    let mut lock = ctx.pool.begin().await?;
+    sqlx::query("LOCK TABLE projection_category_type_counts IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await?;
+    for s in 0..5 {
+        append_one(&client, &format!("Lk-{s}"), "During").await?;
+    }
+    // ... and cut its connection while it waits (57P01 admin_shutdown), three times over.
+    let mut cut = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while cut < 3 {
+        let waiting: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&ctx.pool)
+        .await?;
+        for pid in waiting {
+            sqlx::query("SELECT pg_terminate_backend($1)")
+                .bind(pid)
+                .execute(&ctx.pool)
+                .await?;
+            cut += 1;
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the projection never waited on the lock"
+        );
+        indexer::pause(100).await;
+    }
+    let (status, body) = health(&process).await?;
+    assert_eq!(status, 503, "unhealthy while stalled: {body}");
+    assert!(body.to_string().contains("counts"), "{body}");
+    lock.commit().await?;
+    wait_counts_match(&ctx, "counts").await?;
+    let healthy = eventually(Duration::from_secs(30), || async {
+        (health(&process).await.ok()?.0 == 200).then_some(())
+    })
+    .await;
+    assert!(healthy.is_some(), "/health is 200 again after recovery");
+    assert!(dead_letters(&ctx, "counts").await?.is_empty());
+    let metrics = indexer::metrics(&process).await?;
+    assert_eq!(metrics.get("esk_projector_stalled").copied(), Some(0.0));
+    assert_eq!(
+        metrics.get("esk_projector_dead_letters_total").copied(),
+        Some(0.0)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sql_projection_dead_letters_only_the_event_its_table_rejects() -> anyhow::Result<()> {
+    let ctx = TestContext::new("proj_sql_reject").await?;
+    // A rule of the read model that one event breaks (23514 check_violation).
+    sqlx::query(
+        "ALTER TABLE projection_stream_summary
+         ADD CONSTRAINT no_refused CHECK (last_event_type <> 'Refused')",
+    )
+    .execute(&ctx.pool)
+    .await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let _indexer = indexer::spawn(&ctx, &[]).await?;
+    let _process = projector::spawn(&ctx, None, &[]).await?;
+    let client = Client::new(&ingest_process);
+    let mut refused = String::new();
+    for s in 0..3 {
+        for v in 0..3 {
+            // The last event of its stream, so whatever batch holds it upserts it.
+            let event_type = if s == 1 && v == 2 { "Refused" } else { "Fine" };
+            let id = append_one(&client, &format!("Chk-{s}"), event_type).await?;
+            if event_type == "Refused" {
+                refused = id;
+            }
+        }
+    }
+    wait_counts_match(&ctx, "counts").await?;
+    let expected: Summary = sqlx::query_as(
+        "SELECT DISTINCT ON (stream_id) stream_id, version, event_type FROM events
+         WHERE event_type <> 'Refused' ORDER BY stream_id, version DESC",
+    )
+    .fetch_all(&ctx.pool)
+    .await?;
+    let matched = eventually(Duration::from_secs(60), || async {
+        (projected_summary(&ctx, "stream-summary").await.ok()? == expected).then_some(())
+    })
+    .await;
+    assert!(
+        matched.is_some(),
+        "every other event applied: {:?}",
+        projected_summary(&ctx, "stream-summary").await?
+    );
+    let stored = eventually(Duration::from_secs(30), || async {
+        let stored = dead_letters(&ctx, "stream-summary").await.ok()?;
+        (!stored.is_empty()).then_some(stored)
+    })
+    .await
+    .ok_or_else(|| anyhow::anyhow!("the rejected event was not dead-lettered"))?;
+    assert_eq!(stored.len(), 1, "exactly one dead letter: {stored:?}");
+    assert_eq!(stored[0].0.map(|id| id.to_string()), Some(refused));
+    assert!(stored[0].4.contains("no_refused"), "{}", stored[0].4);
+    assert!(dead_letters(&ctx, "counts").await?.is_empty());
+    Ok(())
+}

@@ -8,7 +8,7 @@ use rdkafka::producer::FutureProducer;
 
 use crate::event::ProjectedEvent;
 
-use super::DeliveryError;
+use super::HandlerError;
 
 pub(crate) struct TopicForwarder {
     producer: FutureProducer,
@@ -31,12 +31,12 @@ impl TopicForwarder {
         })
     }
 
-    pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), DeliveryError> {
+    pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), HandlerError> {
         let records = events
             .iter()
             .map(|e| e.event.to_record())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| DeliveryError(e.to_string()))?;
+            .map_err(HandlerError::encode)?;
         send_all(
             &self.producer,
             &self.topic,
@@ -44,7 +44,7 @@ impl TopicForwarder {
             Duration::from_secs(30),
         )
         .await
-        .map_err(|e| DeliveryError(format!("produce to {}: {e}", self.topic)))?;
+        .map_err(|e| HandlerError::produce(&self.topic, e))?;
         Ok(())
     }
 }

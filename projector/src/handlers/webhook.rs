@@ -1,11 +1,17 @@
 //! Webhook handler: POSTs batches as `{"projection": name, "events": [...]}` (canonical event
-//! envelopes, with `event_id` for deduplication). Any 2xx is an acknowledgement.
+//! envelopes, with `event_id` for deduplication). Any 2xx is an acknowledgement; see
+//! [`HandlerError::status`] for what the other answers mean. Payloads go out byte for byte as
+//! they were committed: the body is serialized from the envelopes, never re-parsed.
 
 use std::time::Duration;
 
+use esk_core::wire::CanonicalEvent;
+use reqwest::header::CONTENT_TYPE;
+use serde::Serialize;
+
 use crate::event::ProjectedEvent;
 
-use super::DeliveryError;
+use super::HandlerError;
 
 #[derive(Debug)]
 pub(crate) struct Webhook {
@@ -14,35 +20,47 @@ pub(crate) struct Webhook {
     projection: String,
 }
 
+/// The request body.
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    projection: &'a str,
+    events: Vec<&'a CanonicalEvent>,
+}
+
 impl Webhook {
     pub(crate) fn new(projection: &str, url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        // A malformed URL is a configuration error, found at start rather than on every event.
+        reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("webhook url {url:?}: {e}"))?;
         Ok(Webhook {
-            client: reqwest::Client::builder().timeout(timeout).build()?,
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                // A redirect is an answer about the URL, not an acknowledgement: not followed.
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             url: url.to_owned(),
             projection: projection.to_owned(),
         })
     }
 
-    pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), DeliveryError> {
-        let body = serde_json::json!({
-            "projection": self.projection,
-            "events": events.iter().map(|e| &e.event).collect::<Vec<_>>(),
-        });
+    pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), HandlerError> {
+        let body = serde_json::to_vec(&Body {
+            projection: &self.projection,
+            events: events.iter().map(|e| &e.event).collect(),
+        })
+        .map_err(HandlerError::encode)?;
         let response = self
             .client
             .post(&self.url)
-            .json(&body)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
-            .map_err(|e| DeliveryError(format!("POST {}: {e}", self.url)))?;
-        if response.status().is_success() {
+            .map_err(|e| HandlerError::request(&self.url, e))?;
+        let status = response.status();
+        if status.is_success() {
             Ok(())
         } else {
-            Err(DeliveryError(format!(
-                "POST {} answered {}",
-                self.url,
-                response.status()
-            )))
+            Err(HandlerError::status(&self.url, status))
         }
     }
 }
