@@ -24,6 +24,18 @@ pub struct CommonConfig {
     /// Log output format.
     #[arg(long, env = "ESK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// A loop that has had work this long without progress (a batch not committed, an append
+    /// not answered) makes /health unhealthy (503) with the reason, in seconds.
+    #[arg(long, env = "ESK_STALL_AFTER_SECS", default_value_t = 60)]
+    pub stall_after_secs: u64,
+}
+
+impl CommonConfig {
+    /// The stall limit as a duration.
+    pub fn stall_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stall_after_secs.max(1))
+    }
 }
 
 /// Topic names; partition counts are fixed when the topics are created.

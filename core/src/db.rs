@@ -95,16 +95,19 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
+        | sqlx::Error::BeginFailed
         | sqlx::Error::Protocol(_) => true,
         _ => false,
     }
 }
 
-/// SQLSTATEs that mean "try again": connection exceptions (08), serialization failure and
-/// deadlock (40001, 40P01), insufficient resources (53), operator intervention such as a
-/// shutdown or a statement timeout (57), lock not available (55P03), system errors (58).
-fn transient_sqlstate(code: &str) -> bool {
-    matches!(code, "40001" | "40P01" | "55P03" | "55006")
+/// SQLSTATEs that mean "try again": connection exceptions (08), serialization failure,
+/// deadlock and statement completion unknown (40001, 40P01, 40003), insufficient resources
+/// (53), operator intervention such as a shutdown or a statement timeout (57), lock not
+/// available (55P03), idle-in-transaction timeout (25P03), system errors (58). Everything else
+/// (data exceptions 22, integrity violations 23, syntax, permissions, ...) would fail again.
+pub fn transient_sqlstate(code: &str) -> bool {
+    matches!(code, "40001" | "40P01" | "40003" | "55P03" | "25P03")
         || ["08", "53", "57", "58"]
             .iter()
             .any(|class| code.starts_with(class))

@@ -24,6 +24,24 @@ use crate::telemetry::Health;
 /// `EX_SOFTWARE`): restart the process.
 pub const EXIT_TASK_ENDED: i32 = 70;
 
+/// Ends the process after [`Supervisor::run_until_stopped`]: nothing on a clean shutdown,
+/// [`EXIT_TASK_ENDED`] (after saying why on stderr) when a task ended early.
+pub fn exit_if_failed(result: Result<(), SupervisorError>) {
+    if let Err(error) = result {
+        eprintln!("stopping: {error}");
+        std::process::exit(EXIT_TASK_ENDED);
+    }
+}
+
+/// Fault injection for tests of the supervision itself: `ESK_FAILPOINT_PANIC=<task name>`
+/// makes that task panic two seconds after it starts. Never set it in production.
+pub const FAILPOINT_ENV: &str = "ESK_FAILPOINT_PANIC";
+
+fn failpoint(task: &str) -> Option<Duration> {
+    let target = std::env::var(FAILPOINT_ENV).ok()?;
+    (target == task).then_some(Duration::from_secs(2))
+}
+
 /// How long tasks get to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -37,7 +55,7 @@ pub enum SupervisorError {
     #[error("task `{task}` ended unexpectedly: {reason}")]
     TaskEnded {
         /// The task's name.
-        task: &'static str,
+        task: String,
         /// What it returned.
         reason: String,
     },
@@ -45,7 +63,7 @@ pub enum SupervisorError {
     #[error("task `{task}` panicked: {reason}")]
     TaskPanicked {
         /// The task's name.
-        task: &'static str,
+        task: String,
         /// The panic's message, when it had one.
         reason: String,
     },
@@ -55,7 +73,7 @@ pub enum SupervisorError {
 #[derive(Debug)]
 pub struct Supervisor {
     tasks: JoinSet<Result<(), TaskError>>,
-    names: HashMap<Id, &'static str>,
+    names: HashMap<Id, String>,
     shutdown: CancellationToken,
     health: Arc<Health>,
 }
@@ -77,7 +95,11 @@ impl Supervisor {
     }
 
     /// Runs a task that only ends when shutdown is requested.
-    pub fn spawn(&mut self, name: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+    pub fn spawn(
+        &mut self,
+        name: impl Into<String>,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
         self.spawn_fallible(name, async move {
             task.await;
             Ok(())
@@ -87,11 +109,37 @@ impl Supervisor {
     /// Runs a task that may also end with an error.
     pub fn spawn_fallible(
         &mut self,
-        name: &'static str,
+        name: impl Into<String>,
         task: impl Future<Output = Result<(), TaskError>> + Send + 'static,
     ) {
-        let handle = self.tasks.spawn(task);
+        let name = name.into();
+        let handle = match failpoint(&name) {
+            Some(after) => self.tasks.spawn(async move {
+                tokio::select! {
+                    ended = task => ended,
+                    _ = tokio::time::sleep(after) => panic!("failpoint {FAILPOINT_ENV}"),
+                }
+            }),
+            None => self.tasks.spawn(task),
+        };
         self.names.insert(handle.id(), name);
+    }
+
+    /// Supervises an already spawned task (a server started before the supervisor).
+    pub fn watch<E>(
+        &mut self,
+        name: impl Into<String>,
+        handle: tokio::task::JoinHandle<Result<(), E>>,
+    ) where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        self.spawn_fallible(name, async move {
+            match handle.await {
+                Ok(result) => result.map_err(|e| Box::new(e) as TaskError),
+                Err(join) if join.is_panic() => Err("it panicked".into()),
+                Err(_) => Err("it was cancelled".into()),
+            }
+        });
     }
 
     /// Waits until a signal (SIGINT, SIGTERM) or `shutdown` asks to stop, or until a task
@@ -118,8 +166,11 @@ impl Supervisor {
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    let left: Vec<&str> = self.names.values().copied().collect();
-                    tracing::warn!(?left, "tasks did not stop within the grace period; aborting them");
+                    let left: Vec<&String> = self.names.values().collect();
+                    tracing::warn!(
+                        ?left,
+                        "tasks did not stop within the grace period; aborting them"
+                    );
                     self.tasks.abort_all();
                     break;
                 }
@@ -144,17 +195,18 @@ impl Supervisor {
 
 /// The task's name if it ended cleanly, else what went wrong.
 fn ended_with_error(
-    names: &HashMap<Id, &'static str>,
+    names: &HashMap<Id, String>,
     ended: Result<(Id, Result<(), TaskError>), tokio::task::JoinError>,
-) -> Result<&'static str, SupervisorError> {
+) -> Result<String, SupervisorError> {
+    let name = |id: &Id| names.get(id).cloned().unwrap_or_else(|| "unnamed".into());
     match ended {
-        Ok((id, Ok(()))) => Ok(names.get(&id).copied().unwrap_or("unnamed")),
+        Ok((id, Ok(()))) => Ok(name(&id)),
         Ok((id, Err(error))) => Err(SupervisorError::TaskEnded {
-            task: names.get(&id).copied().unwrap_or("unnamed"),
+            task: name(&id),
             reason: error.to_string(),
         }),
         Err(join) => {
-            let task = names.get(&join.id()).copied().unwrap_or("unnamed");
+            let task = name(&join.id());
             let reason = if join.is_panic() {
                 let payload = join.into_panic();
                 payload
@@ -317,7 +369,7 @@ mod tests {
         supervisor.spawn_fallible("fails", async { Err("broker gone".into()) });
         let error = supervisor.run_until_stopped().await.expect_err("must fail");
         assert!(
-            matches!(&error, SupervisorError::TaskEnded { task: "fails", reason } if reason == "broker gone"),
+            matches!(&error, SupervisorError::TaskEnded { task, reason } if task == "fails" && reason == "broker gone"),
             "{error}"
         );
         assert_eq!(health.problems().len(), 1);
@@ -325,12 +377,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_panic_is_caught_and_named() {
-        let mut supervisor =
-            Supervisor::new(CancellationToken::new(), Arc::new(Health::default()));
+        let mut supervisor = Supervisor::new(CancellationToken::new(), Arc::new(Health::default()));
         supervisor.spawn("panics", async { panic!("boom") });
         let error = supervisor.run_until_stopped().await.expect_err("must fail");
         assert!(
-            matches!(&error, SupervisorError::TaskPanicked { task: "panics", reason } if reason == "boom"),
+            matches!(&error, SupervisorError::TaskPanicked { task, reason } if task == "panics" && reason == "boom"),
             "{error}"
         );
     }

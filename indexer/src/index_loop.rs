@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{SubsecRound, Utc};
 use esk_core::kafka::RebalanceLog;
 use esk_core::model::category_of;
+use esk_core::supervisor::Progress;
 use esk_core::telemetry::Health;
 use esk_core::wire::{CanonicalEvent, IngestLogEvent};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -75,6 +76,8 @@ pub(crate) struct Indexer {
     quarantined: HashSet<(i32, i64)>,
     /// Indexing transactions that failed in a row (transient errors).
     failures: u32,
+    /// Tells the watchdog whether indexing moves.
+    progress: Arc<Progress>,
 }
 
 impl Indexer {
@@ -85,6 +88,7 @@ impl Indexer {
         health: Arc<Health>,
         indexed: Arc<Notify>,
         tail: Arc<CommittedTail>,
+        progress: Arc<Progress>,
     ) -> anyhow::Result<Self> {
         let mut client =
             esk_core::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id);
@@ -110,6 +114,7 @@ impl Indexer {
             tail,
             quarantined: HashSet::new(),
             failures: 0,
+            progress,
         })
     }
 
@@ -125,7 +130,10 @@ impl Indexer {
             if batch.is_empty() {
                 continue;
             }
+            self.progress.busy();
             self.index(batch, &shutdown).await;
+            self.progress.progressed();
+            self.progress.idle();
         }
         tracing::info!("indexer stopped");
     }
@@ -316,6 +324,7 @@ impl Indexer {
                     }
                     tracing::warn!(%error, records = batch.len(), failures = self.failures,
                         "indexing transaction failed; retrying");
+                    self.progress.blocked_by(&error);
                     tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
                         .await;
                 }

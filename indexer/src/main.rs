@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use esk_core::supervisor::{Supervisor, Watchdog};
 use esk_core::telemetry::{init_tracing, Telemetry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -42,7 +43,9 @@ async fn main() -> anyhow::Result<()> {
         .serve(&config.http_addr, async move { stop.cancelled().await })
         .await?;
 
-    let mut tasks = Vec::new();
+    let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
+    supervisor.watch("telemetry server", server);
+    let watchdog = Watchdog::new(config.common.stall_after(), telemetry.health.clone());
     let indexer = index_loop::Indexer::new(
         &config,
         pool.clone(),
@@ -50,8 +53,9 @@ async fn main() -> anyhow::Result<()> {
         telemetry.health.clone(),
         indexed.clone(),
         tail.clone(),
+        watchdog.register("index loop"),
     )?;
-    tasks.push(tokio::spawn(indexer.run(shutdown.clone())));
+    supervisor.spawn("index loop", indexer.run(shutdown.clone()));
     if config.publish {
         let publisher = publisher::Publisher {
             pool: pool.clone(),
@@ -62,8 +66,9 @@ async fn main() -> anyhow::Result<()> {
             indexed,
             linger: Duration::from_millis(config.publish_linger_ms),
             tail,
+            progress: watchdog.register("publisher"),
         };
-        tasks.push(tokio::spawn(publisher.run(shutdown.clone())));
+        supervisor.spawn("publisher", publisher.run(shutdown.clone()));
     }
     let maintenance = ledger_maintenance::LedgerMaintenance {
         pool: pool.clone(),
@@ -72,23 +77,18 @@ async fn main() -> anyhow::Result<()> {
         every: Duration::from_secs(config.ledger_maintenance_secs),
         metrics: metrics.clone(),
     };
-    tasks.push(tokio::spawn(maintenance.run(shutdown.clone())));
+    supervisor.spawn("ledger maintenance", maintenance.run(shutdown.clone()));
     let lag = lag::LagMonitor {
         pool: pool.clone(),
         brokers: config.common.kafka_brokers.clone(),
         topic: config.common.topics.ingest_log.clone(),
         metrics: metrics.clone(),
     };
-    tasks.push(tokio::spawn(lag.run(shutdown.clone())));
+    supervisor.spawn("lag monitor", lag.run(shutdown.clone()));
+    supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
     telemetry.health.set_ready(true);
     tracing::info!(addr = %config.http_addr, "indexer running");
-
-    esk_core::telemetry::wait_for_signal().await;
-    shutdown.cancel();
-    for task in tasks {
-        let _ = task.await;
-    }
-    let _ = server.await;
+    esk_core::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use esk_core::db::{canonical_event_from_row, EVENT_COLUMNS};
 use esk_core::kafka::send_all;
+use esk_core::supervisor::Progress;
 use esk_core::wire::CanonicalEvent;
 use rdkafka::producer::FutureProducer;
 use sqlx::pool::PoolConnection;
@@ -34,6 +35,8 @@ pub(crate) struct Publisher {
     pub(crate) linger: Duration,
     /// What this process just committed; published from memory when it is next in line.
     pub(crate) tail: Arc<CommittedTail>,
+    /// Tells the watchdog whether publishing moves.
+    pub(crate) progress: Arc<Progress>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,8 @@ impl Publisher {
                 l = self.acquire() => l,
             };
             let Some(mut lock) = leader else {
+                // Another process publishes: nothing for this one to do.
+                self.progress.idle();
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
@@ -72,6 +77,7 @@ impl Publisher {
             match error {
                 Ok(()) => return,
                 Err(error) => {
+                    self.progress.blocked_by(&error);
                     self.metrics.errors.with_label_values(&["publish"]).inc();
                     tracing::warn!(%error, "publisher stepped down");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -100,9 +106,12 @@ impl Publisher {
                 return Ok(());
             }
             // The lock lives as long as this connection; make sure it still does.
+            self.progress.busy();
             sqlx::query("SELECT 1").execute(&mut **lock).await?;
             let published = self.publish_round().await?;
+            self.progress.progressed();
             if published == 0 {
+                self.progress.idle();
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = self.indexed.notified() => {}

@@ -15,7 +15,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::IngestConfig;
@@ -48,14 +47,15 @@ struct Shared {
     in_flight: Arc<Semaphore>,
 }
 
-/// Starts consuming the appends topic.
-pub(crate) fn spawn(
+/// Subscribes to the appends topic and returns the consuming loop, for the caller to run
+/// supervised.
+pub(crate) fn consumer_loop(
     config: &IngestConfig,
     pipeline: Pipeline,
     producer: FutureProducer,
     metrics: Arc<IngestMetrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<JoinHandle<()>> {
+) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let consumer: StreamConsumer =
         esk_core::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id)
             .create()?;
@@ -71,7 +71,7 @@ pub(crate) fn spawn(
         shutdown,
         in_flight: Arc::new(Semaphore::new(config.max_kafka_in_flight.max(1))),
     });
-    Ok(tokio::spawn(consume(shared, config.limits.clone())))
+    Ok(consume(shared, config.limits.clone()))
 }
 
 async fn consume(shared: Arc<Shared>, limits: Limits) {

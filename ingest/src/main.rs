@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use esk_core::supervisor::{Supervisor, Watchdog};
 use esk_core::telemetry::{init_tracing, Telemetry};
 
 #[tokio::main]
@@ -40,20 +41,30 @@ async fn main() -> anyhow::Result<()> {
     }
     let ingest_log = ingest_log::IngestLog::new(&config)?;
     let producer = ingest_log.producer().clone();
-    let pipeline = pipeline::Pipeline::start(&config, pool.clone(), ingest_log, metrics.clone());
-
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let kafka_task = if config.kafka_appends {
-        Some(kafka_appends::spawn(
+    let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
+    let watchdog = Watchdog::new(config.common.stall_after(), telemetry.health.clone());
+    let (pipeline, workers) = pipeline::Pipeline::start(
+        &config,
+        pool.clone(),
+        ingest_log,
+        metrics.clone(),
+        &watchdog,
+    );
+    for (shard, worker) in workers.into_iter().enumerate() {
+        supervisor.spawn(format!("append worker {shard}"), worker);
+    }
+    supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
+    if config.kafka_appends {
+        let consumer = kafka_appends::consumer_loop(
             &config,
             pipeline.clone(),
             producer,
             metrics.clone(),
             shutdown.clone(),
-        )?)
-    } else {
-        None
-    };
+        )?;
+        supervisor.spawn("kafka appends consumer", consumer);
+    }
 
     let app = api::router(api::AppState {
         pipeline,
@@ -68,17 +79,15 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
     tracing::info!(addr = %config.http_addr, "ingest listening");
-    telemetry.health.set_ready(true);
     let stop = shutdown.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            esk_core::telemetry::wait_for_signal().await;
-            stop.cancel();
-        })
-        .await?;
-    if let Some(task) = kafka_task {
-        let _ = task.await;
-    }
+    supervisor.spawn_fallible("http server", async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+            .map_err(Into::into)
+    });
+    telemetry.health.set_ready(true);
+    esk_core::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
     Ok(())
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use esk_core::model::Append;
+use esk_core::supervisor::{Progress, Watchdog};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -49,6 +50,7 @@ pub(crate) struct Pipeline {
 }
 
 struct Worker {
+    progress: Arc<Progress>,
     pool: PgPool,
     ingest_log: IngestLog,
     metrics: Arc<IngestMetrics>,
@@ -57,31 +59,39 @@ struct Worker {
 }
 
 impl Pipeline {
-    /// Starts one worker per shard.
+    /// Creates one worker per shard and returns the handle with the workers' loops, for the
+    /// caller to run supervised. A loop ends once every handle is dropped.
     pub(crate) fn start(
         config: &IngestConfig,
         pool: PgPool,
         ingest_log: IngestLog,
         metrics: Arc<IngestMetrics>,
-    ) -> Self {
+        watchdog: &Watchdog,
+    ) -> (
+        Self,
+        Vec<impl std::future::Future<Output = ()> + Send + 'static>,
+    ) {
         let workers = config.workers.max(1);
         let mut shards = Vec::with_capacity(workers);
-        for _ in 0..workers {
+        let mut loops = Vec::with_capacity(workers);
+        for shard in 0..workers {
             let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
             shards.push(tx);
             let worker = Worker {
+                progress: watchdog.register(format!("append worker {shard}")),
                 pool: pool.clone(),
                 ingest_log: ingest_log.clone(),
                 metrics: metrics.clone(),
                 max_batch: config.max_batch.max(1),
                 retries: config.attempt_retries,
             };
-            tokio::spawn(worker.run(rx));
+            loops.push(worker.run(rx));
         }
-        Pipeline {
+        let pipeline = Pipeline {
             shards: Arc::new(shards),
             metrics,
-        }
+        };
+        (pipeline, loops)
     }
 
     fn shard(&self, stream_id: &str) -> &mpsc::Sender<AppendCommand> {
@@ -118,6 +128,7 @@ impl Pipeline {
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<AppendCommand>) {
         while let Some(first) = rx.recv().await {
+            self.progress.busy();
             let mut batch = vec![first];
             while batch.len() < self.max_batch {
                 match rx.try_recv() {
@@ -126,6 +137,10 @@ impl Worker {
                 }
             }
             self.process(batch).await;
+            self.progress.progressed();
+            if rx.is_empty() {
+                self.progress.idle();
+            }
         }
     }
 

@@ -8,7 +8,6 @@ mod config;
 mod dead_letters;
 mod event;
 mod handlers;
-mod health;
 mod live;
 mod metrics;
 
@@ -17,6 +16,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use config::{Command, DeadLetterCommand, ProjectorConfig};
+use esk_core::supervisor::Supervisor;
 use esk_core::telemetry::{init_tracing, Telemetry};
 use handlers::ProcessError;
 use handlers::Projection;
@@ -40,7 +40,6 @@ async fn run(config: ProjectorConfig) -> anyhow::Result<()> {
     let specs = config.projections()?;
     let telemetry = Telemetry::new("projector");
     let metrics = Arc::new(metrics::ProjectorMetrics::new(&telemetry.registry));
-    let stalls = Arc::new(health::Stalls::default());
     let pool =
         esk_core::db::connect(&config.common.database_url, config.tuning.pg_connections).await?;
     if config.tuning.migrate {
@@ -56,11 +55,11 @@ async fn run(config: ProjectorConfig) -> anyhow::Result<()> {
             &config.tuning,
             &config.common.kafka_brokers,
             metrics.clone(),
-            stalls.clone(),
+            telemetry.health.clone(),
         )
     };
     match config.command.clone().unwrap_or(Command::Run) {
-        Command::Run => serve(&config, pool, telemetry, metrics, stalls.clone()).await,
+        Command::Run => serve(&config, pool, telemetry, metrics).await,
         Command::Rebuild { name } => {
             let projection = build(&name)?;
             projection.reset(&pool).await?;
@@ -137,26 +136,25 @@ async fn serve(
     pool: PgPool,
     telemetry: Telemetry,
     metrics: Arc<metrics::ProjectorMetrics>,
-    stalls: Arc<health::Stalls>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let server = health::serve(
-        &telemetry,
-        stalls.clone(),
-        &config.tuning.http_addr,
-        async move { stop.cancelled().await },
-    )
-    .await?;
+    let server = telemetry
+        .serve(
+            &config.tuning.http_addr,
+            async move { stop.cancelled().await },
+        )
+        .await?;
     let partitions = partition_count(config).await?;
-    let mut tasks = Vec::new();
+    let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
+    supervisor.watch("telemetry server", server);
     for spec in config.projections()? {
         let projection = Projection::new(
             &spec,
             &config.tuning,
             &config.common.kafka_brokers,
             metrics.clone(),
-            stalls.clone(),
+            telemetry.health.clone(),
         )?;
         let runner = ProjectionRunner {
             pool: pool.clone(),
@@ -166,22 +164,23 @@ async fn serve(
             topic: config.common.topics.events.clone(),
             partitions,
         };
-        tasks.push(tokio::spawn(runner.run(shutdown.clone())));
+        supervisor.spawn(
+            format!("projection {}", spec.name),
+            runner.run(shutdown.clone()),
+        );
     }
-    tasks.push(tokio::spawn(monitor_lag(
-        pool.clone(),
-        config.projections()?,
-        metrics,
-        shutdown.clone(),
-    )));
+    supervisor.spawn(
+        "lag monitor",
+        monitor_lag(
+            pool.clone(),
+            config.projections()?,
+            metrics,
+            shutdown.clone(),
+        ),
+    );
     telemetry.health.set_ready(true);
     tracing::info!(addr = %config.tuning.http_addr, "projector running");
-    esk_core::telemetry::wait_for_signal().await;
-    shutdown.cancel();
-    for task in tasks {
-        let _ = task.await;
-    }
-    let _ = server.await;
+    esk_core::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
     Ok(())
 }
 

@@ -62,7 +62,7 @@ impl HandlerError {
 
     /// A SQL handler's statement failed.
     pub(crate) fn database(error: sqlx::Error) -> Self {
-        if is_transient_sql(&error) {
+        if esk_core::db::is_transient(&error) {
             HandlerError::Transient(Cause::Database(error))
         } else {
             HandlerError::Rejected(Cause::Database(error))
@@ -126,34 +126,6 @@ pub(crate) fn is_transient_status(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
-/// Whether a statement failed because of the database's state (connection, load, locks,
-/// shutdown) rather than the statement and its data.
-pub(crate) fn is_transient_sql(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::BeginFailed => true,
-        _ => false,
-    }
-}
-
-/// SQLSTATEs that say "try again later": serialization failure, deadlock, statement completion
-/// unknown, lock not available, idle-in-transaction timeout, connection exceptions (08),
-/// insufficient resources (53), operator intervention (57: query canceled or statement timeout,
-/// admin/crash shutdown, cannot connect now, ...), system errors (58: I/O). Everything else
-/// (data exceptions 22, integrity violations 23, syntax, ...) is a rejection.
-pub(crate) fn is_transient_sqlstate(code: &str) -> bool {
-    matches!(code, "40001" | "40P01" | "40003" | "55P03" | "25P03")
-        || ["08", "53", "57", "58"]
-            .iter()
-            .any(|class| code.starts_with(class))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,12 +136,18 @@ mod tests {
             "40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "08000", "08006",
             "08001", "53000", "53100", "53200", "53300", "58030",
         ] {
-            assert!(is_transient_sqlstate(code), "{code} is transient");
+            assert!(
+                esk_core::db::transient_sqlstate(code),
+                "{code} is transient"
+            );
         }
         for code in [
             "22P02", "22003", "23505", "23503", "23502", "23514", "42P01", "XX000",
         ] {
-            assert!(!is_transient_sqlstate(code), "{code} is a rejection");
+            assert!(
+                !esk_core::db::transient_sqlstate(code),
+                "{code} is a rejection"
+            );
         }
     }
 

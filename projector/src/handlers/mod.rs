@@ -26,8 +26,8 @@ use crate::checkpoint::{self, CheckpointError, Progress};
 use crate::config::{HandlerSpec, ProjectionSpec, Tuning};
 use crate::dead_letters::{self, UndecodableRecord};
 use crate::event::ProjectedEvent;
-use crate::health::Stalls;
 use crate::metrics::ProjectorMetrics;
+use esk_core::telemetry::Health;
 
 /// Why a batch was not processed (the caller re-reads, or stops).
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,7 @@ pub(crate) struct Projection {
     pub(crate) max_attempts: usize,
     pub(crate) retry: Duration,
     pub(crate) metrics: Arc<ProjectorMetrics>,
-    pub(crate) stalls: Arc<Stalls>,
+    pub(crate) health: Arc<Health>,
 }
 
 impl Projection {
@@ -99,7 +99,7 @@ impl Projection {
         tuning: &Tuning,
         brokers: &str,
         metrics: Arc<ProjectorMetrics>,
-        stalls: Arc<Stalls>,
+        health: Arc<Health>,
     ) -> anyhow::Result<Self> {
         let handler =
             match &spec.handler {
@@ -122,7 +122,7 @@ impl Projection {
             max_attempts: tuning.max_attempts.max(1),
             retry: Duration::from_millis(tuning.retry_ms),
             metrics,
-            stalls,
+            health,
         })
     }
 
@@ -488,7 +488,10 @@ impl<'a> Stall<'a> {
         let p = self.projection;
         let stalled_for = self.since.get_or_insert_with(Instant::now).elapsed();
         p.metrics.stalled.with_label_values(&[&p.name]).set(1);
-        p.stalls.set(&p.name, error.to_string());
+        p.health.set_problem(
+            &stall_key(&p.name),
+            format!("projection {} stalled: {error}", p.name),
+        );
         p.metrics.retries.with_label_values(&[&p.name]).inc();
         tracing::warn!(projection = %p.name, %error, stalled_for_s = stalled_for.as_secs_f64(),
             "projection stalled on a transient failure; retrying");
@@ -500,7 +503,7 @@ impl<'a> Stall<'a> {
         if let Some(since) = self.since.take() {
             let p = self.projection;
             p.metrics.stalled.with_label_values(&[&p.name]).set(0);
-            p.stalls.clear(&p.name);
+            p.health.clear_problem(&stall_key(&p.name));
             self.backoff = esk_core::retry::until_stopped(p.retry);
             tracing::info!(projection = %p.name, stalled_for_s = since.elapsed().as_secs_f64(),
                 "projection recovered");
@@ -518,4 +521,9 @@ async fn pause(
         _ = shutdown.cancelled() => Err(ProcessError::Stopped),
         _ = tokio::time::sleep(delay) => Ok(()),
     }
+}
+
+/// The `/health` problem key of a stalled projection.
+fn stall_key(projection: &str) -> String {
+    format!("projection-stalled:{projection}")
 }
