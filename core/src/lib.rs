@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod db;
+pub mod http_server;
 pub mod kafka;
 pub mod model;
 pub mod raw_json;

@@ -84,6 +84,8 @@ pub struct Telemetry {
     pub registry: Registry,
     /// The process's health.
     pub health: Arc<Health>,
+    /// HTTP connections closed because the process's connection cap was reached.
+    pub refused_connections: prometheus::IntCounter,
 }
 
 impl Telemetry {
@@ -94,26 +96,31 @@ impl Telemetry {
             .collect();
         let registry = Registry::new_custom(Some("esk".into()), Some(labels))
             .unwrap_or_else(|_| Registry::new());
+        let refused_connections = MetricFactory::new(&registry).counter(
+            "http_refused_connections_total",
+            "HTTP connections closed on accept because the connection cap was reached",
+        );
         Telemetry {
             registry,
             health: Arc::new(Health::default()),
+            refused_connections,
         }
     }
 
-    /// Binds `addr` and serves [`Telemetry::router`] until `shutdown` resolves.
+    /// Binds `addr` and serves [`Telemetry::router`] until `shutdown` is cancelled.
     pub async fn serve(
         &self,
         addr: &str,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        shutdown: tokio_util::sync::CancellationToken,
     ) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let app = self.router();
+        let refused = self.refused_connections.clone();
         Ok(tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
+            let limits = crate::http_server::ServerLimits::default();
+            crate::http_server::serve(listener, app, &limits, refused, shutdown).await
         }))
     }
 

@@ -38,10 +38,7 @@ async fn main() -> anyhow::Result<()> {
         usize::try_from(config.publish_batch.saturating_mul(4)).unwrap_or(20_000),
     ));
 
-    let stop = shutdown.clone();
-    let server = telemetry
-        .serve(&config.http_addr, async move { stop.cancelled().await })
-        .await?;
+    let server = telemetry.serve(&config.http_addr, shutdown.clone()).await?;
 
     let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
     supervisor.watch("telemetry server", server);

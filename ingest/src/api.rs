@@ -29,6 +29,7 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<IngestMetrics>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_concurrency: usize,
+    pub(crate) body_timeout: std::time::Duration,
 }
 
 /// The API routes (telemetry routes are merged by the caller).
@@ -53,6 +54,8 @@ pub(crate) struct ApiError {
     status: StatusCode,
     body: ErrorBody,
     retry_after: Option<u32>,
+    /// Close the connection after answering (the rest of the request is not read).
+    close: bool,
 }
 
 impl ApiError {
@@ -65,7 +68,20 @@ impl ApiError {
                 actual_version: None,
             },
             retry_after: None,
+            close: false,
         }
+    }
+
+    /// Asks for the connection to be closed after the answer.
+    fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Adds a `Retry-After` header (seconds).
+    pub(crate) fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     fn invalid(error: &InvalidAppend) -> Self {
@@ -85,6 +101,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if self.close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
@@ -111,7 +132,20 @@ async fn append(
         state.metrics.invalid(e.code());
         ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
     })?;
-    let body = read_body(body, state.max_body_bytes).await?;
+    let body = tokio::time::timeout(state.body_timeout, read_body(body, state.max_body_bytes))
+        .await
+        .map_err(|_| {
+            state.metrics.invalid("request_timeout");
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body did not arrive within {} ms; nothing was written",
+                    state.body_timeout.as_millis()
+                ),
+            )
+            .closing()
+        })??;
     let append = parse_append_body(&stream_id, &body, &state.limits, trace).map_err(|e| {
         state.metrics.invalid(e.code());
         ApiError::invalid(&e)
@@ -162,11 +196,13 @@ async fn append(
             },
             body: rejection.to_error_body(),
             retry_after: None,
+            close: false,
         }),
         Err(unavailable) => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             body: unavailable.to_error_body(),
             retry_after: Some(1),
+            close: false,
         }),
     }
 }

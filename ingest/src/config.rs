@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use esk_core::config::CommonConfig;
+use esk_core::http_server::ServerLimits;
 use esk_core::validate::Limits;
 
 /// Settings of the `ingest` binary.
@@ -16,6 +17,8 @@ pub(crate) struct IngestConfig {
     pub(crate) common: CommonConfig,
     #[command(flatten)]
     pub(crate) limits: Limits,
+    #[command(flatten)]
+    pub(crate) server: ServerLimits,
     /// HTTP listen address (API, /metrics, /health).
     #[arg(long, env = "ESK_INGEST_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub(crate) http_addr: String,
@@ -39,9 +42,20 @@ pub(crate) struct IngestConfig {
     /// its partitions beyond this.
     #[arg(long, env = "ESK_INGEST_MAX_KAFKA_IN_FLIGHT", default_value_t = 4096)]
     pub(crate) max_kafka_in_flight: usize,
-    /// Postgres connections in the pool.
+    /// Postgres connections in the pool appends use.
     #[arg(long, env = "ESK_INGEST_PG_CONNECTIONS", default_value_t = 8)]
     pub(crate) pg_connections: u32,
+    /// Postgres connections in the separate pool reads and `/wait` use, so reads can never
+    /// starve appends of connections.
+    #[arg(long, env = "ESK_INGEST_PG_READ_CONNECTIONS", default_value_t = 4)]
+    pub(crate) pg_read_connections: u32,
+    /// A request body must arrive within this many milliseconds, else 408 and the connection
+    /// is closed.
+    #[arg(long, env = "ESK_INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub(crate) body_timeout_ms: u64,
+    /// Most `/wait` requests waiting at once; more are answered 503 `too_many_waiters`.
+    #[arg(long, env = "ESK_INGEST_MAX_WAITERS", default_value_t = 1000)]
+    pub(crate) max_waiters: usize,
     /// How long a statement may wait for a lock before the attempt is retried (ms).
     #[arg(long, env = "ESK_INGEST_LOCK_TIMEOUT_MS", default_value_t = 5000)]
     pub(crate) lock_timeout_ms: u64,

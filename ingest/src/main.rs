@@ -15,6 +15,7 @@ mod outcome;
 mod pipeline;
 mod reads;
 mod stream_index;
+mod wait;
 
 use std::sync::Arc;
 
@@ -66,23 +67,32 @@ async fn main() -> anyhow::Result<()> {
         supervisor.spawn("kafka appends consumer", consumer);
     }
 
+    let read_pool =
+        esk_core::db::connect(&config.common.database_url, config.pg_read_connections).await?;
+    let waits = wait::WaitHub::new(read_pool.clone(), config.max_waiters);
+    supervisor.spawn("wait poller", waits.clone().run(shutdown.clone()));
     let app = api::router(api::AppState {
         pipeline,
         limits: config.limits.clone(),
         metrics,
         max_body_bytes: config.max_body_bytes,
         max_concurrency: config.max_http_concurrency,
+        body_timeout: std::time::Duration::from_millis(config.body_timeout_ms.max(1)),
     })
-    .merge(reads::router(pool.clone()))
+    .merge(reads::router(reads::ReadState {
+        pool: read_pool,
+        waits,
+    }))
     .merge(telemetry.router());
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;
     tracing::info!(addr = %config.http_addr, "ingest listening");
     let stop = shutdown.clone();
+    let refused = telemetry.refused_connections.clone();
+    let limits = config.server.clone();
     supervisor.spawn_fallible("http server", async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
+        esk_core::http_server::serve(listener, app, &limits, refused, stop)
             .await
             .map_err(Into::into)
     });

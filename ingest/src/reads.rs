@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
+use std::sync::Arc;
+
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -17,18 +19,39 @@ use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 
 use crate::api::ApiError;
+use crate::wait::{WaitError, WaitHub, WaitTarget};
 
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_WAIT_MS: u64 = 60_000;
 
-/// Read routes over the pool.
-pub(crate) fn router(pool: PgPool) -> Router {
+/// What the read routes share: their own pool (reads never take the appends' connections)
+/// and the process's waiters.
+#[derive(Debug, Clone)]
+pub(crate) struct ReadState {
+    pub(crate) pool: PgPool,
+    pub(crate) waits: Arc<WaitHub>,
+}
+
+impl axum::extract::FromRef<ReadState> for PgPool {
+    fn from_ref(state: &ReadState) -> Self {
+        state.pool.clone()
+    }
+}
+
+/// Read routes.
+pub(crate) fn router(state: ReadState) -> Router {
     Router::new()
         .route("/streams/{stream_id}/events", get(read_stream))
         .route("/categories/{category}/events", get(read_category))
         .route("/wait", get(wait))
-        .with_state(pool)
+        .with_state(state)
+}
+
+/// A path segment, or the JSON error body (axum's own rejection is plain text).
+fn segment(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(segment)| segment)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
 }
 
 type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
@@ -87,9 +110,10 @@ fn events_of(rows: &[PgRow]) -> Result<Vec<CanonicalEvent>, ApiError> {
 
 async fn read_stream(
     State(pool): State<PgPool>,
-    Path(stream_id): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let stream_id = segment(path)?;
     let p = params(query)?;
     if stream_id == "$all" {
         return read_all(&pool, &p).await;
@@ -162,9 +186,10 @@ async fn read_all(pool: &PgPool, p: &HashMap<String, String>) -> Result<Response
 
 async fn read_category(
     State(pool): State<PgPool>,
-    Path(category): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let category = segment(path)?;
     let p = params(query)?;
     reject_unknown(&p, &["from", "limit"])?;
     // `Order-*` and `Order` name the same category.
@@ -229,7 +254,7 @@ struct PositionedPage<'a> {
 
 /// `GET /wait?stream_id=S&version=N` or `GET /wait?position=P`, with `timeout_ms`: answers
 /// once that version or position is indexed (`reached: true`) or the timeout passes.
-async fn wait(State(pool): State<PgPool>, query: Params) -> Result<Response, ApiError> {
+async fn wait(State(state): State<ReadState>, query: Params) -> Result<Response, ApiError> {
     let p = params(query)?;
     reject_unknown(&p, &["stream_id", "version", "position", "timeout_ms"])?;
     let timeout = int_param(&p, "timeout_ms", 0, MAX_WAIT_MS as i64)?.unwrap_or(5000) as u64;
@@ -248,35 +273,18 @@ async fn wait(State(pool): State<PgPool>, query: Params) -> Result<Response, Api
             ))
         }
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
-    loop {
-        let reached: bool =
-            match &target {
-                WaitTarget::Version(stream, version) => sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM events WHERE stream_id = $1 AND version = $2)",
-                )
-                .bind(stream)
-                .bind(version)
-                .fetch_one(&pool)
-                .await,
-                WaitTarget::Position(position) => {
-                    sqlx::query_scalar(
-                        "SELECT EXISTS (SELECT 1 FROM events WHERE global_position = $1)",
-                    )
-                    .bind(position)
-                    .fetch_one(&pool)
-                    .await
-                }
-            }
-            .map_err(db_error)?;
-        if reached || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(json!({"reached": reached})).into_response());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match state
+        .waits
+        .wait(target, Duration::from_millis(timeout))
+        .await
+    {
+        Ok(reached) => Ok(Json(json!({"reached": reached})).into_response()),
+        Err(WaitError::TooManyWaiters(limit)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_waiters",
+            format!("{limit} requests are already waiting; retry later"),
+        )
+        .retry_after(1)),
+        Err(WaitError::Database(error)) => Err(db_error(error)),
     }
-}
-
-enum WaitTarget {
-    Version(String, i64),
-    Position(i64),
 }

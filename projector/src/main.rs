@@ -138,12 +138,8 @@ async fn serve(
     metrics: Arc<metrics::ProjectorMetrics>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
     let server = telemetry
-        .serve(
-            &config.tuning.http_addr,
-            async move { stop.cancelled().await },
-        )
+        .serve(&config.tuning.http_addr, shutdown.clone())
         .await?;
     let partitions = partition_count(config).await?;
     let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
