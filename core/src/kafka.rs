@@ -112,6 +112,38 @@ pub fn base_config(brokers: &str) -> ClientConfig {
     config
 }
 
+/// Whether a produce failed for a reason no retry changes: the record is too large or invalid
+/// for the broker (as opposed to the broker being unreachable, slow or electing a leader).
+pub fn is_permanent_produce_error(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
+}
+
+/// Whether a permanent produce failure is about the record's size.
+pub fn is_too_large(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+        )
+    )
+}
+
+/// Largest record a topic takes (`max.message.bytes`, set by `esk setup`): an event of the
+/// largest allowed size with its envelope and headers on `ingest-log` and `events`, and the
+/// largest HTTP body on `appends`. Producers are configured for the same size.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024 + 64 * 1024;
+
 /// An idempotent, `acks=all` producer tuned for throughput.
 pub fn producer_config(brokers: &str) -> ClientConfig {
     let mut config = base_config(brokers);
@@ -125,7 +157,7 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("compression.type", "lz4")
         .set("queue.buffering.max.kbytes", "262144")
         .set("delivery.timeout.ms", "30000")
-        .set("message.max.bytes", "4194304");
+        .set("message.max.bytes", MAX_MESSAGE_BYTES.to_string());
     config
 }
 
@@ -155,9 +187,13 @@ pub async fn create_topics(
     replication: i32,
 ) -> Result<(), KafkaAdminError> {
     let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let max_message_bytes = MAX_MESSAGE_BYTES.to_string();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication)))
+        .map(|t| {
+            NewTopic::new(t, partitions, TopicReplication::Fixed(replication))
+                .set("max.message.bytes", &max_message_bytes)
+        })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&new_topics, &options).await? {

@@ -193,6 +193,10 @@ async fn append(
                 | Rejection::DuplicateEventId
                 | Rejection::AppendIdReused
                 | Rejection::AppendExpired => StatusCode::CONFLICT,
+                Rejection::RefusedByBroker {
+                    too_large: true, ..
+                } => StatusCode::PAYLOAD_TOO_LARGE,
+                Rejection::RefusedByBroker { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             },
             body: rejection.to_error_body(),
             retry_after: None,

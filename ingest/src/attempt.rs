@@ -33,6 +33,18 @@ pub(crate) enum AttemptError {
 }
 
 impl AttemptError {
+    /// The broker refused the records for good: the same append would fail every time.
+    pub(crate) fn refused_by_broker(&self) -> Option<Rejection> {
+        let AttemptError::Produce(error) = self else {
+            return None;
+        };
+        let kafka = error.permanent()?;
+        Some(Rejection::RefusedByBroker {
+            too_large: esk_core::kafka::is_too_large(kafka),
+            reason: kafka.to_string(),
+        })
+    }
+
     /// The stage, for metrics and the client's error code.
     pub(crate) fn code(&self) -> &'static str {
         match self {

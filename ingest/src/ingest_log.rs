@@ -91,6 +91,18 @@ impl IngestLog {
     }
 }
 
+impl ProduceError {
+    /// The broker will never take these records (too large, invalid): retrying is useless.
+    pub(crate) fn permanent(&self) -> Option<&KafkaError> {
+        match self {
+            ProduceError::Kafka(error) if esk_core::kafka::is_permanent_produce_error(error) => {
+                Some(error)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Why the events of an attempt were not all acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProduceError {

@@ -26,6 +26,9 @@ pub(crate) enum Rejection {
     AppendIdReused,
     /// A retry of an append whose ledger row was pruned after the idempotency window.
     AppendExpired,
+    /// The broker refuses the append's records for good (too large for it, or invalid). Not
+    /// recorded in the ledger: nothing was written, and a retry gets the same answer.
+    RefusedByBroker { too_large: bool, reason: String },
 }
 
 impl Rejection {
@@ -36,6 +39,10 @@ impl Rejection {
             Rejection::DuplicateEventId => "duplicate_event_id",
             Rejection::AppendIdReused => "append_id_reused",
             Rejection::AppendExpired => "append_expired",
+            Rejection::RefusedByBroker {
+                too_large: true, ..
+            } => "record_too_large",
+            Rejection::RefusedByBroker { .. } => "record_refused_by_broker",
         }
     }
 
@@ -77,6 +84,13 @@ impl Rejection {
                 message: "this append was accepted longer ago than the idempotency window; \
                           its original outcome is no longer kept (its events are in the store)"
                     .into(),
+                actual_version: None,
+            },
+            Rejection::RefusedByBroker { reason, .. } => ErrorBody {
+                code: self.code().into(),
+                message: format!(
+                    "the broker refuses this append's records ({reason}); nothing was written"
+                ),
                 actual_version: None,
             },
         }

@@ -163,49 +163,21 @@ impl Worker {
         self.metrics.batch_events.observe(events as f64);
 
         let started = Instant::now();
-        let result = (|| attempt::run(&self.pool, &self.ingest_log, &primaries, &self.metrics))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(20))
-                    .with_max_delay(Duration::from_secs(1))
-                    .with_max_times(self.retries),
-            )
-            .notify(|error: &AttemptError, delay| {
-                self.metrics.attempt_failures.with_label_values(&[error.code()]).inc();
-                tracing::warn!(%error, retry_in = ?delay, appends = primaries.len(), "ingest attempt failed; retrying");
-            })
-            .await;
+        let decided = self.decide(&primaries).await;
         self.metrics
             .attempt_seconds
             .observe(started.elapsed().as_secs_f64());
 
-        let outcomes: Vec<AppendReply> = match result {
-            Ok(outcomes) => batch
-                .iter()
-                .zip(&primary_index)
-                .map(|(command, slot)| {
-                    let primary = primaries[*slot];
-                    let outcome = outcomes[*slot].clone();
-                    if primary.fingerprint() != command.append.fingerprint() {
-                        Ok(AppendOutcome::Rejected(Rejection::AppendIdReused))
-                    } else {
-                        Ok(outcome)
-                    }
-                })
-                .collect(),
-            Err(error) => {
-                self.metrics
-                    .attempt_failures
-                    .with_label_values(&[error.code()])
-                    .inc();
-                tracing::error!(%error, appends = primaries.len(), "ingest attempt failed; answering 503");
-                let unavailable = Unavailable {
-                    code: error.code(),
-                    message: error.to_string(),
-                };
-                batch.iter().map(|_| Err(unavailable.clone())).collect()
-            }
-        };
+        let outcomes: Vec<AppendReply> = batch
+            .iter()
+            .zip(&primary_index)
+            .map(|(command, slot)| match &decided[*slot] {
+                Ok(_) if primaries[*slot].fingerprint() != command.append.fingerprint() => {
+                    Ok(AppendOutcome::Rejected(Rejection::AppendIdReused))
+                }
+                reply => reply.clone(),
+            })
+            .collect();
         for (command, reply) in batch.into_iter().zip(outcomes) {
             self.metrics
                 .record(&command.append, &reply, command.received.elapsed());
@@ -215,6 +187,71 @@ impl Worker {
             // The client may have gone; its outcome is in the ledger either way.
             let _ = command.reply.send(reply);
         }
+    }
+}
+
+impl Worker {
+    /// One reply per append. An attempt the broker refuses for good (a record too large for
+    /// it) is not retried; if it held several appends, each is tried alone so that only the
+    /// one at fault is rejected and the others are not held back by it.
+    async fn decide(&self, appends: &[&Append]) -> Vec<AppendReply> {
+        match self.attempt(appends).await {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(error) if appends.len() > 1 && error.refused_by_broker().is_some() => {
+                let mut replies = Vec::with_capacity(appends.len());
+                for append in appends {
+                    replies.push(match self.attempt(&[*append]).await {
+                        Ok(mut outcome) => outcome.pop().ok_or_else(|| missing(append)),
+                        Err(error) => self.failed(&error, 1).remove(0),
+                    });
+                }
+                replies
+            }
+            Err(error) => self.failed(&error, appends.len()),
+        }
+    }
+
+    /// One attempt, retried while it fails transiently.
+    async fn attempt(&self, appends: &[&Append]) -> Result<Vec<AppendOutcome>, AttemptError> {
+        (|| attempt::run(&self.pool, &self.ingest_log, appends, &self.metrics))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(20))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_max_times(self.retries),
+            )
+            .when(|error: &AttemptError| error.refused_by_broker().is_none())
+            .notify(|error: &AttemptError, delay| {
+                self.metrics.attempt_failures.with_label_values(&[error.code()]).inc();
+                tracing::warn!(%error, retry_in = ?delay, appends = appends.len(), "ingest attempt failed; retrying");
+            })
+            .await
+    }
+
+    /// The replies of `count` appends whose attempt failed with `error`.
+    fn failed(&self, error: &AttemptError, count: usize) -> Vec<AppendReply> {
+        self.metrics
+            .attempt_failures
+            .with_label_values(&[error.code()])
+            .inc();
+        if let Some(rejection) = error.refused_by_broker() {
+            tracing::warn!(%error, "the broker refuses an append's records; rejecting it");
+            return vec![Ok(AppendOutcome::Rejected(rejection)); count];
+        }
+        tracing::error!(%error, appends = count, "ingest attempt failed; answering 503");
+        let unavailable = Unavailable {
+            code: error.code(),
+            message: error.to_string(),
+        };
+        vec![Err(unavailable); count]
+    }
+}
+
+/// The reply when an attempt returned no outcome for an append (not expected).
+fn missing(append: &Append) -> Unavailable {
+    Unavailable {
+        code: "unavailable",
+        message: format!("no outcome for append {}", append.append_id),
     }
 }
 

@@ -98,12 +98,24 @@ async fn connections_beyond_the_cap_are_closed_at_once() -> anyhow::Result<()> {
     env.push(("ESK_HTTP_MAX_CONNECTIONS", "8"));
     let ingest_process = ingest::spawn(&ctx, &env).await?;
     let addr = address(&ingest_process);
+    // Eight connections that each got an answer, so each holds a slot (a connection refused
+    // while an earlier client's slot was still being released is simply made again).
     let mut held = Vec::new();
-    for _ in 0..8 {
-        held.push(TcpStream::connect(&addr).await?);
+    for _ in 0..50 {
+        if held.len() == 8 {
+            break;
+        }
+        let mut stream = TcpStream::connect(&addr).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await?;
+        let mut buffer = [0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+        if matches!(read, Ok(Ok(n)) if n > 0) {
+            held.push(stream);
+        }
     }
-    // Let the server accept them all before the one over the cap arrives.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held.len(), 8, "eight connections served");
     let mut extra = TcpStream::connect(&addr).await?;
     let _ = extra
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

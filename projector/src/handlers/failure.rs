@@ -3,7 +3,7 @@
 //! anything; a **rejection** (the destination refused this event, and would again) dead-letters
 //! the event and the projection moves on.
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use reqwest::StatusCode;
 
 /// Why a handler could not apply or deliver events.
@@ -72,15 +72,7 @@ impl HandlerError {
     /// A produce failed: the broker's errors are transient, except records the broker will
     /// never take (too large, invalid).
     pub(crate) fn produce(topic: &str, error: KafkaError) -> Self {
-        let rejected = matches!(
-            error.rdkafka_error_code(),
-            Some(
-                RDKafkaErrorCode::MessageSizeTooLarge
-                    | RDKafkaErrorCode::InvalidMessageSize
-                    | RDKafkaErrorCode::InvalidMessage
-                    | RDKafkaErrorCode::InvalidRecord
-            )
-        );
+        let rejected = esk_core::kafka::is_permanent_produce_error(&error);
         let cause = Cause::Produce {
             topic: topic.to_owned(),
             error,
@@ -129,6 +121,7 @@ pub(crate) fn is_transient_status(status: StatusCode) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::error::RDKafkaErrorCode;
 
     #[test]
     fn outages_and_overload_are_transient_verdicts_are_rejections() {
