@@ -84,6 +84,32 @@ pub fn canonical_event_from_row(
     })
 }
 
+/// Largest sum of event payloads one read holds in memory by default (a page, a publish
+/// round, a replay page): counts alone do not bound memory when an event may be 1 MiB.
+pub const DEFAULT_MAX_READ_BYTES: usize = 16 * 1024 * 1024;
+
+/// Events read from `rows` (selected as [`EVENT_COLUMNS`], in order) until their payloads
+/// reach `max_bytes` (at least one is read). Returns the events and whether it stopped early
+/// for the budget (then more rows may follow the last one). Rows past the budget are never
+/// decoded: the stream is dropped.
+pub async fn collect_events_within<'a>(
+    mut rows: futures::stream::BoxStream<'a, Result<sqlx::postgres::PgRow, sqlx::Error>>,
+    max_bytes: usize,
+) -> Result<(Vec<crate::wire::CanonicalEvent>, bool), sqlx::Error> {
+    use futures::TryStreamExt;
+    let mut events = Vec::new();
+    let mut bytes = 0usize;
+    while let Some(row) = rows.try_next().await? {
+        let event = canonical_event_from_row(&row)?;
+        bytes += event.size_bytes();
+        events.push(event);
+        if bytes >= max_bytes {
+            return Ok((events, true));
+        }
+    }
+    Ok((events, false))
+}
+
 /// Whether a Postgres failure may pass if the same work is tried again (the server or the
 /// connection was unavailable, or the transaction lost a race), as opposed to the server
 /// refusing this data or this statement, which would fail the same way every time.

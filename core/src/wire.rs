@@ -206,6 +206,16 @@ pub fn canonical_headers(
 }
 
 impl CanonicalEvent {
+    /// Roughly what the event takes in memory and on the wire: its payloads and names (for
+    /// byte budgets, not exact accounting).
+    pub fn size_bytes(&self) -> usize {
+        self.data.get().len()
+            + self.metadata.as_ref().map_or(0, |m| m.get().len())
+            + self.stream_id.len()
+            + self.event_type.len()
+            + 128
+    }
+
     /// The record of this event on the canonical topic (and on topics derived from it): key =
     /// stream id, value = the JSON envelope, headers from [`canonical_headers`].
     pub fn to_record(&self) -> Result<crate::kafka::OutgoingRecord<'_>, serde_json::Error> {

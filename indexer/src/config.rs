@@ -22,6 +22,13 @@ pub(crate) struct IndexerConfig {
     /// Most events in one indexing transaction.
     #[arg(long, env = "ESK_INDEXER_MAX_BATCH", default_value_t = 5000)]
     pub(crate) max_batch: usize,
+    /// Most bytes of records in one indexing transaction (events may be a MiB each).
+    #[arg(long, env = "ESK_INDEXER_MAX_BATCH_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES * 2)]
+    pub(crate) max_batch_bytes: usize,
+    /// Most bytes the publisher reads and publishes per round, and keeps of what this process
+    /// just committed.
+    #[arg(long, env = "ESK_PUBLISH_BATCH_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES * 2)]
+    pub(crate) publish_batch_bytes: usize,
     /// How long a batch waits for more records once it has one (ms).
     #[arg(long, env = "ESK_INDEXER_LINGER_MS", default_value_t = 20)]
     pub(crate) linger_ms: u64,

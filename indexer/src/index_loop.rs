@@ -68,6 +68,7 @@ pub(crate) struct Indexer {
     health: Arc<Health>,
     states: HashMap<i32, PartitionState>,
     max_batch: usize,
+    max_batch_bytes: usize,
     linger: Duration,
     indexed: Arc<Notify>,
     /// Committed batches for this process's publisher.
@@ -109,6 +110,7 @@ impl Indexer {
             health,
             states: HashMap::new(),
             max_batch: config.max_batch.max(1),
+            max_batch_bytes: config.max_batch_bytes.max(1),
             linger: Duration::from_millis(config.linger_ms),
             indexed,
             tail,
@@ -160,6 +162,7 @@ impl Indexer {
     /// Waits for one record, then gathers more until the batch is full or the linger passes.
     async fn collect(&mut self) -> Vec<Pending> {
         let mut batch = Vec::new();
+        let mut bytes = 0usize;
         let deadline = tokio::time::Instant::now() + self.linger;
         loop {
             let next = if batch.is_empty() {
@@ -189,6 +192,7 @@ impl Indexer {
             match result {
                 Ok(record) => {
                     if let Some(pending) = self.admit(record).await {
+                        bytes += pending.payload.len();
                         batch.push(pending);
                     }
                 }
@@ -201,7 +205,7 @@ impl Indexer {
                     break;
                 }
             }
-            if batch.len() >= self.max_batch {
+            if batch.len() >= self.max_batch || bytes >= self.max_batch_bytes {
                 break;
             }
         }

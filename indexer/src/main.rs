@@ -36,6 +36,7 @@ async fn main() -> anyhow::Result<()> {
     // A few publish rounds' worth: enough to publish from memory while the publisher keeps up.
     let tail = Arc::new(committed_tail::CommittedTail::new(
         usize::try_from(config.publish_batch.saturating_mul(4)).unwrap_or(20_000),
+        config.publish_batch_bytes.saturating_mul(2),
     ));
 
     let server = telemetry.serve(&config.http_addr, shutdown.clone()).await?;
@@ -59,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
             producer: esk_core::kafka::producer_config(&config.common.kafka_brokers).create()?,
             topic: config.common.topics.events.clone(),
             batch: config.publish_batch,
+            batch_bytes: config.publish_batch_bytes.max(1),
             metrics: metrics.clone(),
             indexed,
             linger: Duration::from_millis(config.publish_linger_ms),

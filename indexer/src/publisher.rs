@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use esk_core::db::{canonical_event_from_row, EVENT_COLUMNS};
+use esk_core::db::{collect_events_within, EVENT_COLUMNS};
 use esk_core::kafka::send_all;
 use esk_core::supervisor::Progress;
 use esk_core::wire::CanonicalEvent;
@@ -30,6 +30,7 @@ pub(crate) struct Publisher {
     pub(crate) producer: FutureProducer,
     pub(crate) topic: String,
     pub(crate) batch: i64,
+    pub(crate) batch_bytes: usize,
     pub(crate) metrics: Arc<IndexerMetrics>,
     pub(crate) indexed: Arc<Notify>,
     pub(crate) linger: Duration,
@@ -129,18 +130,16 @@ impl Publisher {
     /// The committed rows after `through`, in position order (at most one batch), from the
     /// table: what the tail cannot supply (after a restart, or rows another indexer committed).
     async fn read_committed(&self, through: i64) -> Result<Vec<CanonicalEvent>, PublishError> {
-        let rows = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events
              WHERE global_position > $1 ORDER BY global_position LIMIT $2"
-        ))
-        .bind(through)
-        .bind(self.batch)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(canonical_event_from_row)
-            .collect::<Result<_, _>>()?)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(through)
+            .bind(self.batch)
+            .fetch(&self.pool);
+        let (events, _) = collect_events_within(rows, self.batch_bytes).await?;
+        Ok(events)
     }
 
     /// Publishes the next rows; returns how many.
@@ -154,7 +153,7 @@ impl Publisher {
                 .await?;
         self.metrics.publish_lag.set(last_indexed - through);
         let batch = usize::try_from(self.batch).unwrap_or(usize::MAX);
-        let events = match self.tail.take_from(through + 1, batch) {
+        let events = match self.tail.take_from(through + 1, batch, self.batch_bytes) {
             Some(events) => events,
             None => self.read_committed(through).await?,
         };

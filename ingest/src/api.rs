@@ -132,6 +132,27 @@ async fn append(
         state.metrics.invalid(e.code());
         ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
     })?;
+    // Room for the body in the in-flight byte budget, held until the answer: its declared
+    // length, or the most a body may be.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(state.max_body_bytes)
+        .min(state.max_body_bytes);
+    let Some(_held) = state.pipeline.try_hold_bytes(declared) else {
+        state
+            .metrics
+            .unavailable
+            .with_label_values(&["overloaded"])
+            .inc();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "ingest holds as many request bytes as it may; nothing was written: retry with the same append id",
+        )
+        .retry_after(1));
+    };
     let body = tokio::time::timeout(state.body_timeout, read_body(body, state.max_body_bytes))
         .await
         .map_err(|_| {

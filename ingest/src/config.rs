@@ -53,6 +53,15 @@ pub(crate) struct IngestConfig {
     /// is closed.
     #[arg(long, env = "ESK_INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
     pub(crate) body_timeout_ms: u64,
+    /// A read page stops once its events reach this many bytes (its `next` continues); with
+    /// events of up to a MiB, a count alone does not bound memory.
+    #[arg(long, env = "ESK_INGEST_MAX_PAGE_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES)]
+    pub(crate) max_page_bytes: usize,
+    /// Most bytes of append requests held at once (bodies being read, queued or being
+    /// decided, over HTTP and Kafka together); beyond it HTTP answers 503 and the Kafka
+    /// consumer waits.
+    #[arg(long, env = "ESK_INGEST_MAX_IN_FLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub(crate) max_in_flight_bytes: usize,
     /// Most `/wait` requests waiting at once; more are answered 503 `too_many_waiters`.
     #[arg(long, env = "ESK_INGEST_MAX_WAITERS", default_value_t = 1000)]
     pub(crate) max_waiters: usize,

@@ -101,6 +101,20 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                 }
             }
         };
+        let size = message.payload().map_or(0, <[u8]>::len);
+        let held = match shared.pipeline.try_hold_bytes(size) {
+            Some(held) => held,
+            None => {
+                // Backpressure: stop fetching until earlier requests free their bytes.
+                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
+                let held = shared.pipeline.hold_bytes(size).await;
+                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
+                match held {
+                    Some(held) => held,
+                    None => break,
+                }
+            }
+        };
         let mut context = RequestContext {
             partition: message.partition(),
             offset: message.offset(),
@@ -120,7 +134,7 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     respond(shared, context, result).await;
-                    drop(permit);
+                    drop((permit, held));
                 });
             }
             Ok(append) => {
@@ -137,7 +151,7 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     await_and_respond(shared, context, append, reply).await;
-                    drop(permit);
+                    drop((permit, held));
                 });
             }
         }

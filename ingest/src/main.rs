@@ -82,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
     .merge(reads::router(reads::ReadState {
         pool: read_pool,
         waits,
+        max_page_bytes: config.max_page_bytes.max(1),
     }))
     .merge(telemetry.router());
     let listener = tokio::net::TcpListener::bind(&config.http_addr)

@@ -10,7 +10,7 @@ use backon::{ExponentialBuilder, Retryable};
 use esk_core::model::Append;
 use esk_core::supervisor::{Progress, Watchdog};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::attempt::{self, AttemptError};
@@ -47,7 +47,14 @@ impl AppendCommand {
 pub(crate) struct Pipeline {
     shards: Arc<Vec<mpsc::Sender<AppendCommand>>>,
     metrics: Arc<IngestMetrics>,
+    /// Bytes of requests held at once, over both entry points (I6: counts alone do not bound
+    /// memory when a request may be megabytes).
+    bytes: Arc<Semaphore>,
+    max_bytes: usize,
 }
+
+/// Bytes of request held in memory, returned when dropped.
+pub(crate) type BytesHeld = OwnedSemaphorePermit;
 
 struct Worker {
     progress: Arc<Progress>,
@@ -87,9 +94,12 @@ impl Pipeline {
             };
             loops.push(worker.run(rx));
         }
+        let max_bytes = config.max_in_flight_bytes.clamp(1, u32::MAX as usize);
         let pipeline = Pipeline {
             shards: Arc::new(shards),
             metrics,
+            bytes: Arc::new(Semaphore::new(max_bytes)),
+            max_bytes,
         };
         (pipeline, loops)
     }
@@ -99,6 +109,28 @@ impl Pipeline {
         stream_id.hash(&mut hasher);
         let index = (hasher.finish() % self.shards.len() as u64) as usize;
         &self.shards[index]
+    }
+
+    /// Reserves `bytes` of the in-flight budget, or `None` when it is used up.
+    pub(crate) fn try_hold_bytes(&self, bytes: usize) -> Option<BytesHeld> {
+        self.bytes
+            .clone()
+            .try_acquire_many_owned(self.permits(bytes))
+            .ok()
+    }
+
+    /// Reserves `bytes` of the in-flight budget, waiting for room.
+    pub(crate) async fn hold_bytes(&self, bytes: usize) -> Option<BytesHeld> {
+        self.bytes
+            .clone()
+            .acquire_many_owned(self.permits(bytes))
+            .await
+            .ok()
+    }
+
+    /// A request larger than the whole budget takes all of it (alone), never waits for ever.
+    fn permits(&self, bytes: usize) -> u32 {
+        u32::try_from(bytes.clamp(1, self.max_bytes)).unwrap_or(u32::MAX)
     }
 
     /// Queues a command, or hands it back when its shard's queue is full.

@@ -15,7 +15,6 @@ use axum::{Json, Router};
 use esk_core::db::EVENT_COLUMNS;
 use esk_core::wire::CanonicalEvent;
 use serde_json::json;
-use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 
 use crate::api::ApiError;
@@ -31,11 +30,19 @@ const MAX_WAIT_MS: u64 = 60_000;
 pub(crate) struct ReadState {
     pub(crate) pool: PgPool,
     pub(crate) waits: Arc<WaitHub>,
+    /// A page stops once its events' payloads reach this many bytes (`next` then continues).
+    pub(crate) max_page_bytes: usize,
 }
 
-impl axum::extract::FromRef<ReadState> for PgPool {
-    fn from_ref(state: &ReadState) -> Self {
-        state.pool.clone()
+impl ReadState {
+    /// The events `query` selects, up to the page's byte budget; true when cut short by it.
+    async fn page(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<(Vec<CanonicalEvent>, bool), ApiError> {
+        esk_core::db::collect_events_within(query.fetch(&self.pool), self.max_page_bytes)
+            .await
+            .map_err(db_error)
     }
 }
 
@@ -101,22 +108,15 @@ fn db_error(error: sqlx::Error) -> ApiError {
     )
 }
 
-fn events_of(rows: &[PgRow]) -> Result<Vec<CanonicalEvent>, ApiError> {
-    rows.iter()
-        .map(esk_core::db::canonical_event_from_row)
-        .collect::<Result<_, _>>()
-        .map_err(db_error)
-}
-
 async fn read_stream(
-    State(pool): State<PgPool>,
+    State(state): State<ReadState>,
     path: Result<Path<String>, PathRejection>,
     query: Params,
 ) -> Result<Response, ApiError> {
     let stream_id = segment(path)?;
     let p = params(query)?;
     if stream_id == "$all" {
-        return read_all(&pool, &p).await;
+        return read_all(&state, &p).await;
     }
     reject_unknown(&p, &["from", "limit", "direction"])?;
     let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
@@ -132,30 +132,21 @@ async fn read_stream(
             ))
         }
     };
-    let rows = if backward {
-        sqlx::query(&format!(
+    let sql = if backward {
+        format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version <= $2
              ORDER BY version DESC LIMIT $3"
-        ))
-        .bind(&stream_id)
-        .bind(from.unwrap_or(i64::MAX))
-        .bind(limit)
-        .fetch_all(&pool)
-        .await
+        )
     } else {
-        sqlx::query(&format!(
+        format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2
              ORDER BY version LIMIT $3"
-        ))
-        .bind(&stream_id)
-        .bind(from.unwrap_or(0))
-        .bind(limit)
-        .fetch_all(&pool)
-        .await
-    }
-    .map_err(db_error)?;
-    let events = events_of(&rows)?;
-    let next = match (events.last(), events.len() as i64 == limit) {
+        )
+    };
+    let start = from.unwrap_or(if backward { i64::MAX } else { 0 });
+    let query = sqlx::query(&sql).bind(&stream_id).bind(start).bind(limit);
+    let (events, cut) = state.page(query).await?;
+    let next = match (events.last(), cut || events.len() as i64 == limit) {
         (Some(last), true) if backward => (last.version > 0).then_some(last.version - 1),
         (Some(last), true) => Some(last.version + 1),
         _ => None,
@@ -169,23 +160,19 @@ async fn read_stream(
     .into_response())
 }
 
-async fn read_all(pool: &PgPool, p: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn read_all(state: &ReadState, p: &HashMap<String, String>) -> Result<Response, ApiError> {
     reject_unknown(p, &["from", "limit"])?;
     let limit = int_param(p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let from = int_param(p, "from", 0, i64::MAX)?.unwrap_or(0);
-    let rows = sqlx::query(&format!(
+    let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 ORDER BY global_position LIMIT $2"
-    ))
-    .bind(from)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-    .map_err(db_error)?;
-    positioned_page("$all", events_of(&rows)?, limit)
+    );
+    let page = state.page(sqlx::query(&sql).bind(from).bind(limit)).await?;
+    positioned_page("$all", page, limit)
 }
 
 async fn read_category(
-    State(pool): State<PgPool>,
+    State(state): State<ReadState>,
     path: Result<Path<String>, PathRejection>,
     query: Params,
 ) -> Result<Response, ApiError> {
@@ -203,26 +190,22 @@ async fn read_category(
     }
     let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let from = int_param(&p, "from", 0, i64::MAX)?.unwrap_or(0);
-    let rows = sqlx::query(&format!(
+    let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE category = $1 AND global_position >= $2
          ORDER BY global_position LIMIT $3"
-    ))
-    .bind(&category)
-    .bind(from)
-    .bind(limit)
-    .fetch_all(&pool)
-    .await
-    .map_err(db_error)?;
-    positioned_page(&category, events_of(&rows)?, limit)
+    );
+    let query = sqlx::query(&sql).bind(&category).bind(from).bind(limit);
+    let page = state.page(query).await?;
+    positioned_page(&category, page, limit)
 }
 
 fn positioned_page(
     name: &str,
-    events: Vec<CanonicalEvent>,
+    (events, cut): (Vec<CanonicalEvent>, bool),
     limit: i64,
 ) -> Result<Response, ApiError> {
     let next = match events.last() {
-        Some(last) if events.len() as i64 == limit => Some(last.global_position + 1),
+        Some(last) if cut || events.len() as i64 == limit => Some(last.global_position + 1),
         _ => None,
     };
     Ok(Json(PositionedPage {

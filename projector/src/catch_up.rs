@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use esk_core::db::collect_events_within;
+use esk_core::wire::CanonicalEvent;
 use indicatif::{ProgressBar, ProgressStyle};
-use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +73,7 @@ pub(crate) struct ReplaySummary {
 pub(crate) async fn catch_up(
     pool: &PgPool,
     projection: &Projection,
-    batch: i64,
+    (batch, max_bytes): (i64, usize),
     partitions: i32,
     reporter: &mut Reporter,
     shutdown: &CancellationToken,
@@ -84,13 +85,20 @@ pub(crate) async fn catch_up(
         let (head, _) = checkpoint::heads(pool).await?;
         // Replay up to the head as it was when this pass began.
         while through < head {
-            let rows = fetch(pool, projection, through, head, batch).await?;
-            let events: Vec<ProjectedEvent> = rows
-                .iter()
-                .map(ProjectedEvent::from_row)
-                .collect::<Result<_, _>>()?;
-            // The page covered every position up to here (positions have no gaps).
-            let next = head.min(through + batch);
+            let (events, cut) = fetch(pool, projection, through, head, batch, max_bytes).await?;
+            // The page covered every position up to here (positions have no gaps); a page cut
+            // short by its byte budget covered up to its last event.
+            let next = match events.last() {
+                Some(last) if cut => last.global_position,
+                _ => head.min(through + batch),
+            };
+            let events: Vec<ProjectedEvent> = events
+                .into_iter()
+                .map(|event| ProjectedEvent {
+                    event,
+                    source: None,
+                })
+                .collect();
             let matching: Vec<ProjectedEvent> = events
                 .into_iter()
                 .filter(|e| projection.filter.matches(&e.event))
@@ -149,7 +157,8 @@ async fn fetch(
     after: i64,
     head: i64,
     batch: i64,
-) -> Result<Vec<PgRow>, sqlx::Error> {
+    max_bytes: usize,
+) -> Result<(Vec<CanonicalEvent>, bool), sqlx::Error> {
     let sql = format!(
         // Positions are gap-free, so bounding the range by the page size keeps every page a
         // short primary-key range scan, whatever the planner's statistics say (an unanalysed
@@ -165,14 +174,14 @@ async fn fetch(
         Filter::All => query.bind(Option::<String>::None),
         Filter::Category(c) => query.bind(Some(c.clone())),
         Filter::EventTypes(types) => {
-            return sqlx::query(&sql)
+            let rows = sqlx::query(&sql)
                 .bind(after)
                 .bind(batch)
                 .bind(types)
                 .bind(head)
-                .fetch_all(pool)
-                .await
+                .fetch(pool);
+            return collect_events_within(rows, max_bytes).await;
         }
     };
-    query.bind(head).fetch_all(pool).await
+    collect_events_within(query.bind(head).fetch(pool), max_bytes).await
 }

@@ -58,6 +58,10 @@ pub(crate) struct Tuning {
     /// batch: pausing drops the client's prefetched records, which are then fetched again.
     #[arg(long, env = "ESK_PROJECTOR_QUEUE", default_value_t = 20000)]
     pub(crate) queue_capacity: usize,
+    /// Most bytes of records queued per projection (events may be a MiB each); partitions
+    /// pause beyond it, as beyond the count.
+    #[arg(long, env = "ESK_PROJECTOR_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub(crate) queue_bytes: usize,
     /// Partitions resume once the queue is below this fraction of its capacity.
     #[arg(long, env = "ESK_PROJECTOR_RESUME_BELOW", default_value_t = 0.5)]
     pub(crate) resume_below: f64,
@@ -67,6 +71,9 @@ pub(crate) struct Tuning {
     /// Events read per query while replaying from Postgres.
     #[arg(long, env = "ESK_PROJECTOR_REPLAY_BATCH", default_value_t = 10000)]
     pub(crate) replay_batch: i64,
+    /// Most bytes of events read per query while replaying from Postgres.
+    #[arg(long, env = "ESK_PROJECTOR_REPLAY_BATCH_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES)]
+    pub(crate) replay_batch_bytes: usize,
     /// Attempts at a failing event before it is dead-lettered.
     #[arg(long, env = "ESK_PROJECTOR_MAX_ATTEMPTS", default_value_t = 5)]
     pub(crate) max_attempts: usize,

@@ -3,7 +3,6 @@
 
 use esk_core::model::category_of;
 use esk_core::wire::CanonicalEvent;
-use sqlx::postgres::PgRow;
 
 use crate::config::ProjectionSpec;
 
@@ -15,17 +14,7 @@ pub(crate) struct ProjectedEvent {
     pub(crate) source: Option<(i32, i64)>,
 }
 
-impl ProjectedEvent {
-    /// Reads an event from a row selected with [`event_columns`].
-    pub(crate) fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Ok(ProjectedEvent {
-            event: esk_core::db::canonical_event_from_row(row)?,
-            source: None,
-        })
-    }
-}
-
-/// Columns for [`ProjectedEvent::from_row`]; `with_data` false skips the payloads for handlers
+/// Columns of a replayed event (read by [`esk_core::db::canonical_event_from_row`]); `with_data` false skips the payloads for handlers
 /// that do not read them (a large part of a replay's cost). Same order as
 /// [`esk_core::db::EVENT_COLUMNS`], which the row is read by.
 pub(crate) fn event_columns(with_data: bool) -> &'static str {

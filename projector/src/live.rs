@@ -4,7 +4,7 @@
 //! partition checked against Postgres, repeats skipped by global position.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,11 +51,15 @@ impl QueuedRecord {
     }
 }
 
-/// The bounded queue between the consumer and the handler.
+/// The bounded queue between the consumer and the handler, by count and by bytes.
 struct Queue {
     items: Mutex<VecDeque<QueuedRecord>>,
+    /// Payload bytes of the queued records.
+    bytes: AtomicUsize,
     capacity: usize,
+    capacity_bytes: usize,
     resume_at: usize,
+    resume_at_bytes: usize,
     not_empty: Notify,
     drained: Notify,
     paused: AtomicBool,
@@ -66,7 +70,10 @@ impl Queue {
         self.items.lock().map(|q| q.len()).unwrap_or(0)
     }
 
+    /// Queues a record; returns the queue's length.
     fn push(&self, message: QueuedRecord) -> usize {
+        self.bytes
+            .fetch_add(message.payload.len(), Ordering::SeqCst);
         let len = self
             .items
             .lock()
@@ -79,15 +86,34 @@ impl Queue {
         len
     }
 
-    fn take(&self, max: usize) -> Vec<QueuedRecord> {
+    /// Whether the queue is at its count or byte capacity (`len` as `push` returned it).
+    fn is_full(&self, len: usize) -> bool {
+        len >= self.capacity || self.bytes.load(Ordering::SeqCst) >= self.capacity_bytes
+    }
+
+    /// Whether the queue drained enough to resume fetching.
+    fn may_resume(&self) -> bool {
+        self.len() <= self.resume_at && self.bytes.load(Ordering::SeqCst) <= self.resume_at_bytes
+    }
+
+    /// Takes up to `max` records and up to `max_bytes` of them (at least one).
+    fn take(&self, max: usize, max_bytes: usize) -> Vec<QueuedRecord> {
         let taken: Vec<QueuedRecord> = self
             .items
             .lock()
             .map(|mut q| {
-                let n = q.len().min(max);
-                q.drain(..n).collect()
+                let mut taken = Vec::new();
+                let mut bytes = 0;
+                while taken.len() < max && bytes < max_bytes {
+                    let Some(record) = q.pop_front() else { break };
+                    bytes += record.payload.len();
+                    taken.push(record);
+                }
+                taken
             })
             .unwrap_or_default();
+        let bytes: usize = taken.iter().map(|r| r.payload.len()).sum();
+        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
         self.drained.notify_one();
         taken
     }
@@ -132,8 +158,12 @@ impl LiveRun<'_> {
         let capacity = self.tuning.queue_capacity.max(1);
         let queue = Arc::new(Queue {
             items: Mutex::new(VecDeque::with_capacity(capacity)),
+            bytes: AtomicUsize::new(0),
             capacity,
+            capacity_bytes: self.tuning.queue_bytes.max(1),
             resume_at: ((capacity as f64) * self.tuning.resume_below.clamp(0.0, 1.0)) as usize,
+            resume_at_bytes: ((self.tuning.queue_bytes as f64)
+                * self.tuning.resume_below.clamp(0.0, 1.0)) as usize,
             not_empty: Notify::new(),
             drained: Notify::new(),
             paused: AtomicBool::new(false),
@@ -179,7 +209,11 @@ impl LiveRun<'_> {
             for partition in consumer.context().take_changed() {
                 states.remove(&partition);
             }
-            let messages = queue.take(self.tuning.batch.max(1));
+            // A handler batch is bounded by bytes too: a quarter of the queue's byte budget.
+            let messages = queue.take(
+                self.tuning.batch.max(1),
+                (self.tuning.queue_bytes / 4).max(1),
+            );
             self.projection
                 .metrics
                 .queue_depth
@@ -382,7 +416,7 @@ async fn fetch(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = queue.drained.notified() => {
-                if queue.paused.load(Ordering::SeqCst) && queue.len() <= queue.resume_at {
+                if queue.paused.load(Ordering::SeqCst) && queue.may_resume() {
                     esk_core::kafka::set_paused(&consumer, &topic, false);
                     queue.paused.store(false, Ordering::SeqCst);
                     metrics.paused.with_label_values(&[&name]).set(0);
@@ -393,12 +427,12 @@ async fn fetch(
                 match message {
                     Ok(message) => {
                         let len = queue.push(QueuedRecord::copy_of(&message));
-                        if len >= queue.capacity {
+                        if queue.is_full(len) {
                             if !queue.paused.swap(true, Ordering::SeqCst) {
                                 esk_core::kafka::set_paused(&consumer, &topic, true);
                                 metrics.paused.with_label_values(&[&name]).set(1);
                                 tracing::info!(projection = %name, queued = len, "queue full; partitions paused");
-                            } else if len > queue.capacity {
+                            } else {
                                 // Still arriving while paused: a rebalance assigned partitions
                                 // that are not paused yet (a stalled handler may hold the queue
                                 // full for long). Pause the whole assignment again.

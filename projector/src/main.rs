@@ -69,7 +69,7 @@ async fn run(config: ProjectorConfig) -> anyhow::Result<()> {
             let summary = catch_up::catch_up(
                 &pool,
                 &projection,
-                config.tuning.replay_batch,
+                (config.tuning.replay_batch, config.tuning.replay_batch_bytes),
                 partitions,
                 &mut reporter,
                 // A one-shot command: an outage is waited out until it is interrupted.
@@ -207,7 +207,7 @@ impl ProjectionRunner {
                 match catch_up::catch_up(
                     &self.pool,
                     &self.projection,
-                    self.tuning.replay_batch,
+                    (self.tuning.replay_batch, self.tuning.replay_batch_bytes),
                     self.partitions,
                     &mut reporter,
                     &shutdown,
