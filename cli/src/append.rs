@@ -5,9 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 use esk_core::model::{derived_append_id, ExpectedVersion};
+use esk_core::raw_json::{kind, Kind, Members};
 use owo_colors::Style;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::exit::{classify, Exit, Failure};
@@ -80,6 +82,15 @@ fn parse_expected_version(raw: &str) -> Result<ExpectedVersion, String> {
     }
 }
 
+/// The request body. Events stay the JSON text they were given as (serialized as is), so
+/// payloads reach the store exactly as typed: no float re-formatting, no key re-ordering.
+#[derive(Debug, Serialize)]
+struct AppendBody<'a> {
+    expected_version: Value,
+    append_id: Uuid,
+    events: &'a [Box<RawValue>],
+}
+
 /// What ingest answers to an accepted append.
 #[derive(Debug, Deserialize, Serialize)]
 struct Appended {
@@ -100,11 +111,11 @@ pub(crate) async fn run(api: &Api, out: &Output, args: AppendArgs) -> anyhow::Re
     let append_id = args
         .append_id
         .unwrap_or_else(|| derived_append_id(&args.stream, ids.iter().copied()));
-    let body = json!({
-        "expected_version": args.expected_version.to_json(),
-        "append_id": append_id,
-        "events": events,
-    });
+    let body = AppendBody {
+        expected_version: args.expected_version.to_json(),
+        append_id,
+        events: &events,
+    };
     let path = format!("/streams/{}/events", segment(&args.stream));
     let mut appended: Appended = api
         .post(&path, &body)
@@ -156,25 +167,30 @@ fn retry_hint(error: anyhow::Error, append_id: Uuid, ids: &[Uuid]) -> anyhow::Er
     ))
 }
 
-fn parse_json(flag: &str, raw: &str) -> anyhow::Result<Value> {
+/// A JSON value from a flag, kept as its text.
+fn parse_json(flag: &str, raw: &str) -> anyhow::Result<Box<RawValue>> {
     serde_json::from_str(raw).map_err(|e| Failure::usage(format!("{flag} is not valid JSON: {e}")))
 }
 
-fn event_from_flags(args: &AppendArgs) -> anyhow::Result<Value> {
+fn event_from_flags(args: &AppendArgs) -> anyhow::Result<Box<RawValue>> {
     let (Some(event_type), Some(data)) = (&args.event_type, &args.data) else {
         return Err(Failure::usage("give --type and --data, or --file"));
     };
-    let mut event = Map::new();
-    event.insert("id".into(), json!(args.id.unwrap_or_else(Uuid::new_v4)));
-    event.insert("type".into(), json!(event_type));
-    event.insert("data".into(), parse_json("--data", data)?);
+    let id = args.id.unwrap_or_else(Uuid::new_v4);
+    let mut text = format!(
+        "{{\"id\":\"{id}\",\"type\":{},\"data\":{}",
+        serde_json::to_string(event_type)?,
+        parse_json("--data", data)?.get()
+    );
     if let Some(metadata) = &args.metadata {
-        event.insert("metadata".into(), parse_json("--metadata", metadata)?);
+        text.push_str(",\"metadata\":");
+        text.push_str(parse_json("--metadata", metadata)?.get());
     }
-    Ok(Value::Object(event))
+    text.push('}');
+    Ok(RawValue::from_string(text)?)
 }
 
-fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Value>> {
+fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Box<RawValue>>> {
     let (name, text) = if file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
@@ -186,11 +202,11 @@ fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Value>> {
             .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
         (file.display().to_string(), text)
     };
-    let value: Value = serde_json::from_str(&text)
-        .map_err(|e| Failure::usage(format!("{name} is not valid JSON: {e}")))?;
-    let events = match value {
-        Value::Array(events) => events,
-        single @ Value::Object(_) => vec![single],
+    let not_json = |e: serde_json::Error| Failure::usage(format!("{name} is not valid JSON: {e}"));
+    let value: Box<RawValue> = serde_json::from_str(&text).map_err(not_json)?;
+    let events: Vec<Box<RawValue>> = match kind(&value) {
+        Kind::Array => serde_json::from_str(value.get()).map_err(not_json)?,
+        Kind::Object => vec![value],
         _ => {
             return Err(Failure::usage(format!(
                 "{name} must hold a JSON array of events"
@@ -203,27 +219,34 @@ fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Value>> {
     events
         .into_iter()
         .enumerate()
-        .map(|(i, event)| match event {
-            Value::Object(mut event) => {
-                event.entry("id").or_insert_with(|| json!(Uuid::new_v4()));
-                Ok(Value::Object(event))
+        .map(|(i, event)| {
+            let members = Members::of(&event)
+                .ok()
+                .flatten()
+                .ok_or_else(|| Failure::usage(format!("{name}: event {i} is not a JSON object")))?;
+            if members.last("id").is_some() {
+                return Ok(event);
             }
-            _ => Err(Failure::usage(format!(
-                "{name}: event {i} is not a JSON object"
-            ))),
+            // Give it an id as its first member; the rest stays as written.
+            let rest = event.get()[1..].trim_start();
+            let separator = if rest.starts_with('}') { "" } else { "," };
+            let text = format!("{{\"id\":\"{}\"{separator}{rest}", Uuid::new_v4());
+            Ok(RawValue::from_string(text)?)
         })
         .collect()
 }
 
 /// The events' ids, which the default append id is derived from.
-fn event_ids(events: &[Value]) -> anyhow::Result<Vec<Uuid>> {
+fn event_ids(events: &[Box<RawValue>]) -> anyhow::Result<Vec<Uuid>> {
     events
         .iter()
         .enumerate()
         .map(|(i, event)| {
-            event
-                .get("id")
-                .and_then(Value::as_str)
+            Members::of(event)
+                .ok()
+                .flatten()
+                .and_then(|m| m.last("id"))
+                .and_then(|id| serde_json::from_str::<String>(id.get()).ok())
                 .and_then(|id| id.parse().ok())
                 .ok_or_else(|| Failure::usage(format!("event {i}: `id` must be a UUID string")))
         })
@@ -262,7 +285,24 @@ mod tests {
         let ids = event_ids(&events)?;
         assert_eq!(ids.len(), 2);
         assert_eq!(ids[1].to_string(), "6f1c0a3e-2b1d-4c55-9a53-0d1f7e0f6b11");
-        assert!(event_ids(&[json!({"id": 5})]).is_err());
+        let bad = RawValue::from_string(r#"{"id": 5}"#.to_owned())?;
+        assert!(event_ids(&[bad]).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn payloads_keep_their_text() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!("esk-cli-{}", Uuid::new_v4()));
+        std::fs::write(
+            &dir,
+            r#"[{"type":"A","data":{"r":0.17393510096763853,"k":1,"k":2}}, { }]"#,
+        )?;
+        let events = events_from_file(&dir)?;
+        std::fs::remove_file(&dir)?;
+        assert!(events[0]
+            .get()
+            .ends_with(r#","type":"A","data":{"r":0.17393510096763853,"k":1,"k":2}}"#));
+        assert!(events[1].get().starts_with(r#"{"id":""#) && events[1].get().ends_with("\"}"));
         Ok(())
     }
 }
