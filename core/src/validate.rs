@@ -249,7 +249,6 @@ pub fn parse_append_body(
     limits: &Limits,
     trace: TraceDefaults<'_>,
 ) -> Result<Append, InvalidAppend> {
-    validate_stream_id(stream_id, limits)?;
     let members = parse_object(body)?;
     parse_append(stream_id, &members, &[], limits, trace)
 }

@@ -21,8 +21,14 @@ use tokio_util::sync::CancellationToken;
 use crate::classify;
 use crate::commit::{self, BatchWrite, CommitError, DeadLetter, Mode, Quarantined};
 
-/// Marks a record an operator quarantined, in place of a decoding error.
-const QUARANTINED: &str = "quarantined by an operator";
+/// Why a record of a batch is not an event to index.
+#[derive(Debug)]
+enum NotIndexed {
+    /// Its value does not decode: dead-lettered.
+    Undecodable(String),
+    /// An operator quarantined it: set aside in `indexer_quarantine`.
+    Quarantined,
+}
 use crate::committed_tail::CommittedTail;
 use crate::config::IndexerConfig;
 use crate::copy_batch::EventRow;
@@ -532,13 +538,14 @@ impl Indexer {
                 .or_insert((p.offset, p.offset + 1));
             range.1 = p.offset + 1;
         }
-        let decoded: Vec<Result<IngestLogEvent, String>> = batch
+        let decoded: Vec<Result<IngestLogEvent, NotIndexed>> = batch
             .iter()
             .map(|p| {
                 if self.quarantined.contains(&(p.partition, p.offset)) {
-                    return Err(QUARANTINED.to_owned());
+                    return Err(NotIndexed::Quarantined);
                 }
-                serde_json::from_slice::<IngestLogEvent>(&p.payload).map_err(|e| e.to_string())
+                serde_json::from_slice::<IngestLogEvent>(&p.payload)
+                    .map_err(|e| NotIndexed::Undecodable(e.to_string()))
             })
             .collect();
         let pairs: HashSet<classify::AttemptPair> = decoded
@@ -583,14 +590,14 @@ impl Indexer {
                     tracing::debug!(stream_id = %event.stream_id, event_id = %event.event_id,
                         append_id = %event.append_id, attempt_id = %event.attempt_id, "phantom skipped");
                 }
-                Err(error) if error == QUARANTINED => {
+                Err(NotIndexed::Quarantined) => {
                     write.quarantined.push(Quarantined {
                         partition: pending.partition,
                         offset: pending.offset,
                         payload: pending.payload.clone(),
                     });
                 }
-                Err(error) => {
+                Err(NotIndexed::Undecodable(error)) => {
                     tracing::warn!(partition = pending.partition, offset = pending.offset, %error, "undecodable ingest-log record dead-lettered");
                     write.dead_letters.push(DeadLetter {
                         partition: pending.partition,
