@@ -419,15 +419,15 @@ async fn check_records(
             .push((stream, version, position));
     }
     type LedgerRow = (Uuid, String, Option<i64>, Option<i64>, Option<String>);
-    let ledger: HashMap<Uuid, (String, Option<i64>, Option<i64>, Option<String>)> =
-        sqlx::query_as::<_, LedgerRow>(
-            "SELECT append_id, status, first_version, last_version, reject_code FROM append_ledger",
-        )
-        .fetch_all(&ctx.pool)
-        .await?
-        .into_iter()
-        .map(|(id, status, first, last, code)| (id, (status, first, last, code)))
-        .collect();
+    type Decision = (String, Option<i64>, Option<i64>, Option<String>);
+    let ledger: HashMap<Uuid, Decision> = sqlx::query_as::<_, LedgerRow>(
+        "SELECT append_id, status, first_version, last_version, reject_code FROM append_ledger",
+    )
+    .fetch_all(&ctx.pool)
+    .await?
+    .into_iter()
+    .map(|(id, status, first, last, code)| (id, (status, first, last, code)))
+    .collect();
 
     let mut sent: HashSet<Uuid> = HashSet::new();
     for r in records {
@@ -542,7 +542,7 @@ async fn check_records(
                     }
                 }
                 let ledger_accepted = decided.is_some_and(|(status, _, _, _)| status == "accepted");
-                if ledger_accepted != !found.is_empty() {
+                if ledger_accepted == found.is_empty() {
                     v.add(
                         "ledger_disagrees",
                         format!(

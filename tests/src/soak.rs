@@ -992,8 +992,9 @@ fn results_reader(
     std::thread::spawn(move || {
         let consumer = kafka::reader_from_beginning(&brokers, &topic)?;
         while !shared.stop_results.load(Ordering::SeqCst) {
-            match consumer.poll(Duration::from_millis(200)) {
-                Some(Ok(message)) => match message.payload().map(serde_json::from_slice::<Value>) {
+            // An error or nothing: the broker is away (paused) and the client reconnects.
+            if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+                match message.payload().map(serde_json::from_slice::<Value>) {
                     Some(Ok(value)) => shared.on_result(&value),
                     _ => shared.history.violation(
                         "result_unreadable",
@@ -1003,9 +1004,7 @@ fn results_reader(
                             message.offset()
                         ),
                     ),
-                },
-                // Broker away (paused): the client reconnects by itself.
-                Some(Err(_)) | None => {}
+                }
             }
         }
         let _ = consumer.unassign();
