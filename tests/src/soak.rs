@@ -1330,7 +1330,7 @@ pub async fn run(config: SoakConfig) -> anyhow::Result<SoakReport> {
             &records,
             &poll,
             events_indexed,
-            Duration::from_secs(180),
+            Duration::from_secs(90),
         )
         .await?,
     );
