@@ -1,10 +1,14 @@
 //! Driving the indexer binary and checking the events table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use uuid::Uuid;
+
 use crate::process::Process;
-use crate::{eventually, TestContext};
+use crate::{eventually, kafka, TestContext};
 
 /// Starts `indexer` on the test's database and topics.
 pub async fn spawn(ctx: &TestContext, extra_env: &[(&str, &str)]) -> anyhow::Result<Process> {
@@ -92,6 +96,80 @@ pub async fn check_table(ctx: &TestContext) -> anyhow::Result<()> {
     .await?;
     anyhow::ensure!(disordered == 0, "{disordered} events out of version order");
     Ok(())
+}
+
+/// What the canonical topic held, once checked.
+#[derive(Debug, Default)]
+pub struct CanonicalTopic {
+    /// Records read, repeats included.
+    pub records: usize,
+    /// Distinct global positions.
+    pub positions: HashSet<i64>,
+    /// Distinct event ids.
+    pub event_ids: HashSet<Uuid>,
+}
+
+/// Reads the canonical topic and checks it: every indexed event at least once, and per
+/// partition, positions increase once repeats are removed (a crash may repeat, never reorder).
+/// Reads until the topic is idle for 3 s (the read blocks this thread).
+pub async fn check_canonical_topic(
+    ctx: &TestContext,
+    expected: i64,
+) -> anyhow::Result<CanonicalTopic> {
+    let records = kafka::read_topic_until_idle(
+        &ctx.brokers,
+        &ctx.topics.events,
+        Duration::from_secs(3),
+        Duration::from_secs(120),
+    )?;
+    let mut topic = CanonicalTopic {
+        records: records.len(),
+        ..CanonicalTopic::default()
+    };
+    let mut last_per_partition: HashMap<i32, i64> = HashMap::new();
+    let mut versions_per_stream: HashMap<String, i64> = HashMap::new();
+    for record in &records {
+        let value = kafka::json_payload(record)?;
+        let position = value["global_position"].as_i64().unwrap_or(-1);
+        let header = record
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "global_position")
+                    .and_then(|h| h.value)
+            })
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.parse::<i64>().ok());
+        anyhow::ensure!(
+            header == Some(position),
+            "global_position header {header:?} for {position}"
+        );
+        if let Some(id) = value["event_id"].as_str().and_then(|s| s.parse().ok()) {
+            topic.event_ids.insert(id);
+        }
+        let last = last_per_partition.entry(record.partition()).or_insert(0);
+        if topic.positions.insert(position) {
+            anyhow::ensure!(
+                position > *last,
+                "partition {} reordered: {position} after {last}",
+                record.partition()
+            );
+            *last = position;
+            let stream = value["stream_id"].as_str().unwrap_or_default().to_owned();
+            let version = value["version"].as_i64().unwrap_or(-1);
+            let prev = versions_per_stream.insert(stream.clone(), version);
+            anyhow::ensure!(
+                prev.map_or(version == 0, |p| version == p + 1),
+                "stream {stream}: version {version} after {prev:?}"
+            );
+        }
+    }
+    anyhow::ensure!(
+        topic.positions.len() as i64 == expected,
+        "{} distinct events on the topic, {expected} indexed",
+        topic.positions.len()
+    );
+    Ok(topic)
 }
 
 /// Scrapes a process's `/metrics` into name{labels} → value.

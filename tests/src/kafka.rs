@@ -78,7 +78,7 @@ pub fn read_topic_until_idle(
 }
 
 /// A group-less consumer assigned every partition of `topic` from its beginning.
-fn reader_from_beginning(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
+pub fn reader_from_beginning(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
     let consumer: BaseConsumer = esk_core::kafka::base_config(brokers)
         .set("group.id", "esk-tests-reader")
         .set("enable.auto.commit", "false")

@@ -6,12 +6,14 @@
 //!   databases; each test creates `esk_t_<name>_<random>` next to it.
 //! - `ESK_KAFKA_BROKERS`: the broker.
 
+pub mod history;
 pub mod indexer;
 pub mod ingest;
 pub mod kafka;
 pub mod load;
 pub mod process;
 pub mod projector;
+pub mod soak;
 
 #[cfg(feature = "testcontainers")]
 pub mod containers;
@@ -55,26 +57,39 @@ pub struct TestContext {
 impl TestContext {
     /// Creates a database (migrated) and topics for the test called `name`.
     pub async fn new(name: &str) -> anyhow::Result<Self> {
-        let context = Self::without_topics(name).await?;
-        let topics = context.topics.all();
-        esk_core::kafka::create_topics(&context.brokers, &topics, TEST_PARTITIONS, 1).await?;
-        Ok(context)
+        Self::create(name, "esk_t_", true).await
     }
 
     /// Like [`TestContext::new`], but leaves the topics to the test.
     pub async fn without_topics(name: &str) -> anyhow::Result<Self> {
+        Self::create(name, "esk_t_", false).await
+    }
+
+    /// Like [`TestContext::new`], with a database named `{database_prefix}{name}_{random}`
+    /// (`deploy/local/test` drops every `esk_t_` database when it starts: a long run outside the
+    /// suite uses another prefix).
+    pub async fn with_database_prefix(name: &str, database_prefix: &str) -> anyhow::Result<Self> {
+        Self::create(name, database_prefix, true).await
+    }
+
+    async fn create(name: &str, database_prefix: &str, topics: bool) -> anyhow::Result<Self> {
         let suffix = &Uuid::new_v4().simple().to_string()[..8];
         let unique = format!("{}_{suffix}", name.replace('-', "_")).to_lowercase();
-        let database_url = create_database(&format!("esk_t_{unique}")).await?;
+        let database_url = create_database(&format!("{database_prefix}{unique}")).await?;
         let pool = esk_core::db::connect(&database_url, 8).await?;
         esk_core::db::migrate(&pool).await?;
-        Ok(TestContext {
+        let context = TestContext {
             name: unique.clone(),
             database_url,
             pool,
             topics: Topics::with_prefix(&format!("t-{unique}-")),
             brokers: brokers(),
-        })
+        };
+        if topics {
+            let all = context.topics.all();
+            esk_core::kafka::create_topics(&context.brokers, &all, TEST_PARTITIONS, 1).await?;
+        }
+        Ok(context)
     }
 
     /// The environment that points a spawned binary at this test's database and topics.

@@ -98,6 +98,11 @@ impl Process {
         }
     }
 
+    /// Its exit status if it has exited (without waiting), else None.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// The OS process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -1,10 +1,9 @@
 //! The indexer: exactly-once indexing, phantoms, crashes, rebalances, ordering, publishing.
 
-use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use esk_core::model::advisory_key;
-use esk_tests::indexer::{self, check_table, wait_indexed};
+use esk_tests::indexer::{self, check_canonical_topic, check_table, wait_indexed};
 use esk_tests::ingest::{self, Client};
 use esk_tests::load::Load;
 use esk_tests::{kafka, TestContext};
@@ -15,59 +14,6 @@ use serde_json::json;
 use uuid::Uuid;
 
 const HTTP_ONLY: &[(&str, &str)] = &[("ESK_INGEST_KAFKA_APPENDS", "false")];
-
-/// Reads the canonical topic and checks it: every indexed event at least once, and per
-/// partition, positions increase once repeats are removed (a crash may repeat, never reorder).
-async fn check_canonical_topic(ctx: &TestContext, expected: i64) -> anyhow::Result<()> {
-    let records = kafka::read_topic_until_idle(
-        &ctx.brokers,
-        &ctx.topics.events,
-        Duration::from_secs(3),
-        Duration::from_secs(120),
-    )?;
-    let mut seen: HashSet<i64> = HashSet::new();
-    let mut last_per_partition: HashMap<i32, i64> = HashMap::new();
-    let mut versions_per_stream: HashMap<String, i64> = HashMap::new();
-    for record in &records {
-        let value = kafka::json_payload(record)?;
-        let position = value["global_position"].as_i64().unwrap_or(-1);
-        let header = record
-            .headers()
-            .and_then(|h| {
-                h.iter()
-                    .find(|h| h.key == "global_position")
-                    .and_then(|h| h.value)
-            })
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.parse::<i64>().ok());
-        anyhow::ensure!(
-            header == Some(position),
-            "global_position header {header:?} for {position}"
-        );
-        let last = last_per_partition.entry(record.partition()).or_insert(0);
-        if seen.insert(position) {
-            anyhow::ensure!(
-                position > *last,
-                "partition {} reordered: {position} after {last}",
-                record.partition()
-            );
-            *last = position;
-            let stream = value["stream_id"].as_str().unwrap_or_default().to_owned();
-            let version = value["version"].as_i64().unwrap_or(-1);
-            let prev = versions_per_stream.insert(stream.clone(), version);
-            anyhow::ensure!(
-                prev.map_or(version == 0, |p| version == p + 1),
-                "stream {stream}: version {version} after {prev:?}"
-            );
-        }
-    }
-    anyhow::ensure!(
-        seen.len() as i64 == expected,
-        "{} distinct events on the topic, {expected} indexed",
-        seen.len()
-    );
-    Ok(())
-}
 
 #[tokio::test]
 async fn appends_are_indexed_in_order_and_published_in_order() -> anyhow::Result<()> {
