@@ -324,9 +324,14 @@ impl LiveRun<'_> {
                         continue;
                     }
                 };
+                // A repeat (after a publisher crash or a broker outage) was applied already:
+                // before this batch (the partition's position), or earlier in this batch (a
+                // record and its repeat can arrive together).
+                let applied_through = range.position;
                 range.position = range.position.max(event.global_position);
-                // A repeat (after a publisher crash) was applied already.
-                if event.global_position <= floor || !self.projection.filter.matches(&event) {
+                if event.global_position <= applied_through
+                    || !self.projection.filter.matches(&event)
+                {
                     continue;
                 }
                 events.push(ProjectedEvent {

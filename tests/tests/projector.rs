@@ -674,8 +674,8 @@ async fn a_webhook_receives_event_payloads_byte_exact() -> anyhow::Result<()> {
         ),
     )?;
     let _process = projector::spawn(&ctx, Some(&config), &[]).await?;
-    // Produced onto the canonical topic directly: the events table stores JSONB, which would
-    // normalise the payload before the projector ever saw it.
+    // Produced onto the canonical topic directly, so what is checked is the projector's own
+    // handling (ingest and the indexer keep payloads exact too: tests/tests/exact_payloads.rs).
     let data = r#"{"r":0.17393510096763853,"big":18446744073709551617,"k":1,"k":2}"#;
     let metadata = r#"{"z":1,"a":[1.0,2.50]}"#;
     let event_id = uuid::Uuid::new_v4();
@@ -826,5 +826,60 @@ async fn a_sql_projection_dead_letters_only_the_event_its_table_rejects() -> any
     assert_eq!(stored[0].0.map(|id| id.to_string()), Some(refused));
     assert!(stored[0].4.contains("no_refused"), "{}", stored[0].4);
     assert!(dead_letters(&ctx, "counts").await?.is_empty());
+    Ok(())
+}
+
+/// A record and its repeat arriving in one live batch (the canonical topic may repeat after a
+/// publisher crash or a broker outage) are applied once: an additive projection counts once.
+#[tokio::test]
+async fn a_repeat_in_the_same_batch_is_applied_once() -> anyhow::Result<()> {
+    let ctx = TestContext::new("proj_repeat").await?;
+    let _process = projector::spawn(&ctx, None, &[]).await?;
+    let record = |position: i64| {
+        format!(
+            r#"{{"event_id":"{}","stream_id":"Rep-1","version":{},"global_position":{position},"type":"Counted","data":{{}},"metadata":null,"created_at":"2024-05-01T12:00:00Z"}}"#,
+            uuid::Uuid::from_u128(position as u128),
+            position - 1
+        )
+    };
+    let producer = esk_tests::kafka::producer(&ctx.brokers)?;
+    // Enqueued together, so they are fetched (and batched) together.
+    let records = [record(1), record(1), record(2), record(2), record(3)];
+    let deliveries: Vec<_> = records
+        .iter()
+        .map(|value| {
+            producer.send_result(
+                rdkafka::producer::FutureRecord::to(&ctx.topics.events)
+                    .key("Rep-1")
+                    .payload(value.as_bytes()),
+            )
+        })
+        .collect();
+    for delivery in deliveries {
+        let delivered = delivery
+            .map_err(|(e, _)| anyhow::anyhow!("{e}"))?
+            .await
+            .map_err(|_| anyhow::anyhow!("delivery canceled"))?;
+        delivered.map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+    }
+    let counted = eventually(Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(count), 0)::int8 FROM projection_category_type_counts WHERE category = 'Rep'",
+        )
+        .fetch_one(&ctx.pool)
+        .await
+        .ok()?;
+        (n >= 3).then_some(n)
+    })
+    .await;
+    assert_eq!(counted, Some(3), "three events, each counted once");
+    // And nothing arrives late to change it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(count), 0)::int8 FROM projection_category_type_counts WHERE category = 'Rep'",
+    )
+    .fetch_one(&ctx.pool)
+    .await?;
+    assert_eq!(n, 3);
     Ok(())
 }
