@@ -845,22 +845,23 @@ async fn a_repeat_in_the_same_batch_is_applied_once() -> anyhow::Result<()> {
     let producer = esk_tests::kafka::producer(&ctx.brokers)?;
     // Enqueued together, so they are fetched (and batched) together.
     let records = [record(1), record(1), record(2), record(2), record(3)];
-    let deliveries: Vec<_> = records
+    let deliveries = records
         .iter()
         .map(|value| {
-            producer.send_result(
-                rdkafka::producer::FutureRecord::to(&ctx.topics.events)
-                    .key("Rep-1")
-                    .payload(value.as_bytes()),
-            )
+            producer
+                .send_result(
+                    rdkafka::producer::FutureRecord::to(&ctx.topics.events)
+                        .key("Rep-1")
+                        .payload(value.as_bytes()),
+                )
+                .map_err(|(e, _)| anyhow::anyhow!("{e}"))
         })
-        .collect();
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for delivery in deliveries {
-        let delivered = delivery
-            .map_err(|(e, _)| anyhow::anyhow!("{e}"))?
+        delivery
             .await
-            .map_err(|_| anyhow::anyhow!("delivery canceled"))?;
-        delivered.map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+            .map_err(|_| anyhow::anyhow!("delivery canceled"))?
+            .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
     }
     let counted = eventually(Duration::from_secs(60), || async {
         let n: i64 = sqlx::query_scalar(
