@@ -24,6 +24,22 @@ pub fn write_config(ctx: &TestContext, toml: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes a projections file with one webhook projection, `name`, posting to `url`; `extra`
+/// adds lines of TOML to it (`category = "Hook"\n`, `timeout_ms = 1000\n`).
+pub fn write_webhook_config(
+    ctx: &TestContext,
+    name: &str,
+    url: &str,
+    extra: &str,
+) -> anyhow::Result<PathBuf> {
+    write_config(
+        ctx,
+        &format!(
+            "[[projection]]\nname = \"{name}\"\nhandler = \"webhook\"\nurl = \"{url}\"\n{extra}"
+        ),
+    )
+}
+
 fn env_for(
     ctx: &TestContext,
     config: Option<&PathBuf>,

@@ -122,13 +122,7 @@ async fn a_slow_handler_pauses_partitions_with_bounded_memory_and_loses_nothing(
         ..Default::default()
     })
     .await?;
-    let config = projector::write_config(
-        &ctx,
-        &format!(
-            "[[projection]]\nname = \"slow\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
-            hook.url
-        ),
-    )?;
+    let config = projector::write_webhook_config(&ctx, "slow", &hook.url, "")?;
     let process = projector::spawn(
         &ctx,
         Some(&config),
@@ -200,8 +194,7 @@ async fn a_failing_webhook_is_retried_and_a_poison_event_is_dead_lettered_then_r
         ..Default::default()
     })
     .await?;
-    let config = projector::write_config(&ctx, &format!(
-        "[[projection]]\nname = \"hook\"\ncategory = \"Hook\"\nhandler = \"webhook\"\nurl = \"{}\"\n", hook.url))?;
+    let config = projector::write_webhook_config(&ctx, "hook", &hook.url, "category = \"Hook\"\n")?;
     let _process = projector::spawn(
         &ctx,
         Some(&config),
@@ -460,13 +453,7 @@ async fn a_webhook_outage_stalls_the_projection_without_dead_letters_and_loses_n
     let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
     let _indexer = indexer::spawn(&ctx, &[]).await?;
     let hook = Webhook::start(Receiver::default()).await?;
-    let config = projector::write_config(
-        &ctx,
-        &format!(
-            "[[projection]]\nname = \"outage\"\nhandler = \"webhook\"\nurl = \"{}\"\ntimeout_ms = 1000\n",
-            hook.url
-        ),
-    )?;
+    let config = projector::write_webhook_config(&ctx, "outage", &hook.url, "timeout_ms = 1000\n")?;
     // The old policy dead-lettered after 3 quick tries (well under a second); the outage below
     // lasts several seconds.
     let process = projector::spawn(
@@ -554,13 +541,7 @@ async fn a_webhook_rejecting_one_event_dead_letters_exactly_that_event() -> anyh
         ..Default::default()
     })
     .await?;
-    let config = projector::write_config(
-        &ctx,
-        &format!(
-            "[[projection]]\nname = \"reject\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
-            hook.url
-        ),
-    )?;
+    let config = projector::write_webhook_config(&ctx, "reject", &hook.url, "")?;
     let _process = projector::spawn(
         &ctx,
         Some(&config),
@@ -621,13 +602,7 @@ async fn an_undecodable_canonical_record_is_dead_lettered_and_later_events_still
     let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
     let _indexer = indexer::spawn(&ctx, &[]).await?;
     let hook = Webhook::start(Receiver::default()).await?;
-    let config = projector::write_config(
-        &ctx,
-        &format!(
-            "[[projection]]\nname = \"undecodable\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
-            hook.url
-        ),
-    )?;
+    let config = projector::write_webhook_config(&ctx, "undecodable", &hook.url, "")?;
     let _process = projector::spawn(&ctx, Some(&config), &[]).await?;
     let client = Client::new(&ingest_process);
     // Live first, so the record below is read from the topic, not replayed from Postgres.
@@ -666,13 +641,7 @@ async fn an_undecodable_canonical_record_is_dead_lettered_and_later_events_still
 async fn a_webhook_receives_event_payloads_byte_exact() -> anyhow::Result<()> {
     let ctx = TestContext::new("proj_exact").await?;
     let hook = Webhook::start(Receiver::default()).await?;
-    let config = projector::write_config(
-        &ctx,
-        &format!(
-            "[[projection]]\nname = \"exact\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
-            hook.url
-        ),
-    )?;
+    let config = projector::write_webhook_config(&ctx, "exact", &hook.url, "")?;
     let _process = projector::spawn(&ctx, Some(&config), &[]).await?;
     // Produced onto the canonical topic directly, so what is checked is the projector's own
     // handling (ingest and the indexer keep payloads exact too: tests/tests/exact_payloads.rs).
