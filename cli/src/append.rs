@@ -4,8 +4,8 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Args;
-use esk_core::model::{derived_append_id, ExpectedVersion};
-use esk_core::raw_json::{kind, Kind, Members};
+use esk_model::event::{derived_append_id, ExpectedVersion};
+use esk_model::raw_json::{kind, Kind, Members};
 use owo_colors::Style;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;

@@ -1,7 +1,7 @@
 //! How events look to people: a table for `read`, one line each for `tail`.
 
 use comfy_table::Color;
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
 use owo_colors::Style;
 
 use crate::output::{truncate, Output};

@@ -75,7 +75,7 @@ pub(crate) fn classify(error: &anyhow::Error) -> Option<Exit> {
         if let Some(failure) = cause.downcast_ref::<Failure>() {
             return Some(failure.exit);
         }
-        if let Some(esk_core::db::DbError::Connect(_)) = cause.downcast_ref() {
+        if let Some(esk_runtime::db::DbError::Connect(_)) = cause.downcast_ref() {
             return Some(Exit::Unavailable);
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use esk_core::wire::ErrorEnvelope;
+use esk_model::wire::ErrorEnvelope;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;

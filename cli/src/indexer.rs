@@ -3,7 +3,7 @@
 //! to set that one record aside in `indexer_quarantine` and go on.
 
 use clap::{Args, Subcommand};
-use esk_core::config::CommonConfig;
+use esk_runtime::config::CommonConfig;
 use serde::Serialize;
 
 use crate::exit::Failure;
@@ -56,7 +56,7 @@ pub(crate) async fn run(
         reason,
     } = args.action;
     let topic = common.topics.ingest_log.as_str();
-    let pool = esk_core::db::connect(&common.database_url, 1).await?;
+    let pool = esk_runtime::db::connect(&common.database_url, 1).await?;
     let stored: Option<i64> = sqlx::query_scalar(
         "SELECT next_offset FROM indexer_offsets WHERE topic = $1 AND partition_id = $2",
     )

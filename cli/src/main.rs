@@ -17,7 +17,7 @@ mod tail;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use esk_core::config::CommonConfig;
+use esk_runtime::config::CommonConfig;
 
 use crate::exit::{classify, EXIT_CODES_HELP};
 use crate::http::Api;
@@ -105,11 +105,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let out = Output::detect(cli.global.json);
     match cli.command {
         Command::Setup(args) => {
-            esk_core::telemetry::init_tracing(cli.common.log_format);
+            esk_runtime::telemetry::init_tracing(cli.common.log_format);
             setup::setup(&cli.common, &args).await
         }
         Command::Migrate => {
-            esk_core::telemetry::init_tracing(cli.common.log_format);
+            esk_runtime::telemetry::init_tracing(cli.common.log_format);
             setup::migrate(&cli.common).await
         }
         Command::Append(args) => append::run(&Api::new(&cli.global.url)?, &out, args).await,

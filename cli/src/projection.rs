@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use esk_core::config::CommonConfig;
+use esk_runtime::config::CommonConfig;
 
 use crate::output::Output;
 

@@ -1,7 +1,7 @@
 //! `esk read`: a page (or every page) of a stream, `$all` or a category.
 
 use clap::Args;
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
 use serde::Serialize;
 
 use crate::exit::Failure;

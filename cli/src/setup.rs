@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use esk_core::config::CommonConfig;
+use esk_runtime::config::CommonConfig;
 
 /// Options of `esk setup`.
 #[derive(Debug, Args)]
@@ -17,7 +17,7 @@ pub(crate) struct SetupArgs {
 
 pub(crate) async fn setup(common: &CommonConfig, args: &SetupArgs) -> anyhow::Result<()> {
     let topics = common.topics.all();
-    esk_core::kafka::create_topics(
+    esk_runtime::kafka::create_topics(
         &common.kafka_brokers,
         &topics,
         args.partitions,
@@ -30,8 +30,8 @@ pub(crate) async fn setup(common: &CommonConfig, args: &SetupArgs) -> anyhow::Re
 }
 
 pub(crate) async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
-    let pool = esk_core::db::connect(&common.database_url, 2).await?;
-    esk_core::db::migrate(&pool).await?;
+    let pool = esk_runtime::db::connect(&common.database_url, 2).await?;
+    esk_runtime::db::migrate(&pool).await?;
     println!("schema up to date");
     Ok(())
 }

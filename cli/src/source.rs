@@ -1,7 +1,7 @@
 //! What `read` and `tail` read: one stream, `$all`, or a category, and how a page of it is
 //! fetched.
 
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
 use serde::Deserialize;
 
 use crate::exit::Failure;

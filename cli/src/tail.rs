@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use clap::Args;
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
 use serde::Deserialize;
 
 use crate::exit::{classify, Exit};
@@ -77,7 +77,7 @@ pub(crate) async fn run(api: &Api, out: &Output, args: TailArgs) -> anyhow::Resu
     ));
     tokio::select! {
         result = follower.follow(out) => result,
-        () = esk_core::telemetry::wait_for_signal() => Ok(()),
+        () = esk_runtime::telemetry::wait_for_signal() => Ok(()),
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use esk_core::model::advisory_key;
+use esk_model::event::advisory_key;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 

@@ -119,7 +119,7 @@ pub(crate) async fn commit(
     .bind(&nexts)
     .fetch_all(&mut *tx)
     .await?;
-    let lost = esk_core::kafka::unmatched_partitions(partitions, &owned);
+    let lost = esk_runtime::kafka::unmatched_partitions(partitions, &owned);
     if !lost.is_empty() {
         return Err(CommitError::NotOwner(lost));
     }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
 
 #[derive(Debug)]
 pub(crate) struct CommittedTail {

@@ -1,7 +1,7 @@
 //! The indexer's settings: defaults ← environment ← flags.
 
 use clap::Parser;
-use esk_core::config::CommonConfig;
+use esk_runtime::config::CommonConfig;
 
 /// Settings of the `indexer` binary.
 #[derive(Debug, Clone, Parser)]
@@ -23,11 +23,11 @@ pub(crate) struct IndexerConfig {
     #[arg(long, env = "ESK_INDEXER_MAX_BATCH", default_value_t = 5000)]
     pub(crate) max_batch: usize,
     /// Most bytes of records in one indexing transaction (events may be a MiB each).
-    #[arg(long, env = "ESK_INDEXER_MAX_BATCH_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES * 2)]
+    #[arg(long, env = "ESK_INDEXER_MAX_BATCH_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES * 2)]
     pub(crate) max_batch_bytes: usize,
     /// Most bytes the publisher reads and publishes per round, and keeps of what this process
     /// just committed.
-    #[arg(long, env = "ESK_PUBLISH_BATCH_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES * 2)]
+    #[arg(long, env = "ESK_PUBLISH_BATCH_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES * 2)]
     pub(crate) publish_batch_bytes: usize,
     /// How long a batch waits for more records once it has one (ms).
     #[arg(long, env = "ESK_INDEXER_LINGER_MS", default_value_t = 20)]

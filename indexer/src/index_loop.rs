@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use esk_core::kafka::RebalanceLog;
-use esk_core::model::category_of;
-use esk_core::supervisor::Progress;
-use esk_core::telemetry::Health;
-use esk_core::wire::{CanonicalEvent, IngestLogEvent};
+use esk_model::event::category_of;
+use esk_model::wire::{CanonicalEvent, IngestLogEvent};
+use esk_runtime::kafka::RebalanceLog;
+use esk_runtime::supervisor::Progress;
+use esk_runtime::telemetry::Health;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -98,7 +98,7 @@ impl Indexer {
         progress: Arc<Progress>,
     ) -> anyhow::Result<Self> {
         let mut client =
-            esk_core::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id);
+            esk_runtime::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id);
         client
             .set("enable.auto.commit", "false")
             // Fewer, fuller fetches: every request costs the broker (on Tansu each small fetch
@@ -268,7 +268,7 @@ impl Indexer {
     }
 
     async fn stored_offset(&self, partition: i32) -> Option<i64> {
-        let mut backoff = esk_core::retry::until_stopped(Duration::from_secs(1));
+        let mut backoff = esk_runtime::retry::until_stopped(Duration::from_secs(1));
         loop {
             match sqlx::query_scalar::<_, i64>(
                 "SELECT next_offset FROM indexer_offsets WHERE topic = $1 AND partition_id = $2",
@@ -285,8 +285,12 @@ impl Indexer {
                         .with_label_values(&["load_offset"])
                         .inc();
                     tracing::warn!(%error, partition, "cannot read the stored offset; retrying");
-                    tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
-                        .await;
+                    tokio::time::sleep(
+                        backoff
+                            .next()
+                            .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY),
+                    )
+                    .await;
                 }
             }
         }
@@ -296,7 +300,7 @@ impl Indexer {
     /// to another consumer are dropped from the batch and re-read from their stored offsets; a
     /// batch Postgres refuses is narrowed to the refused record, whose partition halts.
     async fn index(&mut self, mut batch: Vec<Pending>, shutdown: &CancellationToken) {
-        let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(50));
+        let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(50));
         loop {
             if batch.is_empty() || shutdown.is_cancelled() {
                 return;
@@ -335,8 +339,12 @@ impl Indexer {
                     tracing::warn!(%error, records = batch.len(), failures = self.failures,
                         "indexing transaction failed; retrying");
                     self.progress.blocked_by(&error);
-                    tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
-                        .await;
+                    tokio::time::sleep(
+                        backoff
+                            .next()
+                            .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY),
+                    )
+                    .await;
                 }
             }
         }

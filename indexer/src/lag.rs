@@ -20,7 +20,7 @@ pub(crate) struct LagMonitor {
 
 impl LagMonitor {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let consumer: BaseConsumer = match esk_core::kafka::base_config(&self.brokers)
+        let consumer: BaseConsumer = match esk_runtime::kafka::base_config(&self.brokers)
             .set("group.id", "esk-indexer-lag")
             .create()
         {

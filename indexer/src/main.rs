@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use esk_core::supervisor::{Supervisor, Watchdog};
-use esk_core::telemetry::{init_tracing, Telemetry};
+use esk_runtime::supervisor::{Supervisor, Watchdog};
+use esk_runtime::telemetry::{init_tracing, Telemetry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -27,9 +27,9 @@ async fn main() -> anyhow::Result<()> {
     init_tracing(config.common.log_format);
     let telemetry = Telemetry::new("indexer");
     let metrics = Arc::new(metrics::IndexerMetrics::new(&telemetry.registry));
-    let pool = esk_core::db::connect(&config.common.database_url, config.pg_connections).await?;
+    let pool = esk_runtime::db::connect(&config.common.database_url, config.pg_connections).await?;
     if config.migrate {
-        esk_core::db::migrate(&pool).await?;
+        esk_runtime::db::migrate(&pool).await?;
     }
     let shutdown = CancellationToken::new();
     let indexed = Arc::new(Notify::new());
@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     if config.publish {
         let publisher = publisher::Publisher {
             pool: pool.clone(),
-            producer: esk_core::kafka::producer_config(&config.common.kafka_brokers).create()?,
+            producer: esk_runtime::kafka::producer_config(&config.common.kafka_brokers).create()?,
             topic: config.common.topics.events.clone(),
             batch: config.publish_batch,
             batch_bytes: config.publish_batch_bytes.max(1),
@@ -87,7 +87,7 @@ async fn main() -> anyhow::Result<()> {
     supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
     telemetry.health.set_ready(true);
     tracing::info!(addr = %config.http_addr, "indexer running");
-    esk_core::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
+    esk_runtime::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The indexer's metrics.
 
-use esk_core::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
+use esk_runtime::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 /// Counters, gauges and histograms of the indexer process.

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use esk_core::db::{collect_events_within, EVENT_COLUMNS};
-use esk_core::kafka::send_all;
-use esk_core::supervisor::Progress;
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
+use esk_runtime::db::{collect_events_within, EVENT_COLUMNS};
+use esk_runtime::kafka::send_all;
+use esk_runtime::records::canonical_record;
+use esk_runtime::supervisor::Progress;
 use rdkafka::producer::FutureProducer;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgPool, Postgres};
@@ -162,7 +163,7 @@ impl Publisher {
         };
         let records = events
             .iter()
-            .map(CanonicalEvent::to_record)
+            .map(canonical_record)
             .collect::<Result<Vec<_>, _>>()?;
         let delivered = send_all(
             &self.producer,

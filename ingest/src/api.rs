@@ -11,10 +11,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use esk_core::validate::{
+use esk_model::validate::{
     parse_append_body, validate_trace_id, InvalidAppend, Limits, TraceDefaults,
 };
-use esk_core::wire::{ErrorBody, ErrorEnvelope};
+use esk_model::wire::{ErrorBody, ErrorEnvelope};
 use serde_json::json;
 
 use crate::metrics::IngestMetrics;

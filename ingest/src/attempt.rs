@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::Utc;
-use esk_core::model::{advisory_key, Append, NO_STREAM};
+use esk_model::event::{advisory_key, Append, NO_STREAM};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -40,7 +40,7 @@ impl AttemptError {
         };
         let kafka = error.permanent()?;
         Some(Rejection::RefusedByBroker {
-            too_large: esk_core::kafka::is_too_large(kafka),
+            too_large: esk_runtime::kafka::is_too_large(kafka),
             reason: kafka.to_string(),
         })
     }

@@ -1,9 +1,9 @@
 //! The ingest process's settings: defaults ← environment ← flags.
 
 use clap::Parser;
-use esk_core::config::CommonConfig;
-use esk_core::http_server::ServerLimits;
-use esk_core::validate::Limits;
+use esk_model::validate::Limits;
+use esk_runtime::config::CommonConfig;
+use esk_runtime::http_server::ServerLimits;
 
 /// Settings of the `ingest` binary.
 #[derive(Debug, Clone, Parser)]
@@ -55,7 +55,7 @@ pub(crate) struct IngestConfig {
     pub(crate) body_timeout_ms: u64,
     /// A read page stops once its events reach this many bytes (its `next` continues); with
     /// events of up to a MiB, a count alone does not bound memory.
-    #[arg(long, env = "ESK_INGEST_MAX_PAGE_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES)]
+    #[arg(long, env = "ESK_INGEST_MAX_PAGE_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES)]
     pub(crate) max_page_bytes: usize,
     /// Most bytes of append requests held at once (bodies being read, queued or being
     /// decided, over HTTP and Kafka together); beyond it HTTP answers 503 and the Kafka

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use esk_core::model::Append;
+use esk_model::event::Append;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use esk_core::kafka::{send_all, OutgoingRecord};
-use esk_core::model::Append;
-use esk_core::wire::{ingest_log_headers, IngestLogEventRef};
+use esk_model::event::Append;
+use esk_model::wire::IngestLogEventRef;
+use esk_runtime::kafka::{send_all, OutgoingRecord};
+use esk_runtime::records::ingest_log_headers;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
@@ -35,7 +36,7 @@ pub(crate) struct Accepted<'a> {
 
 impl IngestLog {
     pub(crate) fn new(config: &IngestConfig) -> Result<Self, KafkaError> {
-        let mut client = esk_core::kafka::producer_config(&config.common.kafka_brokers);
+        let mut client = esk_runtime::kafka::producer_config(&config.common.kafka_brokers);
         client.set(
             "delivery.timeout.ms",
             config.delivery_timeout_ms.to_string(),
@@ -95,7 +96,7 @@ impl ProduceError {
     /// The broker will never take these records (too large, invalid): retrying is useless.
     pub(crate) fn permanent(&self) -> Option<&KafkaError> {
         match self {
-            ProduceError::Kafka(error) if esk_core::kafka::is_permanent_produce_error(error) => {
+            ProduceError::Kafka(error) if esk_runtime::kafka::is_permanent_produce_error(error) => {
                 Some(error)
             }
             _ => None,

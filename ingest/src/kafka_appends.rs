@@ -8,9 +8,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use esk_core::model::Append;
-use esk_core::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
-use esk_core::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
+use esk_model::event::Append;
+use esk_model::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
+use esk_model::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -57,7 +57,7 @@ pub(crate) fn consumer_loop(
     shutdown: CancellationToken,
 ) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     let consumer: StreamConsumer =
-        esk_core::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id)
+        esk_runtime::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id)
             .create()?;
     consumer.subscribe(&[&config.common.topics.appends])?;
     let shared = Arc::new(Shared {
@@ -92,9 +92,9 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             Ok(permit) => permit,
             Err(_) => {
                 // Backpressure: stop fetching until earlier requests are answered.
-                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
+                esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
                 let permit = shared.in_flight.clone().acquire_owned().await;
-                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
+                esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
                 match permit {
                     Ok(permit) => permit,
                     Err(_) => break,
@@ -106,9 +106,9 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             Some(held) => held,
             None => {
                 // Backpressure: stop fetching until earlier requests free their bytes.
-                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
+                esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
                 let held = shared.pipeline.hold_bytes(size).await;
-                esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
+                esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
                 match held {
                     Some(held) => held,
                     None => break,
@@ -141,9 +141,9 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                 let (command, reply) = AppendCommand::new(append.clone());
                 if let Err(command) = shared.pipeline.try_submit(command) {
                     // Backpressure: stop fetching while the pipeline is full.
-                    esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
+                    esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
                     let submitted = shared.pipeline.submit(command).await;
-                    esk_core::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
+                    esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
                     if submitted.is_err() {
                         break;
                     }
@@ -215,7 +215,7 @@ fn base_result(context: &RequestContext, outcome: Outcome) -> AppendResult {
 
 fn rejection_result(context: &RequestContext, invalid: &InvalidAppend) -> AppendResult {
     let mut result = base_result(context, Outcome::Rejected);
-    result.error = Some(esk_core::wire::ErrorBody {
+    result.error = Some(esk_model::wire::ErrorBody {
         code: invalid.code().into(),
         message: invalid.to_string(),
         actual_version: None,
@@ -231,7 +231,7 @@ async fn await_and_respond(
     append: Append,
     mut reply: tokio::sync::oneshot::Receiver<AppendReply>,
 ) {
-    let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(100));
+    let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(100));
     let outcome = loop {
         match reply.await {
             Ok(Ok(outcome)) => break outcome,
@@ -243,7 +243,9 @@ async fn await_and_respond(
                 tracing::warn!(append_id = %append.append_id, "pipeline dropped an append; resubmitting")
             }
         }
-        let delay = backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY);
+        let delay = backoff
+            .next()
+            .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY);
         tokio::select! {
             _ = shared.shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -281,7 +283,7 @@ async fn respond(shared: Arc<Shared>, context: RequestContext, result: AppendRes
             return;
         }
     };
-    let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(100));
+    let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(100));
     loop {
         let mut record = FutureRecord::<[u8], [u8]>::to(&shared.results_topic).payload(&payload);
         if let Some(key) = &context.reply_key {
@@ -291,7 +293,9 @@ async fn respond(shared: Arc<Shared>, context: RequestContext, result: AppendRes
             Ok(_) => break,
             Err((error, _)) => {
                 tracing::warn!(%error, "cannot deliver an append result; retrying");
-                let delay = backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY);
+                let delay = backoff
+                    .next()
+                    .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY);
                 tokio::select! {
                     _ = shared.shutdown.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use esk_core::model::Append;
+use esk_model::event::Append;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 

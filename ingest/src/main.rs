@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use esk_core::supervisor::{Supervisor, Watchdog};
-use esk_core::telemetry::{init_tracing, Telemetry};
+use esk_runtime::supervisor::{Supervisor, Watchdog};
+use esk_runtime::telemetry::{init_tracing, Telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -31,14 +31,14 @@ async fn main() -> anyhow::Result<()> {
     let telemetry = Telemetry::new("ingest");
     let metrics = Arc::new(metrics::IngestMetrics::new(&telemetry.registry));
 
-    let pool = esk_core::db::connect_with_settings(
+    let pool = esk_runtime::db::connect_with_settings(
         &config.common.database_url,
         config.pg_connections,
         &config.session_settings(),
     )
     .await?;
     if config.migrate {
-        esk_core::db::migrate(&pool).await?;
+        esk_runtime::db::migrate(&pool).await?;
     }
     let ingest_log = ingest_log::IngestLog::new(&config)?;
     let producer = ingest_log.producer().clone();
@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let read_pool =
-        esk_core::db::connect(&config.common.database_url, config.pg_read_connections).await?;
+        esk_runtime::db::connect(&config.common.database_url, config.pg_read_connections).await?;
     let waits = wait::WaitHub::new(read_pool.clone(), config.max_waiters);
     supervisor.spawn("wait poller", waits.clone().run(shutdown.clone()));
     let app = api::router(api::AppState {
@@ -93,12 +93,12 @@ async fn main() -> anyhow::Result<()> {
     let refused = telemetry.refused_connections.clone();
     let limits = config.server.clone();
     supervisor.spawn_fallible("http server", async move {
-        esk_core::http_server::serve(listener, app, &limits, refused, stop)
+        esk_runtime::http_server::serve(listener, app, &limits, refused, stop)
             .await
             .map_err(Into::into)
     });
     telemetry.health.set_ready(true);
-    esk_core::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
+    esk_runtime::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
     Ok(())
 }
 

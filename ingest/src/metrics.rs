@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use esk_core::model::Append;
-use esk_core::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
+use esk_model::event::Append;
+use esk_runtime::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::outcome::{AppendOutcome, AppendReply, Rejection};

@@ -1,7 +1,7 @@
 //! What an append gets back: accepted with versions, rejected with a reason, or "unavailable,
 //! retry with the same append id".
 
-use esk_core::wire::ErrorBody;
+use esk_model::wire::ErrorBody;
 
 /// The final outcome of an append (also what the ledger records).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use esk_core::model::Append;
-use esk_core::supervisor::{Progress, Watchdog};
+use esk_model::event::Append;
+use esk_runtime::supervisor::{Progress, Watchdog};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;

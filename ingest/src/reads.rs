@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use esk_core::db::EVENT_COLUMNS;
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
+use esk_runtime::db::EVENT_COLUMNS;
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -40,7 +40,7 @@ impl ReadState {
         &self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<(Vec<CanonicalEvent>, bool), ApiError> {
-        esk_core::db::collect_events_within(query.fetch(&self.pool), self.max_page_bytes)
+        esk_runtime::db::collect_events_within(query.fetch(&self.pool), self.max_page_bytes)
             .await
             .map_err(db_error)
     }

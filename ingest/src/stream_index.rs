@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use esk_core::model::NO_STREAM;
+use esk_model::event::NO_STREAM;
 use sqlx::{PgConnection, Row};
 
 /// Locks `sorted_streams` (sorted, distinct) and returns each one's version ([`NO_STREAM`] for

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use esk_core::db::collect_events_within;
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
+use esk_runtime::db::collect_events_within;
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;

@@ -86,7 +86,7 @@ pub(crate) async fn write(
             .bind(&positions)
             .fetch_all(conn)
             .await?;
-            let lost = esk_core::kafka::unmatched_partitions(partitions, &owned);
+            let lost = esk_runtime::kafka::unmatched_partitions(partitions, &owned);
             if !lost.is_empty() {
                 return Err(CheckpointError::NotOwner(lost));
             }

@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use esk_core::config::CommonConfig;
+use esk_runtime::config::CommonConfig;
 use serde::Deserialize;
 
 /// Settings of the `projector` binary.
@@ -72,7 +72,7 @@ pub(crate) struct Tuning {
     #[arg(long, env = "ESK_PROJECTOR_REPLAY_BATCH", default_value_t = 10000)]
     pub(crate) replay_batch: i64,
     /// Most bytes of events read per query while replaying from Postgres.
-    #[arg(long, env = "ESK_PROJECTOR_REPLAY_BATCH_BYTES", default_value_t = esk_core::db::DEFAULT_MAX_READ_BYTES)]
+    #[arg(long, env = "ESK_PROJECTOR_REPLAY_BATCH_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES)]
     pub(crate) replay_batch_bytes: usize,
     /// Attempts at a failing event before it is dead-lettered.
     #[arg(long, env = "ESK_PROJECTOR_MAX_ATTEMPTS", default_value_t = 5)]

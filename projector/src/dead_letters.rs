@@ -1,7 +1,7 @@
 //! A projection's dead letters: events its handler rejected, and canonical records that did not
 //! decode, kept for inspection and replay (`projector dead-letters list|replay NAME`).
 
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::event::ProjectedEvent;

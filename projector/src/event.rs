@@ -1,8 +1,8 @@
 //! The event a projection sees, from the canonical topic or from the events table, and the
 //! filters that choose which events a projection gets.
 
-use esk_core::model::category_of;
-use esk_core::wire::CanonicalEvent;
+use esk_model::event::category_of;
+use esk_model::wire::CanonicalEvent;
 
 use crate::config::ProjectionSpec;
 
@@ -14,12 +14,12 @@ pub(crate) struct ProjectedEvent {
     pub(crate) source: Option<(i32, i64)>,
 }
 
-/// Columns of a replayed event (read by [`esk_core::db::canonical_event_from_row`]); `with_data` false skips the payloads for handlers
+/// Columns of a replayed event (read by [`esk_runtime::db::canonical_event_from_row`]); `with_data` false skips the payloads for handlers
 /// that do not read them (a large part of a replay's cost). Same order as
-/// [`esk_core::db::EVENT_COLUMNS`], which the row is read by.
+/// [`esk_runtime::db::EVENT_COLUMNS`], which the row is read by.
 pub(crate) fn event_columns(with_data: bool) -> &'static str {
     if with_data {
-        esk_core::db::EVENT_COLUMNS
+        esk_runtime::db::EVENT_COLUMNS
     } else {
         "global_position, event_id, stream_id, event_type, NULL::text AS data, NULL::text AS metadata, version, created_at"
     }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use esk_core::kafka::RebalanceLog;
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
+use esk_runtime::kafka::RebalanceLog;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::Offset;
@@ -142,7 +142,7 @@ impl LiveRun<'_> {
     pub(crate) async fn run(&self, shutdown: &CancellationToken) -> anyhow::Result<Exit> {
         let name = &self.projection.name;
         let group = format!("{}-{}", self.tuning.group_prefix, name);
-        let mut client = esk_core::kafka::consumer_config(self.brokers, &group);
+        let mut client = esk_runtime::kafka::consumer_config(self.brokers, &group);
         client
             .set("enable.auto.commit", "false")
             // librdkafka's own prefetch is bounded too, so memory stays flat while paused.
@@ -291,7 +291,7 @@ impl LiveRun<'_> {
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let name = &self.projection.name;
-        let mut backoff = esk_core::retry::until_stopped(Duration::from_millis(50));
+        let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(50));
         loop {
             if admitted.is_empty() || shutdown.is_cancelled() {
                 return Ok(());
@@ -392,8 +392,12 @@ impl LiveRun<'_> {
                 Err(ProcessError::Stopped) => return Ok(()),
                 Err(ProcessError::Database(error)) => {
                     tracing::warn!(projection = %name, %error, "projection batch failed; retrying");
-                    tokio::time::sleep(backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY))
-                        .await;
+                    tokio::time::sleep(
+                        backoff
+                            .next()
+                            .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY),
+                    )
+                    .await;
                 }
             }
         }
@@ -422,7 +426,7 @@ async fn fetch(
             _ = stop.cancelled() => return,
             _ = queue.drained.notified() => {
                 if queue.paused.load(Ordering::SeqCst) && queue.may_resume() {
-                    esk_core::kafka::set_paused(&consumer, &topic, false);
+                    esk_runtime::kafka::set_paused(&consumer, &topic, false);
                     queue.paused.store(false, Ordering::SeqCst);
                     metrics.paused.with_label_values(&[&name]).set(0);
                     tracing::info!(projection = %name, "queue drained; partitions resumed");
@@ -434,14 +438,14 @@ async fn fetch(
                         let len = queue.push(QueuedRecord::copy_of(&message));
                         if queue.is_full(len) {
                             if !queue.paused.swap(true, Ordering::SeqCst) {
-                                esk_core::kafka::set_paused(&consumer, &topic, true);
+                                esk_runtime::kafka::set_paused(&consumer, &topic, true);
                                 metrics.paused.with_label_values(&[&name]).set(1);
                                 tracing::info!(projection = %name, queued = len, "queue full; partitions paused");
                             } else {
                                 // Still arriving while paused: a rebalance assigned partitions
                                 // that are not paused yet (a stalled handler may hold the queue
                                 // full for long). Pause the whole assignment again.
-                                esk_core::kafka::set_paused(&consumer, &topic, true);
+                                esk_runtime::kafka::set_paused(&consumer, &topic, true);
                             }
                         }
                     }

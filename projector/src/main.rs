@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use config::{Command, DeadLetterCommand, ProjectorConfig};
-use esk_core::supervisor::Supervisor;
-use esk_core::telemetry::{init_tracing, Telemetry};
+use esk_runtime::supervisor::Supervisor;
+use esk_runtime::telemetry::{init_tracing, Telemetry};
 use handlers::ProcessError;
 use handlers::Projection;
 use sqlx::PgPool;
@@ -41,9 +41,9 @@ async fn run(config: ProjectorConfig) -> anyhow::Result<()> {
     let telemetry = Telemetry::new("projector");
     let metrics = Arc::new(metrics::ProjectorMetrics::new(&telemetry.registry));
     let pool =
-        esk_core::db::connect(&config.common.database_url, config.tuning.pg_connections).await?;
+        esk_runtime::db::connect(&config.common.database_url, config.tuning.pg_connections).await?;
     if config.tuning.migrate {
-        esk_core::db::migrate(&pool).await?;
+        esk_runtime::db::migrate(&pool).await?;
     }
     let build = |name: &str| -> anyhow::Result<Projection> {
         let spec = specs
@@ -121,7 +121,7 @@ async fn partition_count(config: &ProjectorConfig) -> anyhow::Result<i32> {
     let brokers = config.common.kafka_brokers.clone();
     let topic = config.common.topics.events.clone();
     let count =
-        tokio::task::spawn_blocking(move || esk_core::kafka::partition_count(&brokers, &topic))
+        tokio::task::spawn_blocking(move || esk_runtime::kafka::partition_count(&brokers, &topic))
             .await??;
     anyhow::ensure!(
         count > 0,
@@ -176,7 +176,7 @@ async fn serve(
     );
     telemetry.health.set_ready(true);
     tracing::info!(addr = %config.tuning.http_addr, "projector running");
-    esk_core::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
+    esk_runtime::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! The projector's metrics, labelled by projection.
 
-use esk_core::telemetry::MetricFactory;
+use esk_runtime::telemetry::MetricFactory;
 use prometheus::{Histogram, IntCounterVec, IntGaugeVec, Registry};
 
 #[derive(Debug)]

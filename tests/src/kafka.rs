@@ -10,7 +10,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// An idempotent producer on the test broker.
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(esk_core::kafka::producer_config(brokers).create()?)
+    Ok(esk_runtime::kafka::producer_config(brokers).create()?)
 }
 
 /// Produces one record and waits for its delivery.
@@ -79,7 +79,7 @@ pub fn read_topic_until_idle(
 
 /// A group-less consumer assigned every partition of `topic` from its beginning.
 pub fn reader_from_beginning(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let consumer: BaseConsumer = esk_core::kafka::base_config(brokers)
+    let consumer: BaseConsumer = esk_runtime::kafka::base_config(brokers)
         .set("group.id", "esk-tests-reader")
         .set("enable.auto.commit", "false")
         .create()?;

@@ -20,7 +20,7 @@ pub mod containers;
 
 use std::time::Duration;
 
-use esk_core::config::Topics;
+use esk_runtime::config::Topics;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -76,8 +76,8 @@ impl TestContext {
         let suffix = &Uuid::new_v4().simple().to_string()[..8];
         let unique = format!("{}_{suffix}", name.replace('-', "_")).to_lowercase();
         let database_url = create_database(&format!("{database_prefix}{unique}")).await?;
-        let pool = esk_core::db::connect(&database_url, 8).await?;
-        esk_core::db::migrate(&pool).await?;
+        let pool = esk_runtime::db::connect(&database_url, 8).await?;
+        esk_runtime::db::migrate(&pool).await?;
         let context = TestContext {
             name: unique.clone(),
             database_url,
@@ -87,7 +87,7 @@ impl TestContext {
         };
         if topics {
             let all = context.topics.all();
-            esk_core::kafka::create_topics(&context.brokers, &all, TEST_PARTITIONS, 1).await?;
+            esk_runtime::kafka::create_topics(&context.brokers, &all, TEST_PARTITIONS, 1).await?;
         }
         Ok(context)
     }
@@ -116,7 +116,7 @@ impl TestContext {
 /// Creates a fresh database next to the base one and returns its URL.
 pub async fn create_database(name: &str) -> anyhow::Result<String> {
     let base = base_database_url();
-    let admin = esk_core::db::connect(&base, 1).await?;
+    let admin = esk_runtime::db::connect(&base, 1).await?;
     sqlx::query(&format!("CREATE DATABASE \"{name}\""))
         .execute(&admin)
         .await?;

@@ -1021,7 +1021,7 @@ async fn poller(
     let mut pool = None;
     while !stop.load(Ordering::SeqCst) {
         if pool.is_none() {
-            pool = esk_core::db::connect(&database_url, 1).await.ok();
+            pool = esk_runtime::db::connect(&database_url, 1).await.ok();
         }
         let Some(db) = pool.as_ref() else {
             if let Ok(mut o) = observation.lock() {

@@ -593,7 +593,7 @@ async fn projection_commands_list_status_rebuild_and_dead_letters() -> anyhow::R
         .await?;
         assert_eq!(run.code, 0, "{run:?}");
     }
-    esk_tests::indexer::wait_indexed(&ctx, 3, Duration::from_secs(60)).await?;
+    wait_indexed(&ctx, 3, Duration::from_secs(60)).await?;
     let rebuild = esk(&env, &["projection", "rebuild", "counts"], None).await?;
     assert_eq!(rebuild.code, 0, "{rebuild:?}");
     let counted: i64 = sqlx::query_scalar(

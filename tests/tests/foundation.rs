@@ -9,8 +9,8 @@ use rdkafka::Message;
 async fn migrations_apply_twice_without_error() -> anyhow::Result<()> {
     let ctx = TestContext::without_topics("migrate_twice").await?;
     // TestContext already migrated once.
-    esk_core::db::migrate(&ctx.pool).await?;
-    esk_core::db::migrate(&ctx.pool).await?;
+    esk_runtime::db::migrate(&ctx.pool).await?;
+    esk_runtime::db::migrate(&ctx.pool).await?;
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1",
     )

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use esk_core::model::advisory_key;
+use esk_model::event::advisory_key;
 use esk_tests::indexer::{self, check_canonical_topic, check_table, wait_indexed};
 use esk_tests::ingest::{self, Client};
 use esk_tests::load::Load;

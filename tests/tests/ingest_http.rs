@@ -269,7 +269,7 @@ async fn a_retry_waits_for_an_attempt_that_holds_its_append_id() -> anyhow::Resu
         let stream = format!("Slow-{commit}");
         let evs = events(1);
         let body = json!({"expected_version": "no_stream", "events": evs});
-        let append = esk_core::validate::parse_append_body(
+        let append = esk_model::validate::parse_append_body(
             &stream,
             body.to_string().as_bytes(),
             &Default::default(),

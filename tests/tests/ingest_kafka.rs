@@ -117,7 +117,7 @@ async fn kafka_requests_get_one_outcome_each_and_redeliveries_are_idempotent() -
         let topic = ctx.topics.appends.clone();
         let offsets = offsets.clone();
         async move {
-            let reader: BaseConsumer = esk_core::kafka::base_config(&brokers)
+            let reader: BaseConsumer = esk_runtime::kafka::base_config(&brokers)
                 .set("group.id", &group)
                 .create()
                 .ok()?;

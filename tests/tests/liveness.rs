@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use esk_core::supervisor::EXIT_TASK_ENDED;
+use esk_runtime::supervisor::EXIT_TASK_ENDED;
 use esk_tests::indexer::{self, event_count};
 use esk_tests::ingest::{self, Client};
 use esk_tests::{eventually, TestContext};

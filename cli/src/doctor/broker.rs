@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use esk_core::config::Topics;
+use esk_runtime::config::Topics;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde_json::json;
@@ -28,7 +28,7 @@ struct TopicInfo {
 }
 
 fn fetch(brokers: &str) -> Result<Cluster, KafkaError> {
-    let consumer: BaseConsumer = esk_core::kafka::base_config(brokers).create()?;
+    let consumer: BaseConsumer = esk_runtime::kafka::base_config(brokers).create()?;
     // All topics: asking for one by name could auto-create it on some brokers.
     let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
     let brokers = metadata

@@ -5,7 +5,7 @@ mod postgres;
 mod services;
 
 use clap::Args;
-use esk_core::config::CommonConfig;
+use esk_runtime::config::CommonConfig;
 use owo_colors::Style;
 use serde::Serialize;
 use serde_json::Value;

@@ -61,7 +61,7 @@ async fn connect(url: &str) -> Result<PgConnection, String> {
 
 /// Whether the schema is there (so the other checks can run).
 async fn migrations(conn: &mut PgConnection, section: &mut Section) -> bool {
-    let known: BTreeSet<i64> = esk_core::db::MIGRATOR
+    let known: BTreeSet<i64> = esk_runtime::db::MIGRATOR
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .map(|m| m.version)

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use esk_core::model::category_of;
+use esk_model::event::category_of;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::PgConnection;

@@ -62,7 +62,7 @@ impl HandlerError {
 
     /// A SQL handler's statement failed.
     pub(crate) fn database(error: sqlx::Error) -> Self {
-        if esk_core::db::is_transient(&error) {
+        if esk_runtime::db::is_transient(&error) {
             HandlerError::Transient(Cause::Database(error))
         } else {
             HandlerError::Rejected(Cause::Database(error))
@@ -72,7 +72,7 @@ impl HandlerError {
     /// A produce failed: the broker's errors are transient, except records the broker will
     /// never take (too large, invalid).
     pub(crate) fn produce(topic: &str, error: KafkaError) -> Self {
-        let rejected = esk_core::kafka::is_permanent_produce_error(&error);
+        let rejected = esk_runtime::kafka::is_permanent_produce_error(&error);
         let cause = Cause::Produce {
             topic: topic.to_owned(),
             error,
@@ -130,7 +130,7 @@ mod tests {
             "08001", "53000", "53100", "53200", "53300", "58030",
         ] {
             assert!(
-                esk_core::db::transient_sqlstate(code),
+                esk_runtime::db::transient_sqlstate(code),
                 "{code} is transient"
             );
         }
@@ -138,7 +138,7 @@ mod tests {
             "22P02", "22003", "23505", "23503", "23502", "23514", "42P01", "XX000",
         ] {
             assert!(
-                !esk_core::db::transient_sqlstate(code),
+                !esk_runtime::db::transient_sqlstate(code),
                 "{code} is a rejection"
             );
         }

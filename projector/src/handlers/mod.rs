@@ -27,7 +27,7 @@ use crate::config::{HandlerSpec, ProjectionSpec, Tuning};
 use crate::dead_letters::{self, UndecodableRecord};
 use crate::event::ProjectedEvent;
 use crate::metrics::ProjectorMetrics;
-use esk_core::telemetry::Health;
+use esk_runtime::telemetry::Health;
 
 /// Why a batch was not processed (the caller re-reads, or stops).
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +287,7 @@ impl Projection {
         shutdown: &CancellationToken,
     ) -> Result<Option<HandlerError>, ProcessError> {
         let mut rejected = 0;
-        let mut backoff = esk_core::retry::until_stopped(self.retry);
+        let mut backoff = esk_runtime::retry::until_stopped(self.retry);
         loop {
             match self.deliver(events).await {
                 Ok(()) => {
@@ -425,7 +425,7 @@ impl Projection {
                 .await
                 .map_err(|e| e.to_string())?,
             _ => {
-                let mut backoff = esk_core::retry::until_stopped(self.retry);
+                let mut backoff = esk_runtime::retry::until_stopped(self.retry);
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
@@ -436,7 +436,9 @@ impl Projection {
                             tracing::warn!(projection = %self.name, event_id = %event.event.event_id,
                                 %error, attempt, "replay failed; retrying");
                             tokio::time::sleep(
-                                backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY),
+                                backoff
+                                    .next()
+                                    .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY),
                             )
                             .await;
                         }
@@ -474,7 +476,7 @@ impl<'a> Stall<'a> {
     fn new(projection: &'a Projection) -> Self {
         Stall {
             projection,
-            backoff: esk_core::retry::until_stopped(projection.retry),
+            backoff: esk_runtime::retry::until_stopped(projection.retry),
             since: None,
         }
     }
@@ -504,7 +506,7 @@ impl<'a> Stall<'a> {
             let p = self.projection;
             p.metrics.stalled.with_label_values(&[&p.name]).set(0);
             p.health.clear_problem(&stall_key(&p.name));
-            self.backoff = esk_core::retry::until_stopped(p.retry);
+            self.backoff = esk_runtime::retry::until_stopped(p.retry);
             tracing::info!(projection = %p.name, stalled_for_s = since.elapsed().as_secs_f64(),
                 "projection recovered");
         }
@@ -516,7 +518,9 @@ async fn pause(
     backoff: &mut ExponentialBackoff,
     shutdown: &CancellationToken,
 ) -> Result<(), ProcessError> {
-    let delay = backoff.next().unwrap_or(esk_core::retry::MAX_RETRY_DELAY);
+    let delay = backoff
+        .next()
+        .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY);
     tokio::select! {
         _ = shutdown.cancelled() => Err(ProcessError::Stopped),
         _ = tokio::time::sleep(delay) => Ok(()),

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use esk_core::kafka::send_all;
+use esk_runtime::kafka::send_all;
+use esk_runtime::records::canonical_record;
 use rdkafka::producer::FutureProducer;
 
 use crate::event::ProjectedEvent;
@@ -26,7 +27,7 @@ impl std::fmt::Debug for TopicForwarder {
 impl TopicForwarder {
     pub(crate) fn new(brokers: &str, topic: &str) -> anyhow::Result<Self> {
         Ok(TopicForwarder {
-            producer: esk_core::kafka::producer_config(brokers).create()?,
+            producer: esk_runtime::kafka::producer_config(brokers).create()?,
             topic: topic.to_owned(),
         })
     }
@@ -34,7 +35,7 @@ impl TopicForwarder {
     pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), HandlerError> {
         let records = events
             .iter()
-            .map(|e| e.event.to_record())
+            .map(|e| canonical_record(&e.event))
             .collect::<Result<Vec<_>, _>>()
             .map_err(HandlerError::encode)?;
         send_all(

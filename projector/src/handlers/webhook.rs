@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use esk_core::wire::CanonicalEvent;
+use esk_model::wire::CanonicalEvent;
 use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 

@@ -11,7 +11,7 @@
 //!   at its final version;
 //! - then every event to the `--topic` (ingest-log) topic, key = stream id, value =
 //!   [`IngestLogEventRef`] JSON, with the same headers ingest sets, through the idempotent
-//!   producer of [`esk_core::kafka::producer_config`] with many records in flight.
+//!   producer of [`esk_runtime::kafka::producer_config`] with many records in flight.
 //!
 //! The database must already have the schema (`esk setup` or `esk migrate`). Prints one JSON line.
 
@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
-use esk_core::model::derived_append_id;
-use esk_core::wire::{ingest_log_headers, IngestLogEventRef};
+use esk_model::event::derived_append_id;
+use esk_model::wire::IngestLogEventRef;
+use esk_runtime::records::ingest_log_headers;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
@@ -300,7 +301,7 @@ async fn copy_text(
 /// Produces every event in append order, without waiting for each delivery: deliveries are
 /// awaited in groups of `--in-flight`, or early when the producer's queue is full.
 async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
-    let producer: FutureProducer = esk_core::kafka::producer_config(&args.brokers)
+    let producer: FutureProducer = esk_runtime::kafka::producer_config(&args.brokers)
         .create()
         .context("creating the producer")?;
     let note = "x".repeat(100);

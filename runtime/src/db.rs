@@ -57,18 +57,18 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 pub const EVENT_COLUMNS: &str = "global_position, event_id, stream_id, event_type, \
      data::text AS data, metadata::text AS metadata, version, created_at";
 
-/// Reads a [`CanonicalEvent`](crate::wire::CanonicalEvent) from an `events` row selected as
+/// Reads a [`CanonicalEvent`](esk_model::wire::CanonicalEvent) from an `events` row selected as
 /// [`EVENT_COLUMNS`] (or the same columns in that order; a NULL `data` reads as JSON null:
 /// payload-less replays). Columns are read by position: by name, the lookups were a tenth of the
 /// publisher's CPU.
 pub fn canonical_event_from_row(
     row: &sqlx::postgres::PgRow,
-) -> Result<crate::wire::CanonicalEvent, sqlx::Error> {
+) -> Result<esk_model::wire::CanonicalEvent, sqlx::Error> {
     use serde_json::value::RawValue;
     use sqlx::Row;
     let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
     let data: Option<String> = row.try_get(4)?;
-    Ok(crate::wire::CanonicalEvent {
+    Ok(esk_model::wire::CanonicalEvent {
         global_position: row.try_get(0)?,
         event_id: row.try_get(1)?,
         stream_id: row.try_get(2)?,
@@ -95,7 +95,7 @@ pub const DEFAULT_MAX_READ_BYTES: usize = 16 * 1024 * 1024;
 pub async fn collect_events_within<'a>(
     mut rows: futures::stream::BoxStream<'a, Result<sqlx::postgres::PgRow, sqlx::Error>>,
     max_bytes: usize,
-) -> Result<(Vec<crate::wire::CanonicalEvent>, bool), sqlx::Error> {
+) -> Result<(Vec<esk_model::wire::CanonicalEvent>, bool), sqlx::Error> {
     use futures::TryStreamExt;
     let mut events = Vec::new();
     let mut bytes = 0usize;

@@ -136,19 +136,6 @@ pub struct ErrorEnvelope {
     pub error: ErrorBody,
 }
 
-/// Reads a header's value as UTF-8 text.
-pub fn header_str<'a>(
-    headers: &'a rdkafka::message::BorrowedHeaders,
-    name: &str,
-) -> Option<&'a str> {
-    use rdkafka::message::Headers;
-    headers
-        .iter()
-        .find(|h| h.key == name)
-        .and_then(|h| h.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
-}
-
 /// The borrowing twin of [`IngestLogEvent`], for encoding without copying payloads. The two
 /// serialize to the same JSON.
 #[derive(Debug, Serialize)]
@@ -175,36 +162,6 @@ pub struct IngestLogEventRef<'a> {
     pub created_at: DateTime<Utc>,
 }
 
-/// The headers of a record on the canonical topic (and of topics derived from it).
-pub fn canonical_headers(
-    event: &CanonicalEvent,
-    correlation_id: Option<&str>,
-    causation_id: Option<&str>,
-) -> rdkafka::message::OwnedHeaders {
-    use rdkafka::message::{Header, OwnedHeaders};
-    let position = event.global_position.to_string();
-    let version = event.version.to_string();
-    let event_id = event.event_id.to_string();
-    let headers = OwnedHeaders::new_with_capacity(6)
-        .insert(Header {
-            key: header::GLOBAL_POSITION,
-            value: Some(&position),
-        })
-        .insert(Header {
-            key: header::STREAM_VERSION,
-            value: Some(&version),
-        })
-        .insert(Header {
-            key: header::EVENT_ID,
-            value: Some(&event_id),
-        })
-        .insert(Header {
-            key: header::EVENT_TYPE,
-            value: Some(&event.event_type),
-        });
-    with_trace_ids(headers, correlation_id, causation_id)
-}
-
 impl CanonicalEvent {
     /// Roughly what the event takes in memory and on the wire: its payloads and names (for
     /// byte budgets, not exact accounting).
@@ -214,17 +171,6 @@ impl CanonicalEvent {
             + self.stream_id.len()
             + self.event_type.len()
             + 128
-    }
-
-    /// The record of this event on the canonical topic (and on topics derived from it): key =
-    /// stream id, value = the JSON envelope, headers from [`canonical_headers`].
-    pub fn to_record(&self) -> Result<crate::kafka::OutgoingRecord<'_>, serde_json::Error> {
-        let (correlation, causation) = self.trace_ids();
-        Ok(crate::kafka::OutgoingRecord {
-            key: &self.stream_id,
-            payload: serde_json::to_vec(self)?,
-            headers: canonical_headers(self, correlation.as_deref(), causation.as_deref()),
-        })
     }
 
     /// The `correlation_id` and `causation_id` strings of the event's metadata.
@@ -238,61 +184,4 @@ impl CanonicalEvent {
         let get = |key: &str| value.get(key).and_then(|v| v.as_str()).map(str::to_owned);
         (get("correlation_id"), get("causation_id"))
     }
-}
-
-/// The headers of an `ingest-log` record (the routing fields of its value, for tools that read
-/// only headers).
-pub fn ingest_log_headers(
-    event: &IngestLogEventRef<'_>,
-    correlation_id: Option<&str>,
-    causation_id: Option<&str>,
-) -> rdkafka::message::OwnedHeaders {
-    use rdkafka::message::{Header, OwnedHeaders};
-    let event_id = event.event_id.to_string();
-    let version = event.version.to_string();
-    let append_id = event.append_id.to_string();
-    let attempt_id = event.attempt_id.to_string();
-    let headers = OwnedHeaders::new_with_capacity(7)
-        .insert(Header {
-            key: header::EVENT_ID,
-            value: Some(&event_id),
-        })
-        .insert(Header {
-            key: header::EVENT_TYPE,
-            value: Some(event.event_type),
-        })
-        .insert(Header {
-            key: header::STREAM_VERSION,
-            value: Some(&version),
-        })
-        .insert(Header {
-            key: header::APPEND_ID,
-            value: Some(&append_id),
-        })
-        .insert(Header {
-            key: header::ATTEMPT_ID,
-            value: Some(&attempt_id),
-        });
-    with_trace_ids(headers, correlation_id, causation_id)
-}
-
-/// Adds the correlation and causation headers, when the event has them.
-fn with_trace_ids(
-    mut headers: rdkafka::message::OwnedHeaders,
-    correlation_id: Option<&str>,
-    causation_id: Option<&str>,
-) -> rdkafka::message::OwnedHeaders {
-    use rdkafka::message::Header;
-    for (key, value) in [
-        (header::CORRELATION_ID, correlation_id),
-        (header::CAUSATION_ID, causation_id),
-    ] {
-        if let Some(id) = value {
-            headers = headers.insert(Header {
-                key,
-                value: Some(id),
-            });
-        }
-    }
-    headers
 }

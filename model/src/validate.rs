@@ -3,28 +3,37 @@
 
 use std::collections::HashSet;
 
-use clap::Args;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::model::{derived_append_id, Append, ExpectedVersion, NewEvent};
+use crate::event::{derived_append_id, Append, ExpectedVersion, NewEvent};
 use crate::raw_json::{compact_owned, kind, Kind, Members, UnstorableJson};
 
 /// Input limits, configurable per deployment.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct Limits {
     /// Largest event (data plus metadata, serialized), in bytes.
-    #[arg(long, env = "ESK_MAX_EVENT_BYTES", default_value_t = 1024 * 1024)]
+    #[cfg_attr(feature = "clap", arg(long, env = "ESK_MAX_EVENT_BYTES", default_value_t = 1024 * 1024))]
     pub max_event_bytes: usize,
     /// Most events in one append.
-    #[arg(long, env = "ESK_MAX_EVENTS_PER_APPEND", default_value_t = 1000)]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, env = "ESK_MAX_EVENTS_PER_APPEND", default_value_t = 1000)
+    )]
     pub max_events_per_append: usize,
     /// Longest stream id, in bytes.
-    #[arg(long, env = "ESK_MAX_STREAM_ID_BYTES", default_value_t = 256)]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, env = "ESK_MAX_STREAM_ID_BYTES", default_value_t = 256)
+    )]
     pub max_stream_id_bytes: usize,
     /// Longest event type, in bytes.
-    #[arg(long, env = "ESK_MAX_EVENT_TYPE_BYTES", default_value_t = 256)]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, env = "ESK_MAX_EVENT_TYPE_BYTES", default_value_t = 256)
+    )]
     pub max_event_type_bytes: usize,
 }
 

@@ -1,0 +1,8 @@
+//! The esk event model, free of any runtime: appends and events, the validation that turns
+//! untrusted JSON into an append, exact-text JSON handling and the record formats on the wire.
+//! Clients and tools that only need the contract depend on this crate alone.
+
+pub mod event;
+pub mod raw_json;
+pub mod validate;
+pub mod wire;

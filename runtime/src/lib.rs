@@ -1,0 +1,12 @@
+//! The runtime the esk services share: Postgres access, Kafka clients and the records of the
+//! wire formats, typed configuration, telemetry, retries, the HTTP server and the supervisor of
+//! a process's tasks. The event model itself is `esk_model`, which this crate builds on.
+
+pub mod config;
+pub mod db;
+pub mod http_server;
+pub mod kafka;
+pub mod records;
+pub mod retry;
+pub mod supervisor;
+pub mod telemetry;
