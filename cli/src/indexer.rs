@@ -1,10 +1,9 @@
-//! `esk indexer quarantine`: the operator's way past a record Postgres refuses. The indexer
-//! halts an ingest-log partition at such a record (nothing is skipped on its own); this asks it
-//! to set that one record aside in `indexer_quarantine` and go on.
+//! `esk indexer quarantine`: the command line of [`indexer::request_quarantine`], the
+//! operator's way past a record Postgres refuses.
 
 use clap::{Args, Subcommand};
 use esk_runtime::config::CommonConfig;
-use serde::Serialize;
+use indexer::{request_quarantine, QuarantineError, QuarantineRequest};
 
 use crate::exit::Failure;
 use crate::output::Output;
@@ -37,14 +36,6 @@ enum Action {
     },
 }
 
-#[derive(Debug, Serialize)]
-struct Requested<'a> {
-    topic: &'a str,
-    partition: i32,
-    offset: i64,
-    reason: &'a str,
-}
-
 pub(crate) async fn run(
     common: &CommonConfig,
     out: &Output,
@@ -55,47 +46,26 @@ pub(crate) async fn run(
         offset,
         reason,
     } = args.action;
-    let topic = common.topics.ingest_log.as_str();
-    let pool = esk_runtime::db::connect(&common.database_url, 1).await?;
-    let stored: Option<i64> = sqlx::query_scalar(
-        "SELECT next_offset FROM indexer_offsets WHERE topic = $1 AND partition_id = $2",
-    )
-    .bind(topic)
-    .bind(partition)
-    .fetch_optional(&pool)
-    .await?;
-    // Only the record the partition stands at can be set aside: anything else is either
-    // indexed already or not reached yet, and skipping it would be silent loss.
-    if stored != Some(offset) {
-        let at = stored.map_or_else(
-            || "has no stored position".to_owned(),
-            |o| format!("is at offset {o}"),
-        );
-        return Err(Failure::usage(format!(
-            "partition {partition} of {topic} {at}, not {offset}: only the record a halted partition stopped at can be quarantined"
-        )));
-    }
-    sqlx::query(
-        "INSERT INTO indexer_quarantine (topic, partition_id, kafka_offset, reason)
-         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-    )
-    .bind(topic)
-    .bind(partition)
-    .bind(offset)
-    .bind(&reason)
-    .execute(&pool)
-    .await?;
-    let requested = Requested {
-        topic,
+    let request = QuarantineRequest {
+        topic: common.topics.ingest_log.clone(),
         partition,
         offset,
-        reason: &reason,
+        reason,
     };
+    let pool = esk_runtime::db::connect(&common.database_url, 1).await?;
+    match request_quarantine(&pool, &request).await {
+        Ok(()) => {}
+        Err(refused @ QuarantineError::NotAtOffset { .. }) => {
+            return Err(Failure::usage(refused.to_string()))
+        }
+        Err(other) => return Err(other.into()),
+    }
     if out.json {
-        return out.document(&requested);
+        return out.document(&request);
     }
     out.line(format!(
-        "quarantine requested for {topic} partition {partition} offset {offset}: the indexer sets the record aside and resumes within seconds"
+        "quarantine requested for {} partition {partition} offset {offset}: the indexer sets the record aside and resumes within seconds",
+        request.topic
     ))?;
     Ok(())
 }

@@ -10,50 +10,50 @@ use esk_runtime::config::CommonConfig;
     version,
     about = "Index ingest-log into Postgres, exactly once, and publish committed events"
 )]
-pub(crate) struct IndexerConfig {
+pub struct IndexerConfig {
     #[command(flatten)]
-    pub(crate) common: CommonConfig,
+    pub common: CommonConfig,
     /// Listen address for /metrics and /health.
     #[arg(long, env = "ESK_INDEXER_HTTP_ADDR", default_value = "127.0.0.1:9101")]
-    pub(crate) http_addr: String,
+    pub http_addr: String,
     /// Consumer group on ingest-log.
     #[arg(long, env = "ESK_INDEXER_GROUP", default_value = "esk-indexer")]
-    pub(crate) group_id: String,
+    pub group_id: String,
     /// Most events in one indexing transaction.
     #[arg(long, env = "ESK_INDEXER_MAX_BATCH", default_value_t = 5000)]
-    pub(crate) max_batch: usize,
+    pub max_batch: usize,
     /// Most bytes of records in one indexing transaction (events may be a MiB each).
     #[arg(long, env = "ESK_INDEXER_MAX_BATCH_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES * 2)]
-    pub(crate) max_batch_bytes: usize,
+    pub max_batch_bytes: usize,
     /// Most bytes the publisher reads and publishes per round, and keeps of what this process
     /// just committed.
     #[arg(long, env = "ESK_PUBLISH_BATCH_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES * 2)]
-    pub(crate) publish_batch_bytes: usize,
+    pub publish_batch_bytes: usize,
     /// How long a batch waits for more records once it has one (ms).
     #[arg(long, env = "ESK_INDEXER_LINGER_MS", default_value_t = 20)]
-    pub(crate) linger_ms: u64,
+    pub linger_ms: u64,
     /// Postgres connections.
     #[arg(long, env = "ESK_INDEXER_PG_CONNECTIONS", default_value_t = 6)]
-    pub(crate) pg_connections: u32,
+    pub pg_connections: u32,
     /// Most events the publisher reads and publishes per round.
     #[arg(long, env = "ESK_PUBLISH_BATCH", default_value_t = 5000)]
-    pub(crate) publish_batch: i64,
+    pub publish_batch: i64,
     /// How long the publisher waits after a partial round, to publish in larger batches (ms).
     #[arg(long, env = "ESK_PUBLISH_LINGER_MS", default_value_t = 50)]
-    pub(crate) publish_linger_ms: u64,
+    pub publish_linger_ms: u64,
     /// Run the publisher (one instance is elected among those that do).
     #[arg(long, env = "ESK_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) publish: bool,
+    pub publish: bool,
     /// How long ledger rows are kept for idempotent retries (seconds).
     #[arg(long, env = "ESK_IDEMPOTENCY_WINDOW_SECS", default_value_t = 7 * 24 * 3600)]
-    pub(crate) idempotency_window_secs: u64,
+    pub idempotency_window_secs: u64,
     /// Accepted appends not indexed after this long are counted as stuck (seconds).
     #[arg(long, env = "ESK_UNINDEXED_ALERT_SECS", default_value_t = 60)]
-    pub(crate) unindexed_alert_secs: u64,
+    pub unindexed_alert_secs: u64,
     /// How often ledger pruning and the unindexed-appends check run (seconds).
     #[arg(long, env = "ESK_LEDGER_MAINTENANCE_SECS", default_value_t = 15)]
-    pub(crate) ledger_maintenance_secs: u64,
+    pub ledger_maintenance_secs: u64,
     /// Apply schema migrations at start-up.
     #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) migrate: bool,
+    pub migrate: bool,
 }

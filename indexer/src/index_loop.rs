@@ -96,7 +96,7 @@ impl Indexer {
         indexed: Arc<Notify>,
         tail: Arc<CommittedTail>,
         progress: Arc<Progress>,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, rdkafka::error::KafkaError> {
         let mut client =
             esk_runtime::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id);
         client

@@ -12,78 +12,78 @@ use esk_runtime::http_server::ServerLimits;
     version,
     about = "Accept appends and decide them against Postgres"
 )]
-pub(crate) struct IngestConfig {
+pub struct IngestConfig {
     #[command(flatten)]
-    pub(crate) common: CommonConfig,
+    pub common: CommonConfig,
     #[command(flatten)]
-    pub(crate) limits: Limits,
+    pub limits: Limits,
     #[command(flatten)]
-    pub(crate) server: ServerLimits,
+    pub server: ServerLimits,
     /// HTTP listen address (API, /metrics, /health).
     #[arg(long, env = "ESK_INGEST_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-    pub(crate) http_addr: String,
+    pub http_addr: String,
     /// Batching workers, each with its own Postgres transaction in flight; streams are sharded
     /// across them so one stream's appends stay in arrival order.
     #[arg(long, env = "ESK_INGEST_WORKERS", default_value_t = 2)]
-    pub(crate) workers: usize,
+    pub workers: usize,
     /// Most appends in one ingest transaction.
     #[arg(long, env = "ESK_INGEST_MAX_BATCH", default_value_t = 400)]
-    pub(crate) max_batch: usize,
+    pub max_batch: usize,
     /// Appends queued per worker before HTTP answers 503 and the Kafka consumer pauses.
     #[arg(long, env = "ESK_INGEST_QUEUE", default_value_t = 2000)]
-    pub(crate) queue_capacity: usize,
+    pub queue_capacity: usize,
     /// Largest HTTP request body, in bytes.
     #[arg(long, env = "ESK_INGEST_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
-    pub(crate) max_body_bytes: usize,
+    pub max_body_bytes: usize,
     /// HTTP requests served at once; more are refused with 503 (bounds memory for bodies).
     #[arg(long, env = "ESK_INGEST_MAX_HTTP_CONCURRENCY", default_value_t = 1024)]
-    pub(crate) max_http_concurrency: usize,
+    pub max_http_concurrency: usize,
     /// Kafka append requests in flight (decided or waiting for a retry); the consumer pauses
     /// its partitions beyond this.
     #[arg(long, env = "ESK_INGEST_MAX_KAFKA_IN_FLIGHT", default_value_t = 4096)]
-    pub(crate) max_kafka_in_flight: usize,
+    pub max_kafka_in_flight: usize,
     /// Postgres connections in the pool appends use.
     #[arg(long, env = "ESK_INGEST_PG_CONNECTIONS", default_value_t = 8)]
-    pub(crate) pg_connections: u32,
+    pub pg_connections: u32,
     /// Postgres connections in the separate pool reads and `/wait` use, so reads can never
     /// starve appends of connections.
     #[arg(long, env = "ESK_INGEST_PG_READ_CONNECTIONS", default_value_t = 4)]
-    pub(crate) pg_read_connections: u32,
+    pub pg_read_connections: u32,
     /// A request body must arrive within this many milliseconds, else 408 and the connection
     /// is closed.
     #[arg(long, env = "ESK_INGEST_BODY_TIMEOUT_MS", default_value_t = 10_000)]
-    pub(crate) body_timeout_ms: u64,
+    pub body_timeout_ms: u64,
     /// A read page stops once its events reach this many bytes (its `next` continues); with
     /// events of up to a MiB, a count alone does not bound memory.
     #[arg(long, env = "ESK_INGEST_MAX_PAGE_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES)]
-    pub(crate) max_page_bytes: usize,
+    pub max_page_bytes: usize,
     /// Most bytes of append requests held at once (bodies being read, queued or being
     /// decided, over HTTP and Kafka together); beyond it HTTP answers 503 and the Kafka
     /// consumer waits.
     #[arg(long, env = "ESK_INGEST_MAX_IN_FLIGHT_BYTES", default_value_t = 256 * 1024 * 1024)]
-    pub(crate) max_in_flight_bytes: usize,
+    pub max_in_flight_bytes: usize,
     /// Most `/wait` requests waiting at once; more are answered 503 `too_many_waiters`.
     #[arg(long, env = "ESK_INGEST_MAX_WAITERS", default_value_t = 1000)]
-    pub(crate) max_waiters: usize,
+    pub max_waiters: usize,
     /// How long a statement may wait for a lock before the attempt is retried (ms).
     #[arg(long, env = "ESK_INGEST_LOCK_TIMEOUT_MS", default_value_t = 5000)]
-    pub(crate) lock_timeout_ms: u64,
+    pub lock_timeout_ms: u64,
     /// Kafka producer delivery timeout (ms). Postgres's idle-in-transaction timeout is set above
     /// it so a vanished ingest's transaction rolls back and its late records become phantoms.
     #[arg(long, env = "ESK_INGEST_DELIVERY_TIMEOUT_MS", default_value_t = 30000)]
-    pub(crate) delivery_timeout_ms: u64,
+    pub delivery_timeout_ms: u64,
     /// Retries of an attempt that failed transiently, before answering 503.
     #[arg(long, env = "ESK_INGEST_ATTEMPT_RETRIES", default_value_t = 3)]
-    pub(crate) attempt_retries: usize,
+    pub attempt_retries: usize,
     /// Consume append requests from the appends topic.
     #[arg(long, env = "ESK_INGEST_KAFKA_APPENDS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) kafka_appends: bool,
+    pub kafka_appends: bool,
     /// Consumer group for the appends topic.
     #[arg(long, env = "ESK_INGEST_GROUP", default_value = "esk-ingest")]
-    pub(crate) group_id: String,
+    pub group_id: String,
     /// Apply schema migrations at start-up.
     #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) migrate: bool,
+    pub migrate: bool,
 }
 
 impl IngestConfig {

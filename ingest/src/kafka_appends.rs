@@ -55,7 +55,7 @@ pub(crate) fn consumer_loop(
     producer: FutureProducer,
     metrics: Arc<IngestMetrics>,
     shutdown: CancellationToken,
-) -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+) -> Result<impl std::future::Future<Output = ()> + Send + 'static, rdkafka::error::KafkaError> {
     let consumer: StreamConsumer =
         esk_runtime::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id)
             .create()?;

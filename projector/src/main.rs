@@ -138,6 +138,7 @@ async fn serve(
     metrics: Arc<metrics::ProjectorMetrics>,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    esk_runtime::service::cancel_on_signal(shutdown.clone());
     let server = telemetry
         .serve(&config.tuning.http_addr, shutdown.clone())
         .await?;
@@ -176,7 +177,10 @@ async fn serve(
     );
     telemetry.health.set_ready(true);
     tracing::info!(addr = %config.tuning.http_addr, "projector running");
-    esk_runtime::supervisor::exit_if_failed(supervisor.run_until_stopped().await);
+    if let Err(error) = supervisor.run_until_stopped().await {
+        eprintln!("stopping: {error}");
+        std::process::exit(esk_runtime::supervisor::EXIT_TASK_ENDED);
+    }
     Ok(())
 }
 

@@ -8,5 +8,6 @@ pub mod http_server;
 pub mod kafka;
 pub mod records;
 pub mod retry;
+pub mod service;
 pub mod supervisor;
 pub mod telemetry;

@@ -24,15 +24,6 @@ use crate::telemetry::Health;
 /// `EX_SOFTWARE`): restart the process.
 pub const EXIT_TASK_ENDED: i32 = 70;
 
-/// Ends the process after [`Supervisor::run_until_stopped`]: nothing on a clean shutdown,
-/// [`EXIT_TASK_ENDED`] (after saying why on stderr) when a task ended early.
-pub fn exit_if_failed(result: Result<(), SupervisorError>) {
-    if let Err(error) = result {
-        eprintln!("stopping: {error}");
-        std::process::exit(EXIT_TASK_ENDED);
-    }
-}
-
 /// Fault injection for tests of the supervision itself: `ESK_FAILPOINT_PANIC=<task name>`
 /// makes that task panic two seconds after it starts. Never set it in production.
 pub const FAILPOINT_ENV: &str = "ESK_FAILPOINT_PANIC";
@@ -142,12 +133,12 @@ impl Supervisor {
         });
     }
 
-    /// Waits until a signal (SIGINT, SIGTERM) or `shutdown` asks to stop, or until a task
+    /// Waits until `shutdown` asks to stop (binaries cancel it on SIGINT and SIGTERM, see
+    /// [`crate::service::cancel_on_signal`]), or until a task
     /// ends first. Then cancels the rest and waits for them (at most a grace period). Returns
     /// the first unexpected end, if there was one.
     pub async fn run_until_stopped(mut self) -> Result<(), SupervisorError> {
         let failure = tokio::select! {
-            _ = crate::telemetry::wait_for_signal() => None,
             _ = self.shutdown.cancelled() => None,
             ended = self.tasks.join_next_with_id() => ended.map(|ended| self.failure(ended)),
         };

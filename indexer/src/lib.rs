@@ -1,0 +1,103 @@
+//! `indexer`: consumes `ingest-log` into the authoritative `events` table, exactly once, and
+//! publishes committed events to the canonical topic in global-position order. The `indexer`
+//! binary parses [`IndexerConfig`] and calls [`run`]; `esk indexer quarantine` calls
+//! [`request_quarantine`].
+
+mod classify;
+mod commit;
+mod committed_tail;
+mod config;
+mod copy_batch;
+mod index_loop;
+mod lag;
+mod ledger_maintenance;
+mod metrics;
+mod publisher;
+mod quarantine;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use esk_runtime::service::RunError;
+use esk_runtime::supervisor::{Supervisor, Watchdog};
+use esk_runtime::telemetry::Telemetry;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use config::IndexerConfig;
+pub use quarantine::{request_quarantine, QuarantineError, QuarantineRequest};
+
+/// Runs the indexer until `shutdown` is cancelled (then drains and returns `Ok`), or until one
+/// of its tasks ends early ([`RunError::Stopped`]). Errors before it is running are returned as
+/// they happen.
+pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let telemetry = Telemetry::new("indexer");
+    let metrics = Arc::new(metrics::IndexerMetrics::new(&telemetry.registry));
+    let pool = esk_runtime::db::connect(&config.common.database_url, config.pg_connections).await?;
+    if config.migrate {
+        esk_runtime::db::migrate(&pool).await?;
+    }
+    let indexed = Arc::new(Notify::new());
+    // A few publish rounds' worth: enough to publish from memory while the publisher keeps up.
+    let tail = Arc::new(committed_tail::CommittedTail::new(
+        usize::try_from(config.publish_batch.saturating_mul(4)).unwrap_or(20_000),
+        config.publish_batch_bytes.saturating_mul(2),
+    ));
+
+    let server = telemetry
+        .serve(&config.http_addr, shutdown.clone())
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.http_addr.clone(),
+            source,
+        })?;
+
+    let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
+    supervisor.watch("telemetry server", server);
+    let watchdog = Watchdog::new(config.common.stall_after(), telemetry.health.clone());
+    let indexer = index_loop::Indexer::new(
+        &config,
+        pool.clone(),
+        metrics.clone(),
+        telemetry.health.clone(),
+        indexed.clone(),
+        tail.clone(),
+        watchdog.register("index loop"),
+    )?;
+    supervisor.spawn("index loop", indexer.run(shutdown.clone()));
+    if config.publish {
+        let publisher = publisher::Publisher {
+            pool: pool.clone(),
+            producer: esk_runtime::kafka::producer_config(&config.common.kafka_brokers).create()?,
+            topic: config.common.topics.events.clone(),
+            batch: config.publish_batch,
+            batch_bytes: config.publish_batch_bytes.max(1),
+            metrics: metrics.clone(),
+            indexed,
+            linger: Duration::from_millis(config.publish_linger_ms),
+            tail,
+            progress: watchdog.register("publisher"),
+        };
+        supervisor.spawn("publisher", publisher.run(shutdown.clone()));
+    }
+    let maintenance = ledger_maintenance::LedgerMaintenance {
+        pool: pool.clone(),
+        window: Duration::from_secs(config.idempotency_window_secs),
+        alert_after: Duration::from_secs(config.unindexed_alert_secs),
+        every: Duration::from_secs(config.ledger_maintenance_secs),
+        metrics: metrics.clone(),
+    };
+    supervisor.spawn("ledger maintenance", maintenance.run(shutdown.clone()));
+    let lag = lag::LagMonitor {
+        pool: pool.clone(),
+        brokers: config.common.kafka_brokers.clone(),
+        topic: config.common.topics.ingest_log.clone(),
+        metrics: metrics.clone(),
+    };
+    supervisor.spawn("lag monitor", lag.run(shutdown.clone()));
+    supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
+    telemetry.health.set_ready(true);
+    tracing::info!(addr = %config.http_addr, "indexer running");
+    supervisor.run_until_stopped().await?;
+    Ok(())
+}

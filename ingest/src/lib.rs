@@ -1,0 +1,108 @@
+//! `ingest`: accepts appends over HTTP and Kafka, decides them against the Postgres stream index
+//! and produces the accepted events to `ingest-log`. The `ingest` binary parses
+//! [`IngestConfig`] and calls [`run`]; tests and tools can run it in-process the same way.
+
+mod api;
+mod attempt;
+mod config;
+mod event_claims;
+mod ingest_log;
+mod kafka_appends;
+mod ledger;
+mod metrics;
+mod offsets;
+mod openapi;
+mod outcome;
+mod pipeline;
+mod reads;
+mod stream_index;
+mod wait;
+
+use std::sync::Arc;
+
+use esk_runtime::service::RunError;
+use esk_runtime::supervisor::{Supervisor, Watchdog};
+use esk_runtime::telemetry::Telemetry;
+use tokio_util::sync::CancellationToken;
+
+pub use config::IngestConfig;
+
+/// Runs ingest until `shutdown` is cancelled (then drains and returns `Ok`), or until one of its
+/// tasks ends early ([`RunError::Stopped`]). Errors before it is serving are returned as they
+/// happen, with nothing left running.
+pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    let telemetry = Telemetry::new("ingest");
+    let metrics = Arc::new(metrics::IngestMetrics::new(&telemetry.registry));
+
+    let pool = esk_runtime::db::connect_with_settings(
+        &config.common.database_url,
+        config.pg_connections,
+        &config.session_settings(),
+    )
+    .await?;
+    if config.migrate {
+        esk_runtime::db::migrate(&pool).await?;
+    }
+    let ingest_log = ingest_log::IngestLog::new(&config)?;
+    let producer = ingest_log.producer().clone();
+    let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
+    let watchdog = Watchdog::new(config.common.stall_after(), telemetry.health.clone());
+    let (pipeline, workers) = pipeline::Pipeline::start(
+        &config,
+        pool.clone(),
+        ingest_log,
+        metrics.clone(),
+        &watchdog,
+    );
+    for (shard, worker) in workers.into_iter().enumerate() {
+        supervisor.spawn(format!("append worker {shard}"), worker);
+    }
+    supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
+    if config.kafka_appends {
+        let consumer = kafka_appends::consumer_loop(
+            &config,
+            pipeline.clone(),
+            producer,
+            metrics.clone(),
+            shutdown.clone(),
+        )?;
+        supervisor.spawn("kafka appends consumer", consumer);
+    }
+
+    let read_pool =
+        esk_runtime::db::connect(&config.common.database_url, config.pg_read_connections).await?;
+    let waits = wait::WaitHub::new(read_pool.clone(), config.max_waiters);
+    supervisor.spawn("wait poller", waits.clone().run(shutdown.clone()));
+    let app = api::router(api::AppState {
+        pipeline,
+        limits: config.limits.clone(),
+        metrics,
+        max_body_bytes: config.max_body_bytes,
+        max_concurrency: config.max_http_concurrency,
+        body_timeout: std::time::Duration::from_millis(config.body_timeout_ms.max(1)),
+    })
+    .merge(reads::router(reads::ReadState {
+        pool: read_pool,
+        waits,
+        max_page_bytes: config.max_page_bytes.max(1),
+    }))
+    .merge(telemetry.router());
+    let listener = tokio::net::TcpListener::bind(&config.http_addr)
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.http_addr.clone(),
+            source,
+        })?;
+    tracing::info!(addr = %config.http_addr, "ingest listening");
+    let stop = shutdown.clone();
+    let refused = telemetry.refused_connections.clone();
+    let limits = config.server.clone();
+    supervisor.spawn_fallible("http server", async move {
+        esk_runtime::http_server::serve(listener, app, &limits, refused, stop)
+            .await
+            .map_err(Into::into)
+    });
+    telemetry.health.set_ready(true);
+    supervisor.run_until_stopped().await?;
+    Ok(())
+}
