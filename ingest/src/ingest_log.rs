@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use esk_core::kafka::{send_all, OutgoingRecord};
-use esk_core::model::Append;
+use esk_core::model::{Append, Version};
 use esk_core::wire::{ingest_log_headers, IngestLogEventRef};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
@@ -28,9 +28,10 @@ impl std::fmt::Debug for IngestLog {
 }
 
 /// One accepted append and the version of its first event.
+#[derive(Debug)]
 pub(crate) struct Accepted<'a> {
     pub(crate) append: &'a Append,
-    pub(crate) first_version: i64,
+    pub(crate) first_version: Version,
 }
 
 impl IngestLog {
@@ -63,7 +64,7 @@ impl IngestLog {
         let mut records = Vec::new();
         for item in accepted {
             for (offset, event) in item.append.events.iter().enumerate() {
-                let version = item.first_version + offset as i64;
+                let version = item.first_version.get() + offset as i64;
                 let value = IngestLogEventRef {
                     event_id: event.id,
                     stream_id: &item.append.stream_id,
