@@ -4,12 +4,11 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Args;
-use esk_model::event::{derived_append_id, ExpectedVersion};
+use esk_model::event::{derived_append_id, ExpectedVersion, ParseExpectedVersionError};
 use esk_model::raw_json::{kind, Kind, Members};
 use owo_colors::Style;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::exit::{classify, Exit, Failure};
@@ -70,23 +69,23 @@ pub(crate) struct AppendArgs {
     append_id: Option<Uuid>,
 }
 
-fn parse_expected_version(raw: &str) -> Result<ExpectedVersion, String> {
-    match raw {
-        "any" => Ok(ExpectedVersion::Any),
-        "no_stream" | "no-stream" => Ok(ExpectedVersion::NoStream),
-        "stream_exists" | "stream-exists" => Ok(ExpectedVersion::StreamExists),
-        n => match n.parse::<i64>() {
-            Ok(v) if v >= 0 => Ok(ExpectedVersion::Exact(v)),
-            _ => Err("expected any, no_stream, stream_exists or a version >= 0".into()),
-        },
-    }
+/// `--expected-version`: the server's spellings ([`ExpectedVersion`]'s one codec), plus the
+/// hyphenated words command-line flags usually have. The body always carries the server's
+/// spelling, so the server never sees a hyphen.
+fn parse_expected_version(raw: &str) -> Result<ExpectedVersion, ParseExpectedVersionError> {
+    let server_spelling = match raw {
+        "no-stream" => "no_stream",
+        "stream-exists" => "stream_exists",
+        other => other,
+    };
+    server_spelling.parse()
 }
 
 /// The request body. Events stay the JSON text they were given as (serialized as is), so
 /// payloads reach the store exactly as typed: no float re-formatting, no key re-ordering.
 #[derive(Debug, Serialize)]
 struct AppendBody<'a> {
-    expected_version: Value,
+    expected_version: ExpectedVersion,
     append_id: Uuid,
     events: &'a [Box<RawValue>],
 }
@@ -112,7 +111,7 @@ pub(crate) async fn run(api: &Api, out: &Output, args: AppendArgs) -> anyhow::Re
         .append_id
         .unwrap_or_else(|| derived_append_id(&args.stream, ids.iter().copied()));
     let body = AppendBody {
-        expected_version: args.expected_version.to_json(),
+        expected_version: args.expected_version,
         append_id,
         events: &events,
     };
@@ -268,7 +267,10 @@ mod tests {
             parse_expected_version("stream-exists"),
             Ok(ExpectedVersion::StreamExists)
         );
-        assert_eq!(parse_expected_version("7"), Ok(ExpectedVersion::Exact(7)));
+        assert_eq!(
+            parse_expected_version("7"),
+            Ok(ExpectedVersion::Exact(7.into()))
+        );
         assert!(parse_expected_version("-1").is_err());
         assert!(parse_expected_version("later").is_err());
     }

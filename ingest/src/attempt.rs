@@ -5,11 +5,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::Utc;
-use esk_model::event::{advisory_key, Append, NO_STREAM};
+use esk_model::event::{advisory_key, Append};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::ingest_log::{Accepted, IngestLog, ProduceError};
+use crate::decide::{self, DecideError, Inputs};
+use crate::ingest_log::{IngestLog, ProduceError};
 use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, Rejection};
 use crate::{event_claims, ledger, stream_index};
@@ -27,9 +28,9 @@ pub(crate) enum AttemptError {
     /// COMMIT failed: the transaction may or may not have committed.
     #[error("commit outcome unknown: {0}")]
     CommitUnknown(#[source] sqlx::Error),
-    /// A ledger row that blocked our claim could not be read back.
-    #[error("ledger row for append {0} vanished during the attempt")]
-    LedgerRowMissing(Uuid),
+    /// What was loaded cannot be decided (a ledger row vanished); the transaction rolled back.
+    #[error(transparent)]
+    Decide(#[from] DecideError),
 }
 
 impl AttemptError {
@@ -64,7 +65,6 @@ pub(crate) async fn run(
 ) -> Result<Vec<AppendOutcome>, AttemptError> {
     let attempt_id = Uuid::new_v4();
     let started = Instant::now();
-    let mut outcomes: Vec<Option<AppendOutcome>> = vec![None; appends.len()];
 
     // Step 1: the attempt's advisory lock lets the indexer wait for this transaction's end. It
     // is taken by the BEGIN's own round trip (the key is an integer, formatted, never text).
@@ -76,154 +76,57 @@ pub(crate) async fn run(
         .await?;
 
     // Step 2: claim the append ids; those already decided are answered from the ledger.
-    let claimed: HashSet<Uuid> = ledger::claim(&mut tx, attempt_id, appends)
+    let claimed_appends: HashSet<Uuid> = ledger::claim(&mut tx, attempt_id, appends)
         .await?
         .into_iter()
         .collect();
-    let decided_earlier: Vec<Uuid> = appends
-        .iter()
-        .map(|a| a.append_id)
-        .filter(|id| !claimed.contains(id))
-        .collect();
-    if !decided_earlier.is_empty() {
-        let entries = ledger::load(&mut tx, &decided_earlier).await?;
-        for (slot, append) in outcomes.iter_mut().zip(appends) {
-            if claimed.contains(&append.append_id) {
-                continue;
-            }
-            let entry = entries
-                .get(&append.append_id)
-                .ok_or(AttemptError::LedgerRowMissing(append.append_id))?;
-            *slot = Some(
-                entry
-                    .outcome_for(append)
-                    .ok_or(AttemptError::LedgerRowMissing(append.append_id))?,
-            );
-        }
-    }
-    let new_appends: Vec<&Append> = appends
-        .iter()
-        .copied()
-        .filter(|a| claimed.contains(&a.append_id))
-        .collect();
+    let decided_earlier = decide::decided_earlier(appends, &claimed_appends);
+    let ledger_rows = if decided_earlier.is_empty() {
+        HashMap::new()
+    } else {
+        ledger::load(&mut tx, &decided_earlier).await?
+    };
 
-    // Step 3: claim the event ids; an id owned by another append rejects this one. Claims this
-    // attempt made for appends it then rejects are released again (by event id, so a claim that
-    // belonged to someone else before is never touched).
-    let mut release: Vec<Uuid> = Vec::new();
+    // Step 3: claim the event ids of the appends claimed now; the owners of the ids someone
+    // else holds tell a duplicate from an expired retry.
+    let new_appends = decide::claimed_now(appends, &claimed_appends);
+    let mut claimed_events = HashSet::new();
+    let mut event_owners = HashMap::new();
     if !new_appends.is_empty() {
-        let claimed_events = event_claims::claim(&mut tx, &new_appends).await?;
-        let conflicting: Vec<Uuid> = new_appends
-            .iter()
-            .flat_map(|a| a.events.iter().map(|e| e.id))
-            .filter(|id| !claimed_events.contains(id))
-            .collect();
-        let owners = if conflicting.is_empty() {
-            HashMap::new()
-        } else {
-            event_claims::owners(&mut tx, &conflicting).await?
-        };
-        for (slot, append) in outcomes.iter_mut().zip(appends) {
-            if slot.is_some() {
-                continue;
-            }
-            let mut taken = append
-                .events
-                .iter()
-                .filter(|e| !claimed_events.contains(&e.id))
-                .peekable();
-            if taken.peek().is_none() {
-                continue;
-            }
-            // Its own ids, claimed under its own append id, with no ledger row: the append was
-            // accepted and its ledger row pruned after the idempotency window.
-            let expired = taken.all(|e| owners.get(&e.id) == Some(&append.append_id));
-            let rejection = if expired {
-                Rejection::AppendExpired
-            } else {
-                Rejection::DuplicateEventId
-            };
-            *slot = Some(AppendOutcome::Rejected(rejection));
-            release.extend(
-                append
-                    .events
-                    .iter()
-                    .map(|e| e.id)
-                    .filter(|id| claimed_events.contains(id)),
-            );
+        claimed_events = event_claims::claim(&mut tx, &new_appends).await?;
+        let unclaimed = decide::unclaimed_events(&new_appends, &claimed_events);
+        if !unclaimed.is_empty() {
+            event_owners = event_claims::owners(&mut tx, &unclaimed).await?;
         }
     }
 
-    // Step 4: compare-and-set the stream index, streams in sorted order, appends to one stream
-    // chained in arrival order.
-    let mut streams: Vec<&str> = appends
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, o)| o.is_none())
-        .map(|(a, _)| a.stream_id.as_str())
-        .collect();
-    streams.sort_unstable();
-    streams.dedup();
-    let mut accepted: Vec<Accepted<'_>> = Vec::new();
-    let mut stream_versions: Vec<(&str, i64)> = Vec::new();
-    if !streams.is_empty() {
-        let before = stream_index::lock(&mut tx, &streams).await?;
-        let mut current: HashMap<&str, i64> = streams
-            .iter()
-            .map(|s| (*s, before.get(*s).copied().unwrap_or(NO_STREAM)))
-            .collect();
-        for (slot, append) in outcomes.iter_mut().zip(appends) {
-            if slot.is_some() {
-                continue;
-            }
-            let version = current
-                .entry(append.stream_id.as_str())
-                .or_insert(NO_STREAM);
-            if append.expected_version.admits(*version) {
-                let first_version = *version + 1;
-                let last_version = *version + append.events.len() as i64;
-                *version = last_version;
-                accepted.push(Accepted {
-                    append,
-                    first_version,
-                });
-                *slot = Some(AppendOutcome::Accepted {
-                    first_version,
-                    last_version,
-                });
-            } else {
-                let actual = (*version != NO_STREAM).then_some(*version);
-                *slot = Some(AppendOutcome::Rejected(Rejection::WrongExpectedVersion {
-                    actual,
-                }));
-                release.extend(append.events.iter().map(|e| e.id));
-            }
-        }
-        let mut unfilled: Vec<&str> = Vec::new();
-        for stream in &streams {
-            let old = before.get(*stream).copied().unwrap_or(NO_STREAM);
-            let new = current.get(stream).copied().unwrap_or(NO_STREAM);
-            if new != old {
-                stream_versions.push((stream, new));
-            } else if new == NO_STREAM {
-                unfilled.push(stream);
-            }
-        }
-        stream_index::remove_placeholders(&mut tx, &unfilled).await?;
-    }
+    // Step 4: lock the stream index rows of the appends still undecided, in sorted order.
+    let streams = decide::streams_to_lock(appends, &claimed_appends, &claimed_events);
+    let stream_versions = if streams.is_empty() {
+        HashMap::new()
+    } else {
+        stream_index::lock(&mut tx, &streams).await?
+    };
 
-    // Record every outcome of an append claimed by this attempt, rejections included (a
-    // redelivered rejected request must not be accepted later), with the new stream versions.
-    let recorded: Vec<(Uuid, &AppendOutcome)> = appends
-        .iter()
-        .zip(&outcomes)
-        .filter(|(a, _)| claimed.contains(&a.append_id))
-        .filter_map(|(a, o)| o.as_ref().map(|o| (a.append_id, o)))
-        .collect();
-    if !recorded.is_empty() || !stream_versions.is_empty() {
-        ledger::record_outcomes_and_versions(&mut tx, &recorded, &stream_versions).await?;
+    let decision = decide::decide(Inputs {
+        appends,
+        claimed_appends: &claimed_appends,
+        ledger: &ledger_rows,
+        claimed_events: &claimed_events,
+        event_owners: &event_owners,
+        streams: &stream_versions,
+    })?;
+
+    // The end of step 4: drop the placeholders no append filled, record every outcome of an
+    // append claimed by this attempt (rejections included: a redelivered rejected request must
+    // not be accepted later) with the new stream versions, and release the event ids of the
+    // appends it rejected.
+    stream_index::remove_placeholders(&mut tx, &decision.unfilled_placeholders).await?;
+    if !decision.recorded.is_empty() || !decision.new_versions.is_empty() {
+        ledger::record_outcomes_and_versions(&mut tx, &decision.recorded, &decision.new_versions)
+            .await?;
     }
-    event_claims::release(&mut tx, &release).await?;
+    event_claims::release(&mut tx, &decision.released_events).await?;
 
     let stage = |name: &str, since: Instant| {
         metrics
@@ -234,10 +137,10 @@ pub(crate) async fn run(
     stage("decide", started);
 
     // Step 5: every accepted event must be acknowledged by the broker before the commit.
-    if !accepted.is_empty() {
+    if !decision.accepted.is_empty() {
         let producing = Instant::now();
         ingest_log
-            .produce(&accepted, attempt_id, Utc::now())
+            .produce(&decision.accepted, attempt_id, Utc::now())
             .await?;
         stage("produce", producing);
     }
@@ -247,9 +150,5 @@ pub(crate) async fn run(
     tx.commit().await.map_err(AttemptError::CommitUnknown)?;
     stage("commit", committing);
 
-    outcomes
-        .into_iter()
-        .zip(appends)
-        .map(|(o, a)| o.ok_or(AttemptError::LedgerRowMissing(a.append_id)))
-        .collect()
+    Ok(decision.outcomes)
 }

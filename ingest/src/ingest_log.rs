@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use esk_model::event::Append;
+use esk_model::event::{Append, Version};
 use esk_model::wire::IngestLogEventRef;
 use esk_runtime::kafka::{send_all, OutgoingRecord};
 use esk_runtime::records::ingest_log_headers;
@@ -29,9 +29,10 @@ impl std::fmt::Debug for IngestLog {
 }
 
 /// One accepted append and the version of its first event.
+#[derive(Debug)]
 pub(crate) struct Accepted<'a> {
     pub(crate) append: &'a Append,
-    pub(crate) first_version: i64,
+    pub(crate) first_version: Version,
 }
 
 impl IngestLog {
@@ -64,7 +65,7 @@ impl IngestLog {
         let mut records = Vec::new();
         for item in accepted {
             for (offset, event) in item.append.events.iter().enumerate() {
-                let version = item.first_version + offset as i64;
+                let version = item.first_version.get() + offset as i64;
                 let value = IngestLogEventRef {
                     event_id: event.id,
                     stream_id: &item.append.stream_id,

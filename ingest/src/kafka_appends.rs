@@ -263,8 +263,8 @@ async fn await_and_respond(
             first_version,
             last_version,
         } => {
-            result.first_version = Some(first_version);
-            result.last_version = Some(last_version);
+            result.first_version = Some(first_version.get());
+            result.last_version = Some(last_version.get());
         }
         AppendOutcome::Rejected(rejection) => {
             result.outcome = Outcome::Rejected;

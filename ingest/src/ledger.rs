@@ -2,10 +2,12 @@
 
 use std::collections::HashMap;
 
-use esk_model::event::Append;
+use esk_model::event::{Append, StreamVersion, Version};
+use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use crate::decide::LedgerEntry;
 use crate::outcome::{AppendOutcome, Rejection};
 
 /// Inserts a pending row per append, in append-id order (so concurrent attempts cannot
@@ -39,24 +41,6 @@ pub(crate) async fn claim(
     .await
 }
 
-/// A committed ledger row, as a retry sees it.
-#[derive(Debug)]
-pub(crate) struct LedgerEntry {
-    fingerprint: Uuid,
-    outcome: Option<AppendOutcome>,
-}
-
-impl LedgerEntry {
-    /// The outcome a retry of `append` gets: the original one, or `append_id_reused` when the
-    /// id was used for different events.
-    pub(crate) fn outcome_for(&self, append: &Append) -> Option<AppendOutcome> {
-        if self.fingerprint != append.fingerprint() {
-            return Some(AppendOutcome::Rejected(Rejection::AppendIdReused));
-        }
-        self.outcome.clone()
-    }
-}
-
 /// Reads the rows of appends decided earlier.
 pub(crate) async fn load(
     conn: &mut PgConnection,
@@ -74,12 +58,16 @@ pub(crate) async fn load(
         let status: String = row.try_get("status")?;
         let outcome = match status.as_str() {
             "accepted" => Some(AppendOutcome::Accepted {
-                first_version: row.try_get("first_version")?,
-                last_version: row.try_get("last_version")?,
+                first_version: version_column(&row, "first_version")?,
+                last_version: version_column(&row, "last_version")?,
             }),
             "rejected" => {
                 let code: Option<String> = row.try_get("reject_code")?;
-                let actual: Option<i64> = row.try_get("actual_version")?;
+                // NULL: the stream did not exist (or the rejection has no version).
+                let actual = match row.try_get::<Option<i64>, _>("actual_version")? {
+                    None => StreamVersion::NoStream,
+                    Some(_) => StreamVersion::At(version_column(&row, "actual_version")?),
+                };
                 code.and_then(|c| Rejection::from_ledger(&c, actual))
                     .map(AppendOutcome::Rejected)
             }
@@ -96,14 +84,23 @@ pub(crate) async fn load(
     Ok(entries)
 }
 
+/// A version column of a ledger row, refused as undecodable when negative.
+fn version_column(row: &PgRow, column: &str) -> Result<Version, sqlx::Error> {
+    let value: i64 = row.try_get(column)?;
+    Version::try_from(value).map_err(|e| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: Box::new(e),
+    })
+}
+
 /// Writes the end of step 4 in one statement: the new version of every stream this attempt
 /// moved (rows it holds locked) and the final outcome of every append it claimed (rows it
 /// inserted). Both sets of rows are this transaction's own, so nothing is waited for and the
 /// two updates cannot interleave with anyone else's.
 pub(crate) async fn record_outcomes_and_versions(
     conn: &mut PgConnection,
-    outcomes: &[(Uuid, &AppendOutcome)],
-    stream_versions: &[(&str, i64)],
+    outcomes: &[(Uuid, AppendOutcome)],
+    stream_versions: &[(&str, Version)],
 ) -> Result<(), sqlx::Error> {
     let mut ids = Vec::with_capacity(outcomes.len());
     let mut statuses = Vec::with_capacity(outcomes.len());
@@ -119,8 +116,8 @@ pub(crate) async fn record_outcomes_and_versions(
                 last_version,
             } => {
                 statuses.push("accepted");
-                firsts.push(Some(*first_version));
-                lasts.push(Some(*last_version));
+                firsts.push(Some(first_version.get()));
+                lasts.push(Some(last_version.get()));
                 codes.push(None);
                 actuals.push(None);
             }
@@ -130,13 +127,18 @@ pub(crate) async fn record_outcomes_and_versions(
                 lasts.push(None);
                 codes.push(Some(rejection.code()));
                 actuals.push(match rejection {
-                    Rejection::WrongExpectedVersion { actual } => *actual,
+                    Rejection::WrongExpectedVersion {
+                        actual: StreamVersion::At(version),
+                    } => Some(version.get()),
                     _ => None,
                 });
             }
         }
     }
-    let (streams, versions): (Vec<&str>, Vec<i64>) = stream_versions.iter().copied().unzip();
+    let (streams, versions): (Vec<&str>, Vec<i64>) = stream_versions
+        .iter()
+        .map(|(stream, version)| (*stream, version.get()))
+        .unzip();
     sqlx::query(
         "WITH stream_versions AS (
              UPDATE streams AS s SET version = v.version

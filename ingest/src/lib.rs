@@ -5,6 +5,7 @@
 mod api;
 mod attempt;
 mod config;
+mod decide;
 mod event_claims;
 mod ingest_log;
 mod kafka_appends;

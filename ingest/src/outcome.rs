@@ -1,6 +1,7 @@
 //! What an append gets back: accepted with versions, rejected with a reason, or "unavailable,
 //! retry with the same append id".
 
+use esk_model::event::{StreamVersion, Version};
 use esk_model::wire::ErrorBody;
 
 /// The final outcome of an append (also what the ledger records).
@@ -8,8 +9,8 @@ use esk_model::wire::ErrorBody;
 pub(crate) enum AppendOutcome {
     /// Written with these versions.
     Accepted {
-        first_version: i64,
-        last_version: i64,
+        first_version: Version,
+        last_version: Version,
     },
     /// Not written.
     Rejected(Rejection),
@@ -18,8 +19,8 @@ pub(crate) enum AppendOutcome {
 /// Why an append was not written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rejection {
-    /// The stream was not at the expected version; `None`: no stream.
-    WrongExpectedVersion { actual: Option<i64> },
+    /// The stream was not at the expected version.
+    WrongExpectedVersion { actual: StreamVersion },
     /// An event id already belongs to another append.
     DuplicateEventId,
     /// The append id was used before for different events.
@@ -47,7 +48,7 @@ impl Rejection {
     }
 
     /// Rebuilds a rejection from its ledger columns.
-    pub(crate) fn from_ledger(code: &str, actual_version: Option<i64>) -> Option<Self> {
+    pub(crate) fn from_ledger(code: &str, actual_version: StreamVersion) -> Option<Self> {
         match code {
             "wrong_expected_version" => Some(Rejection::WrongExpectedVersion {
                 actual: actual_version,
@@ -64,8 +65,8 @@ impl Rejection {
             Rejection::WrongExpectedVersion { actual } => ErrorBody {
                 code: self.code().into(),
                 message: match actual {
-                    Some(v) => format!("the stream is at version {v}"),
-                    None => "the stream does not exist".into(),
+                    StreamVersion::At(v) => format!("the stream is at version {v}"),
+                    StreamVersion::NoStream => "the stream does not exist".into(),
                 },
                 actual_version: Some(*actual),
             },

@@ -301,7 +301,9 @@ fn log_outcome(append: &Append, outcome: &AppendOutcome) {
             append_id = %append.append_id,
             event_id = %append.events.first().map(|e| e.id).unwrap_or_default(),
             correlation_id = correlation_id.unwrap_or(""),
-            first_version, last_version, "append accepted"
+            first_version = first_version.get(),
+            last_version = last_version.get(),
+            "append accepted"
         ),
         AppendOutcome::Rejected(rejection) => tracing::info!(
             stream_id = %append.stream_id,

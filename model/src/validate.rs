@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use uuid::Uuid;
@@ -312,21 +313,10 @@ fn parse_expected_version_raw(raw: &RawValue) -> Result<ExpectedVersion, Invalid
     parse_expected_version(&value)
 }
 
-/// Parses `"any" | "no_stream" | "stream_exists" | N`.
+/// Parses `"any" | "no_stream" | "stream_exists" | N` (the codec of [`ExpectedVersion`]).
 pub fn parse_expected_version(value: &Value) -> Result<ExpectedVersion, InvalidAppend> {
-    match value {
-        Value::String(word) => match word.as_str() {
-            "any" => Ok(ExpectedVersion::Any),
-            "no_stream" => Ok(ExpectedVersion::NoStream),
-            "stream_exists" => Ok(ExpectedVersion::StreamExists),
-            _ => Err(InvalidAppend::InvalidExpectedVersion(value.to_string())),
-        },
-        Value::Number(n) => match n.as_i64() {
-            Some(v) if v >= 0 => Ok(ExpectedVersion::Exact(v)),
-            _ => Err(InvalidAppend::InvalidExpectedVersion(n.to_string())),
-        },
-        other => Err(InvalidAppend::InvalidExpectedVersion(other.to_string())),
-    }
+    ExpectedVersion::deserialize(value)
+        .map_err(|_| InvalidAppend::InvalidExpectedVersion(value.to_string()))
 }
 
 fn parse_events(
@@ -558,7 +548,7 @@ mod tests {
     fn accepts_a_valid_append_and_derives_its_id() {
         let append = parse(json!({"expected_version": 3, "events": [event()]}));
         let append = append.expect("valid");
-        assert_eq!(append.expected_version, ExpectedVersion::Exact(3));
+        assert_eq!(append.expected_version, ExpectedVersion::Exact(3.into()));
         assert_eq!(
             append.append_id,
             derived_append_id("Order-1", [append.events[0].id])

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::event::StreamVersion;
+
 /// Header names shared by `ingest-log` and `events` records.
 pub mod header {
     /// Event id (UUID text).
@@ -126,7 +128,7 @@ pub struct ErrorBody {
     pub message: String,
     /// The stream's version, for `wrong_expected_version` (null: no stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub actual_version: Option<Option<i64>>,
+    pub actual_version: Option<StreamVersion>,
 }
 
 /// The envelope every HTTP error body has: `{"error": {...}}`.
