@@ -11,8 +11,8 @@ const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b1f_4a3e_9c2d_4e8f_a1b2_c3
 
 /// The version of an event in its stream (the first event is 0): never negative, and within the
 /// store's `BIGINT`, so it converts to `i64` without loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "i64", into = "i64")]
 pub struct Version(i64);
 
 impl Version {

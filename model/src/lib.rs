@@ -2,7 +2,10 @@
 //! untrusted JSON into an append, exact-text JSON handling and the record formats on the wire.
 //! Clients and tools that only need the contract depend on this crate alone.
 
+pub mod api;
 pub mod event;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod raw_json;
 pub mod validate;
 pub mod wire;

@@ -58,6 +58,7 @@ pub struct IngestLogEvent {
 
 /// An event on the canonical `events` topic (committed, with its global position).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CanonicalEvent {
     /// Event id.
     pub event_id: Uuid,
@@ -71,8 +72,10 @@ pub struct CanonicalEvent {
     #[serde(rename = "type")]
     pub event_type: String,
     /// Payload.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub data: Box<RawValue>,
     /// Metadata object, or null.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<Box<RawValue>>,
     /// When ingest accepted it.
     pub created_at: DateTime<Utc>,
@@ -121,6 +124,7 @@ pub enum Outcome {
 
 /// The error object of HTTP bodies and append results.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Stable snake_case code.
     pub code: String,
@@ -133,6 +137,7 @@ pub struct ErrorBody {
 
 /// The envelope every HTTP error body has: `{"error": {...}}`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorEnvelope {
     /// The error.
     pub error: ErrorBody,

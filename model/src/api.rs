@@ -1,0 +1,151 @@
+//! The HTTP API's request and response bodies: one set of types for the server (`ingest`), the
+//! Rust client (`esk-client`), the CLI and the OpenAPI document (derived from these types with
+//! the `openapi` feature).
+//!
+//! Payloads are carried as the text that was sent ([`RawValue`]), never through
+//! `serde_json::Value`, which would alter number digits, key order and duplicate keys.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::event::{ExpectedVersion, Version};
+use crate::wire::CanonicalEvent;
+
+/// The body of `POST /streams/{stream_id}/events`. The server validates the body as text
+/// (`crate::validate`), refusing what this type cannot express (unknown or duplicate fields);
+/// a request serialized from this type always passes that parsing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppendRequest {
+    /// The optimistic-concurrency condition.
+    pub expected_version: ExpectedVersion,
+    /// Idempotency key; derived from the stream and event ids when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_id: Option<Uuid>,
+    /// The events, in order; at least one.
+    pub events: Vec<EventData>,
+}
+
+/// One event of an [`AppendRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EventData {
+    /// Globally unique event id.
+    pub id: Uuid,
+    /// Event type, non-empty.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The payload: any JSON, stored exactly as sent (less whitespace between tokens).
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
+    pub data: Box<RawValue>,
+    /// A JSON object of metadata (`correlation_id` and `causation_id` live here), or absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub metadata: Option<Box<RawValue>>,
+}
+
+/// The answer to an accepted append (201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AppendResponse {
+    /// The stream appended to.
+    pub stream_id: String,
+    /// The version of the append's first event.
+    pub first_version: Version,
+    /// The version of its last event (the stream's version now).
+    pub last_version: Version,
+    /// The append's idempotency key (given or derived).
+    pub append_id: Uuid,
+}
+
+/// Which way a stream page reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Direction {
+    /// From old to new versions.
+    #[default]
+    Forward,
+    /// From new to old versions.
+    Backward,
+}
+
+impl Direction {
+    /// The query-parameter spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Backward => "backward",
+        }
+    }
+}
+
+/// A page of one stream (`GET /streams/{stream_id}/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamPage {
+    /// The stream read.
+    pub stream_id: String,
+    /// Which way it was read.
+    pub direction: Direction,
+    /// The events, in the page's order.
+    pub events: Vec<CanonicalEvent>,
+    /// The `from` of the next page; null at the end.
+    pub next: Option<i64>,
+}
+
+/// A page of `$all` or of a category, in global-position order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PositionedPage {
+    /// `$all` or the category read.
+    pub source: String,
+    /// The events, by global position.
+    pub events: Vec<CanonicalEvent>,
+    /// The `from` (a global position) of the next page; null at the end.
+    pub next: Option<i64>,
+}
+
+/// The answer of `GET /wait`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WaitResponse {
+    /// True once the version or position is indexed; false when the timeout passed first.
+    pub reached: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::{parse_append_body, Limits, TraceDefaults};
+
+    #[test]
+    fn a_request_built_from_the_type_passes_the_servers_parsing() {
+        let request = AppendRequest {
+            expected_version: ExpectedVersion::NoStream,
+            append_id: None,
+            events: vec![EventData {
+                id: Uuid::new_v4(),
+                event_type: "Opened".into(),
+                data: RawValue::from_string(r#"{"n":1.50,"n":2}"#.into()).expect("raw json"),
+                metadata: Some(
+                    RawValue::from_string(r#"{"correlation_id":"c-1"}"#.into()).expect("raw json"),
+                ),
+            }],
+        };
+        let body = serde_json::to_vec(&request).expect("serializes");
+        let append = parse_append_body(
+            "Order-1",
+            &body,
+            &Limits::default(),
+            TraceDefaults::default(),
+        )
+        .expect("valid");
+        assert_eq!(append.expected_version, ExpectedVersion::NoStream);
+        assert_eq!(append.events[0].data.get(), r#"{"n":1.50,"n":2}"#);
+        assert_eq!(append.events[0].correlation_id.as_deref(), Some("c-1"));
+    }
+}
