@@ -9,13 +9,15 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use esk_model::api::{AppendRequest, AppendResponse};
 use esk_model::validate::{
     parse_append_body, validate_trace_id, InvalidAppend, Limits, TraceDefaults,
 };
 use esk_model::wire::{ErrorBody, ErrorEnvelope};
-use serde_json::json;
+use utoipa::openapi::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, Rejection};
@@ -28,24 +30,28 @@ pub(crate) struct AppState {
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<IngestMetrics>,
     pub(crate) max_body_bytes: usize,
-    pub(crate) max_concurrency: usize,
     pub(crate) body_timeout: std::time::Duration,
 }
 
-/// The API routes (telemetry routes are merged by the caller).
-pub(crate) fn router(state: AppState) -> Router {
+/// The append route and the OpenAPI document's route, documented, behind load shedding (the
+/// caller adds the state, the read and telemetry routes, and the JSON fallbacks).
+pub(crate) fn routes(max_concurrency: usize) -> OpenApiRouter<AppState> {
     // Shed load beyond the concurrency limit instead of queueing bodies in memory (I6).
     let shed = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
-        .concurrency_limit(state.max_concurrency.max(1));
-    Router::new()
-        .route("/streams/{stream_id}/events", post(append))
-        .route("/openapi.json", get(openapi))
+        .concurrency_limit(max_concurrency.max(1));
+    OpenApiRouter::new()
+        .routes(routes!(append))
+        .routes(routes!(openapi_document))
+        .layer(shed)
+}
+
+/// JSON bodies for unknown routes and methods (axum's own are plain text).
+pub(crate) fn with_json_fallbacks(router: Router) -> Router {
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(shed)
-        .with_state(state)
 }
 
 /// An HTTP error with a JSON body.
@@ -111,6 +117,29 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Appends events to a stream with optimistic concurrency. All or nothing is written; a retry
+/// with the same append id gets the first answer.
+#[utoipa::path(
+    post,
+    path = "/streams/{stream_id}/events",
+    tag = "streams",
+    params(
+        ("stream_id" = String, Path, description = "The stream; its category is the part before the first `-`"),
+        ("x-correlation-id" = Option<String>, Header, description = "Correlation id for events whose metadata has none (printable ASCII, at most 256 bytes)"),
+        ("x-causation-id" = Option<String>, Header, description = "Causation id for events whose metadata has none"),
+    ),
+    request_body(content = AppendRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Accepted", body = AppendResponse),
+        (status = 400, description = "Malformed JSON, path or header", body = ErrorEnvelope),
+        (status = 408, description = "The body did not arrive in time; nothing was written", body = ErrorEnvelope),
+        (status = 409, description = "wrong_expected_version (with actual_version), append_id_reused, append_expired or duplicate_event_id", body = ErrorEnvelope),
+        (status = 413, description = "An event or the body is too large", body = ErrorEnvelope),
+        (status = 415, description = "The body is not application/json", body = ErrorEnvelope),
+        (status = 422, description = "The body is JSON but invalid, or the broker refused the events", body = ErrorEnvelope),
+        (status = 503, description = "Overloaded or outcome unknown: all or nothing was written; retry with the same append id", body = ErrorEnvelope),
+    )
+)]
 async fn append(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -200,12 +229,12 @@ async fn append(
             last_version,
         }) => Ok((
             StatusCode::CREATED,
-            Json(json!({
-                "stream_id": stream_id,
-                "first_version": first_version,
-                "last_version": last_version,
-                "append_id": append_id,
-            })),
+            Json(AppendResponse {
+                stream_id,
+                first_version,
+                last_version,
+                append_id,
+            }),
         )
             .into_response()),
         Ok(AppendOutcome::Rejected(rejection)) => Err(ApiError {
@@ -295,8 +324,15 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(buffer)
 }
 
-async fn openapi() -> Response {
-    Json(crate::openapi::document()).into_response()
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 description of this API", content_type = "application/json"))
+)]
+async fn openapi_document(Extension(document): Extension<Arc<OpenApi>>) -> Response {
+    Json(document.as_ref()).into_response()
 }
 
 async fn overloaded(_: tower::BoxError) -> ApiError {

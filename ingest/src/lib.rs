@@ -74,20 +74,22 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
         esk_runtime::db::connect(&config.common.database_url, config.pg_read_connections).await?;
     let waits = wait::WaitHub::new(read_pool.clone(), config.max_waiters);
     supervisor.spawn("wait poller", waits.clone().run(shutdown.clone()));
-    let app = api::router(api::AppState {
-        pipeline,
-        limits: config.limits.clone(),
-        metrics,
-        max_body_bytes: config.max_body_bytes,
-        max_concurrency: config.max_http_concurrency,
-        body_timeout: std::time::Duration::from_millis(config.body_timeout_ms.max(1)),
-    })
-    .merge(reads::router(reads::ReadState {
-        pool: read_pool,
-        waits,
-        max_page_bytes: config.max_page_bytes.max(1),
-    }))
-    .merge(telemetry.router());
+    let app = openapi::app(
+        api::AppState {
+            pipeline,
+            limits: config.limits.clone(),
+            metrics,
+            max_body_bytes: config.max_body_bytes,
+            body_timeout: std::time::Duration::from_millis(config.body_timeout_ms.max(1)),
+        },
+        reads::ReadState {
+            pool: read_pool,
+            waits,
+            max_page_bytes: config.max_page_bytes.max(1),
+        },
+        config.max_http_concurrency,
+        &telemetry,
+    );
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
         .map_err(|source| RunError::Listen {

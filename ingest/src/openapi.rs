@@ -1,64 +1,151 @@
-//! The OpenAPI 3.1 description of the HTTP API, served at `/openapi.json`.
+//! The OpenAPI 3.1 description of ingest's HTTP API, served at `/openapi.json`. It is derived
+//! from the handlers' `#[utoipa::path]` attributes and the `esk_model::api` types: every route
+//! is registered through utoipa-axum's `routes!`, which does not compile without that
+//! attribute, so a route cannot be served undocumented (the tests below hold the rest).
 
-use serde_json::{json, Value};
+use std::sync::Arc;
 
-/// The document.
-pub(crate) fn document() -> Value {
-    let error = json!({"$ref": "#/components/schemas/Error"});
-    let error_response = |description: &str| json!({"description": description, "content": {"application/json": {"schema": error}}});
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "esk ingest", "version": env!("CARGO_PKG_VERSION")},
-        "paths": {
-            "/streams/{stream_id}/events": {
-                "post": {
-                    "summary": "Append events to a stream with optimistic concurrency",
-                    "parameters": [{"name": "stream_id", "in": "path", "required": true, "schema": {"type": "string"}}],
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AppendRequest"}}}},
-                    "responses": {
-                        "201": {"description": "Accepted", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AppendResult"}}}},
-                        "400": error_response("Malformed JSON or path"),
-                        "409": error_response("wrong_expected_version (with actual_version), append_id_reused or duplicate_event_id"),
-                        "413": error_response("An event or the body is too large"),
-                        "415": error_response("The body is not application/json"),
-                        "422": error_response("The body is JSON but invalid"),
-                        "503": error_response("Overloaded or outcome unknown: all or nothing was written; retry with the same append id")
-                    }
+use axum::{Extension, Router};
+use esk_runtime::telemetry::Telemetry;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::api::{self, AppState};
+use crate::reads::{self, ReadState};
+
+/// What the document says besides its paths.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "esk ingest",
+        description = "Appends with optimistic concurrency, and reads from the authoritative store."
+    ),
+    tags(
+        (name = "streams", description = "Appends, reads and waits"),
+        (name = "telemetry", description = "Metrics, health and readiness"),
+        (name = "meta", description = "This document"),
+    )
+)]
+struct ApiDoc;
+
+/// The whole HTTP app: appends, reads, telemetry and `/openapi.json`, with JSON fallbacks.
+pub(crate) fn app(
+    app_state: AppState,
+    read_state: ReadState,
+    max_concurrency: usize,
+    telemetry: &Telemetry,
+) -> Router {
+    let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(api::routes(max_concurrency).with_state(app_state))
+        .merge(reads::routes().with_state(read_state))
+        .merge(telemetry.routes())
+        .split_for_parts();
+    api::with_json_fallbacks(router).layer(Extension(Arc::new(document)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The document as [`app`] builds it, without the states (which need Postgres and Kafka).
+    fn document() -> utoipa::openapi::OpenApi {
+        let mut document = ApiDoc::openapi();
+        document.merge(api::routes(1).into_openapi());
+        document.merge(reads::routes().into_openapi());
+        document.merge(Telemetry::new("test").routes().into_openapi());
+        document
+    }
+
+    #[test]
+    fn routes_are_only_registered_through_the_documenting_router() {
+        // A plain axum route would serve a path the document does not describe.
+        let sources = [
+            ("api.rs", include_str!("api.rs")),
+            ("reads.rs", include_str!("reads.rs")),
+            ("lib.rs", include_str!("lib.rs")),
+            ("openapi.rs", include_str!("openapi.rs")),
+            (
+                "runtime telemetry.rs",
+                include_str!("../../runtime/src/telemetry.rs"),
+            ),
+        ];
+        let needle = [".", "route("].concat();
+        for (name, text) in sources {
+            assert!(
+                !text.contains(&needle),
+                "{name} registers a route outside routes!"
+            );
+        }
+    }
+
+    #[test]
+    fn the_document_describes_every_route_ingest_serves() {
+        let document = document();
+        let mut operations = BTreeSet::new();
+        for (path, item) in &document.paths.paths {
+            for (method, operation) in [
+                ("get", &item.get),
+                ("post", &item.post),
+                ("put", &item.put),
+                ("delete", &item.delete),
+            ] {
+                if let Some(operation) = operation {
+                    assert!(
+                        !operation.responses.responses.is_empty(),
+                        "{method} {path} documents no response"
+                    );
+                    operations.insert(format!("{method} {path}"));
                 }
-            },
-            "/health": {"get": {"summary": "Liveness", "responses": {"200": {"description": "Healthy"}, "503": {"description": "Unhealthy"}}}},
-            "/ready": {"get": {"summary": "Readiness", "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "Text exposition format"}}}}
-        },
-        "components": {"schemas": {
-            "ExpectedVersion": {"oneOf": [
-                {"type": "string", "enum": ["any", "no_stream", "stream_exists"]},
-                {"type": "integer", "minimum": 0}
-            ]},
-            "Event": {"type": "object", "required": ["id", "type", "data"], "additionalProperties": false, "properties": {
-                "id": {"type": "string", "format": "uuid"},
-                "type": {"type": "string", "minLength": 1},
-                "data": {},
-                "metadata": {"type": ["object", "null"]}
-            }},
-            "AppendRequest": {"type": "object", "required": ["expected_version", "events"], "additionalProperties": false, "properties": {
-                "expected_version": {"$ref": "#/components/schemas/ExpectedVersion"},
-                "append_id": {"type": "string", "format": "uuid", "description": "Idempotency key; derived from the event ids when absent"},
-                "events": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Event"}}
-            }},
-            "AppendResult": {"type": "object", "required": ["stream_id", "first_version", "last_version", "append_id"], "properties": {
-                "stream_id": {"type": "string"},
-                "first_version": {"type": "integer"},
-                "last_version": {"type": "integer"},
-                "append_id": {"type": "string", "format": "uuid"}
-            }},
-            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
-                "type": "object", "required": ["code", "message"], "properties": {
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "actual_version": {"type": ["integer", "null"]}
-                }
-            }}}
-        }}
-    })
+            }
+        }
+        let expected: BTreeSet<String> = [
+            "post /streams/{stream_id}/events",
+            "get /streams/{stream_id}/events",
+            "get /categories/{category}/events",
+            "get /wait",
+            "get /openapi.json",
+            "get /metrics",
+            "get /health",
+            "get /ready",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(operations, expected);
+    }
+
+    #[test]
+    fn every_schema_the_document_refers_to_is_in_it() {
+        let text = serde_json::to_string(&document()).expect("the document serializes");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        let schemas = &value["components"]["schemas"];
+        let prefix = "\"$ref\":\"#/components/schemas/";
+        let mut refs = 0;
+        for piece in text.split(prefix).skip(1) {
+            let name = piece.split('"').next().unwrap_or_default();
+            assert!(
+                schemas.get(name).is_some(),
+                "{name} is referred to but not defined"
+            );
+            refs += 1;
+        }
+        assert!(
+            refs >= 8,
+            "only {refs} schema references: the types are not linked"
+        );
+        for name in [
+            "AppendRequest",
+            "AppendResponse",
+            "StreamPage",
+            "PositionedPage",
+            "WaitResponse",
+            "ErrorEnvelope",
+            "ExpectedVersion",
+            "HealthReport",
+        ] {
+            assert!(schemas.get(name).is_some(), "{name} is missing");
+        }
+    }
 }

@@ -10,12 +10,14 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use esk_model::api::{Direction, PositionedPage, StreamPage, WaitResponse};
 use esk_model::wire::CanonicalEvent;
+use esk_model::wire::ErrorEnvelope;
 use esk_runtime::db::EVENT_COLUMNS;
-use serde_json::json;
 use sqlx::PgPool;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::ApiError;
 use crate::wait::{WaitError, WaitHub, WaitTarget};
@@ -46,13 +48,12 @@ impl ReadState {
     }
 }
 
-/// Read routes.
-pub(crate) fn router(state: ReadState) -> Router {
-    Router::new()
-        .route("/streams/{stream_id}/events", get(read_stream))
-        .route("/categories/{category}/events", get(read_category))
-        .route("/wait", get(wait))
-        .with_state(state)
+/// The read routes, documented.
+pub(crate) fn routes() -> OpenApiRouter<ReadState> {
+    OpenApiRouter::new()
+        .routes(routes!(read_stream))
+        .routes(routes!(read_category))
+        .routes(routes!(wait))
 }
 
 /// A path segment, or the JSON error body (axum's own rejection is plain text).
@@ -108,6 +109,26 @@ fn db_error(error: sqlx::Error) -> ApiError {
     )
 }
 
+/// Reads a stream by version, forward or backward; `$all` as the stream id reads every event by
+/// global position (then only `from` and `limit` apply). A page stops at `limit` events or the
+/// page byte budget; `next` is the `from` of the next page.
+#[utoipa::path(
+    get,
+    path = "/streams/{stream_id}/events",
+    tag = "streams",
+    params(
+        ("stream_id" = String, Path, description = "The stream, or `$all`"),
+        ("from" = Option<i64>, Query, description = "First version (a global position for `$all`); default: the start, or the end when backward"),
+        ("limit" = Option<i64>, Query, description = "Most events in the page, 1 to 1000; default 100"),
+        ("direction" = Option<Direction>, Query, description = "forward (default) or backward; not for `$all`"),
+    ),
+    responses(
+        (status = 200, description = "A page of the stream (an empty page when it has no events)", body = StreamPage),
+        (status = 200, description = "A page of `$all`", body = PositionedPage),
+        (status = 400, description = "An invalid or unknown parameter", body = ErrorEnvelope),
+        (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
+    )
+)]
 async fn read_stream(
     State(state): State<ReadState>,
     path: Result<Path<String>, PathRejection>,
@@ -152,9 +173,13 @@ async fn read_stream(
         _ => None,
     };
     Ok(Json(StreamPage {
-        stream_id: &stream_id,
-        direction: if backward { "backward" } else { "forward" },
-        events: &events,
+        stream_id,
+        direction: if backward {
+            Direction::Backward
+        } else {
+            Direction::Forward
+        },
+        events,
         next,
     })
     .into_response())
@@ -171,6 +196,23 @@ async fn read_all(state: &ReadState, p: &HashMap<String, String>) -> Result<Resp
     positioned_page("$all", page, limit)
 }
 
+/// Reads the events of every stream of a category (`Order` or `Order-*` for `Order-…`), by
+/// global position.
+#[utoipa::path(
+    get,
+    path = "/categories/{category}/events",
+    tag = "streams",
+    params(
+        ("category" = String, Path, description = "The category: the part of a stream id before its first `-`"),
+        ("from" = Option<i64>, Query, description = "First global position; default 0"),
+        ("limit" = Option<i64>, Query, description = "Most events in the page, 1 to 1000; default 100"),
+    ),
+    responses(
+        (status = 200, description = "A page of the category", body = PositionedPage),
+        (status = 400, description = "An invalid or unknown parameter", body = ErrorEnvelope),
+        (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
+    )
+)]
 async fn read_category(
     State(state): State<ReadState>,
     path: Result<Path<String>, PathRejection>,
@@ -209,34 +251,31 @@ fn positioned_page(
         _ => None,
     };
     Ok(Json(PositionedPage {
-        source: name,
-        events: &events,
+        source: name.to_owned(),
+        events,
         next,
     })
     .into_response())
 }
 
-/// A page of one stream. Pages are serialized from these types, never through
-/// `serde_json::Value`, which would re-read the stored payloads and alter them (number digits,
-/// key order, duplicate keys).
-#[derive(Debug, serde::Serialize)]
-struct StreamPage<'a> {
-    stream_id: &'a str,
-    direction: &'static str,
-    events: &'a [CanonicalEvent],
-    next: Option<i64>,
-}
-
-/// A page of `$all` or a category, by global position.
-#[derive(Debug, serde::Serialize)]
-struct PositionedPage<'a> {
-    source: &'a str,
-    events: &'a [CanonicalEvent],
-    next: Option<i64>,
-}
-
 /// `GET /wait?stream_id=S&version=N` or `GET /wait?position=P`, with `timeout_ms`: answers
 /// once that version or position is indexed (`reached: true`) or the timeout passes.
+#[utoipa::path(
+    get,
+    path = "/wait",
+    tag = "streams",
+    params(
+        ("stream_id" = Option<String>, Query, description = "With `version`: wait for this stream's event"),
+        ("version" = Option<i64>, Query, description = "With `stream_id`: the version to wait for"),
+        ("position" = Option<i64>, Query, description = "Alone: the global position to wait for (1 or more)"),
+        ("timeout_ms" = Option<i64>, Query, description = "How long to wait, 0 to 60000; default 5000"),
+    ),
+    responses(
+        (status = 200, description = "Whether it was indexed within the timeout", body = WaitResponse),
+        (status = 400, description = "An invalid or unknown parameter", body = ErrorEnvelope),
+        (status = 503, description = "Too many waiters, or the store could not be read; retry", body = ErrorEnvelope),
+    )
+)]
 async fn wait(State(state): State<ReadState>, query: Params) -> Result<Response, ApiError> {
     let p = params(query)?;
     reject_unknown(&p, &["stream_id", "version", "position", "timeout_ms"])?;
@@ -261,7 +300,7 @@ async fn wait(State(state): State<ReadState>, query: Params) -> Result<Response,
         .wait(target, Duration::from_millis(timeout))
         .await
     {
-        Ok(reached) => Ok(Json(json!({"reached": reached})).into_response()),
+        Ok(reached) => Ok(Json(WaitResponse { reached }).into_response()),
         Err(WaitError::TooManyWaiters(limit)) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_waiters",

@@ -117,6 +117,46 @@ pub struct WaitResponse {
     pub reached: bool,
 }
 
+/// Whether a process can do its job (`GET /health`, on every esk process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum HealthStatus {
+    /// No problem reported (200).
+    Ok,
+    /// At least one problem (503).
+    Unhealthy,
+}
+
+/// The body of `GET /health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HealthReport {
+    /// Healthy or not.
+    pub status: HealthStatus,
+    /// What keeps the process from doing its job, one line each (empty when healthy).
+    pub problems: Vec<String>,
+}
+
+/// Whether a process serves requests (`GET /ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Readiness {
+    /// Started and healthy (200).
+    Ready,
+    /// Starting, stopping or unhealthy (503).
+    NotReady,
+}
+
+/// The body of `GET /ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ReadyReport {
+    /// Ready or not.
+    pub status: Readiness,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
+use esk_model::api::{HealthReport, HealthStatus, Readiness, ReadyReport};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tracing_subscriber::EnvFilter;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::LogFormat;
 
@@ -124,16 +126,29 @@ impl Telemetry {
         }))
     }
 
-    /// `/metrics`, `/health` and `/ready`.
-    pub fn router(&self) -> Router {
-        Router::new()
-            .route("/metrics", get(metrics))
-            .route("/health", get(health))
-            .route("/ready", get(ready))
+    /// `/metrics`, `/health` and `/ready`, documented for the OpenAPI document of a process
+    /// that has one.
+    pub fn routes(&self) -> OpenApiRouter {
+        OpenApiRouter::new()
+            .routes(routes!(metrics))
+            .routes(routes!(health))
+            .routes(routes!(ready))
             .with_state(self.clone())
+    }
+
+    /// The routes of [`Telemetry::routes`] as a plain router.
+    pub fn router(&self) -> Router {
+        self.routes().split_for_parts().0
     }
 }
 
+/// Prometheus metrics of the process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "telemetry",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain"))
+)]
 async fn metrics(State(t): State<Telemetry>) -> Response {
     let mut buffer = Vec::new();
     match TextEncoder::new().encode(&t.registry.gather(), &mut buffer) {
@@ -142,34 +157,47 @@ async fn metrics(State(t): State<Telemetry>) -> Response {
     }
 }
 
+/// Whether the process can do its job; 503 names each problem.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "telemetry",
+    responses(
+        (status = 200, description = "Healthy", body = HealthReport),
+        (status = 503, description = "Unhealthy: the problems say why", body = HealthReport),
+    )
+)]
 async fn health(State(t): State<Telemetry>) -> Response {
     let problems = t.health.problems();
-    let status = if problems.is_empty() {
-        StatusCode::OK
+    let (status, health) = if problems.is_empty() {
+        (StatusCode::OK, HealthStatus::Ok)
     } else {
-        StatusCode::SERVICE_UNAVAILABLE
+        (StatusCode::SERVICE_UNAVAILABLE, HealthStatus::Unhealthy)
     };
-    let body = serde_json::json!({
-        "status": if problems.is_empty() { "ok" } else { "unhealthy" },
-        "problems": problems,
-    });
-    (status, axum::Json(body)).into_response()
+    let report = HealthReport {
+        status: health,
+        problems,
+    };
+    (status, axum::Json(report)).into_response()
 }
 
+/// Whether the process has started and is healthy.
+#[utoipa::path(
+    get,
+    path = "/ready",
+    tag = "telemetry",
+    responses(
+        (status = 200, description = "Ready", body = ReadyReport),
+        (status = 503, description = "Starting, stopping or unhealthy", body = ReadyReport),
+    )
+)]
 async fn ready(State(t): State<Telemetry>) -> Response {
-    if t.health.is_ready() && t.health.problems().is_empty() {
-        (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({"status": "ready"})),
-        )
-            .into_response()
+    let (status, readiness) = if t.health.is_ready() && t.health.problems().is_empty() {
+        (StatusCode::OK, Readiness::Ready)
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "not_ready"})),
-        )
-            .into_response()
-    }
+        (StatusCode::SERVICE_UNAVAILABLE, Readiness::NotReady)
+    };
+    (status, axum::Json(ReadyReport { status: readiness })).into_response()
 }
 
 /// Registers a collector, returning it; a name clash is a programming error caught by tests.
