@@ -108,6 +108,8 @@ pub(crate) async fn run(
         stream_index::lock(&mut tx, &streams).await?
     };
 
+    // Every rule that is not SQL: a ledger row that vanished fails the attempt here (it rolls
+    // back and is retried, as when the row was first found missing).
     let decision = decide::decide(Inputs {
         appends,
         claimed_appends: &claimed_appends,

@@ -263,3 +263,539 @@ fn event_claim_conflict(
         Rejection::DuplicateEventId
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use esk_model::event::{ExpectedVersion, NewEvent};
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+
+    use super::*;
+
+    const STREAMS: [&str; 3] = ["Order-a", "Order-b", "Order-c"];
+
+    /// What the store knows about an append of the batch before this attempt.
+    #[derive(Debug, Clone)]
+    enum History {
+        /// Never seen: this attempt claims its append id and every event id.
+        New,
+        /// Decided by an earlier attempt, with this outcome.
+        Retry(AppendOutcome),
+        /// Its append id was used before for different events.
+        Reused,
+        /// Its first event id belongs to another append.
+        DuplicateEvent,
+        /// Its event ids are held under its own append id, its ledger row pruned.
+        Expired,
+    }
+
+    /// One append of a generated batch.
+    #[derive(Debug, Clone)]
+    struct Planned {
+        stream: usize,
+        expected: ExpectedVersion,
+        events: usize,
+        history: History,
+    }
+
+    /// A batch, the streams before it, and what steps 2–4 load for it.
+    #[derive(Debug)]
+    struct World {
+        before: HashMap<String, StreamVersion>,
+        appends: Vec<Append>,
+        histories: Vec<History>,
+        claimed_appends: HashSet<Uuid>,
+        ledger: HashMap<Uuid, LedgerEntry>,
+        claimed_events: HashSet<Uuid>,
+        event_owners: HashMap<Uuid, Uuid>,
+    }
+
+    impl World {
+        fn new(before: [StreamVersion; 3], planned: Vec<Planned>) -> World {
+            let appends: Vec<Append> = planned
+                .iter()
+                .enumerate()
+                .map(|(i, p)| append(i, STREAMS[p.stream], p.expected, p.events))
+                .collect();
+            let mut world = World {
+                before: STREAMS
+                    .iter()
+                    .zip(before)
+                    .map(|(s, v)| (s.to_string(), v))
+                    .collect(),
+                appends,
+                histories: planned.iter().map(|p| p.history.clone()).collect(),
+                claimed_appends: HashSet::new(),
+                ledger: HashMap::new(),
+                claimed_events: HashSet::new(),
+                event_owners: HashMap::new(),
+            };
+            for (append, history) in world.appends.iter().zip(&world.histories) {
+                let id = append.append_id;
+                let events = append.events.iter().map(|e| e.id);
+                match history {
+                    History::Retry(outcome) => {
+                        world.ledger.insert(
+                            id,
+                            LedgerEntry {
+                                fingerprint: append.fingerprint(),
+                                outcome: Some(outcome.clone()),
+                            },
+                        );
+                    }
+                    History::Reused => {
+                        world.ledger.insert(
+                            id,
+                            LedgerEntry {
+                                fingerprint: Uuid::nil(),
+                                outcome: Some(AppendOutcome::Rejected(Rejection::AppendExpired)),
+                            },
+                        );
+                    }
+                    History::New => {
+                        world.claimed_appends.insert(id);
+                        world.claimed_events.extend(events);
+                    }
+                    History::DuplicateEvent | History::Expired => {
+                        world.claimed_appends.insert(id);
+                        let mut events = events;
+                        if let Some(taken) = events.next() {
+                            let owner = match history {
+                                History::Expired => id,
+                                _ => Uuid::from_u128(u128::MAX - id.as_u128()),
+                            };
+                            world.event_owners.insert(taken, owner);
+                        }
+                        world.claimed_events.extend(events);
+                    }
+                }
+            }
+            world
+        }
+
+        fn batch(&self) -> Vec<&Append> {
+            self.appends.iter().collect()
+        }
+
+        /// What step 4 loads: the locked streams' versions (a placeholder for a new one).
+        fn locked(&self) -> HashMap<String, StreamVersion> {
+            let batch = self.batch();
+            streams_to_lock(&batch, &self.claimed_appends, &self.claimed_events)
+                .into_iter()
+                .map(|s| (s.to_owned(), self.before[s]))
+                .collect()
+        }
+
+        fn decide(&self) -> Result<Decision<'_>, DecideError> {
+            let streams = self.locked();
+            let batch = self.batch();
+            decide(Inputs {
+                appends: &batch,
+                claimed_appends: &self.claimed_appends,
+                ledger: &self.ledger,
+                claimed_events: &self.claimed_events,
+                event_owners: &self.event_owners,
+                streams: &streams,
+            })
+        }
+
+        /// The stream versions each append sees when checked in arrival order, with the
+        /// appends accepted before it applied (`None` for appends that never reach step 4).
+        fn seen_versions(&self, outcomes: &[AppendOutcome]) -> Vec<Option<StreamVersion>> {
+            let mut now = self.before.clone();
+            self.appends
+                .iter()
+                .zip(&self.histories)
+                .zip(outcomes)
+                .map(|((append, history), outcome)| {
+                    if !matches!(history, History::New) {
+                        return None;
+                    }
+                    let seen = now[&append.stream_id];
+                    if let AppendOutcome::Accepted { last_version, .. } = outcome {
+                        now.insert(append.stream_id.clone(), StreamVersion::At(*last_version));
+                    }
+                    Some(seen)
+                })
+                .collect()
+        }
+    }
+
+    fn append(index: usize, stream: &str, expected: ExpectedVersion, events: usize) -> Append {
+        let id = index as u128 + 1;
+        Append {
+            stream_id: stream.to_owned(),
+            expected_version: expected,
+            append_id: Uuid::from_u128(id),
+            events: (0..events as u128)
+                .map(|e| NewEvent {
+                    id: Uuid::from_u128((id << 32) | e),
+                    event_type: "T".into(),
+                    data: RawValue::from_string("{}".into()).expect("valid JSON"),
+                    metadata: None,
+                    correlation_id: None,
+                    causation_id: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn version(v: u32) -> Version {
+        Version::from(v)
+    }
+
+    fn stream_version() -> impl Strategy<Value = StreamVersion> {
+        prop_oneof![
+            Just(StreamVersion::NoStream),
+            (0u32..4).prop_map(|v| StreamVersion::At(version(v))),
+        ]
+    }
+
+    fn expected_version() -> impl Strategy<Value = ExpectedVersion> {
+        prop_oneof![
+            Just(ExpectedVersion::Any),
+            Just(ExpectedVersion::NoStream),
+            Just(ExpectedVersion::StreamExists),
+            (0u32..7).prop_map(|v| ExpectedVersion::Exact(version(v))),
+        ]
+    }
+
+    fn recorded_outcome() -> impl Strategy<Value = AppendOutcome> {
+        prop_oneof![
+            (0u32..5, 0u32..3).prop_map(|(first, extra)| AppendOutcome::Accepted {
+                first_version: version(first),
+                last_version: version(first + extra),
+            }),
+            stream_version().prop_map(|actual| AppendOutcome::Rejected(
+                Rejection::WrongExpectedVersion { actual }
+            )),
+            Just(AppendOutcome::Rejected(Rejection::DuplicateEventId)),
+            Just(AppendOutcome::Rejected(Rejection::AppendExpired)),
+        ]
+    }
+
+    fn history() -> impl Strategy<Value = History> {
+        prop_oneof![
+            6 => Just(History::New),
+            1 => recorded_outcome().prop_map(History::Retry),
+            1 => Just(History::Reused),
+            1 => Just(History::DuplicateEvent),
+            1 => Just(History::Expired),
+        ]
+    }
+
+    fn world() -> impl Strategy<Value = World> {
+        let planned = (0..STREAMS.len(), expected_version(), 1usize..4, history()).prop_map(
+            |(stream, expected, events, history)| Planned {
+                stream,
+                expected,
+                events,
+                history,
+            },
+        );
+        (
+            [stream_version(), stream_version(), stream_version()],
+            prop::collection::vec(planned, 0..10),
+        )
+            .prop_map(|(before, planned)| World::new(before, planned))
+    }
+
+    proptest! {
+        #[test]
+        fn each_stream_gets_contiguous_versions_with_one_winner_each(world in world()) {
+            let decision = world.decide().expect("decidable");
+            let mut next: BTreeMap<&str, Option<Version>> = BTreeMap::new();
+            let mut written: HashSet<(&str, i64)> = HashSet::new();
+            for ((append, history), outcome) in
+                world.appends.iter().zip(&world.histories).zip(&decision.outcomes)
+            {
+                let AppendOutcome::Accepted { first_version, last_version } = outcome else {
+                    continue;
+                };
+                if !matches!(history, History::New) {
+                    continue;
+                }
+                let stream = append.stream_id.as_str();
+                let expected_first = *next
+                    .entry(stream)
+                    .or_insert_with(|| world.before[stream].next());
+                prop_assert_eq!(Some(*first_version), expected_first, "{}", stream);
+                prop_assert_eq!(
+                    last_version.get() - first_version.get() + 1,
+                    append.events.len() as i64
+                );
+                for v in first_version.get()..=last_version.get() {
+                    prop_assert!(written.insert((stream, v)), "{} version {} twice", stream, v);
+                }
+                next.insert(stream, last_version.plus(1));
+            }
+            let moved: Vec<(&str, Version)> = next
+                .iter()
+                .filter_map(|(s, n)| Some((*s, Version::try_from(n.as_ref()?.get() - 1).ok()?)))
+                .collect();
+            prop_assert_eq!(&decision.new_versions, &moved);
+        }
+
+        #[test]
+        fn appends_to_one_stream_are_chained_in_arrival_order(world in world()) {
+            let decision = world.decide().expect("decidable");
+            let seen = world.seen_versions(&decision.outcomes);
+            for ((append, outcome), seen) in world.appends.iter().zip(&decision.outcomes).zip(seen) {
+                let Some(seen) = seen else { continue };
+                if append.expected_version.admits(seen) {
+                    prop_assert_eq!(
+                        outcome,
+                        &AppendOutcome::Accepted {
+                            first_version: seen.next().expect("in range"),
+                            last_version: seen
+                                .next()
+                                .and_then(|f| f.plus(append.events.len() - 1))
+                                .expect("in range"),
+                        }
+                    );
+                } else {
+                    prop_assert_eq!(
+                        outcome,
+                        &AppendOutcome::Rejected(Rejection::WrongExpectedVersion { actual: seen })
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn retries_get_the_original_outcome_and_write_nothing(world in world()) {
+            let decision = world.decide().expect("decidable");
+            let produced: HashSet<Uuid> =
+                decision.accepted.iter().map(|a| a.append.append_id).collect();
+            let recorded: HashSet<Uuid> = decision.recorded.iter().map(|(id, _)| *id).collect();
+            let released: HashSet<Uuid> = decision.released_events.iter().copied().collect();
+            for ((append, history), outcome) in
+                world.appends.iter().zip(&world.histories).zip(&decision.outcomes)
+            {
+                let original = match history {
+                    History::Retry(original) => original.clone(),
+                    History::Reused => AppendOutcome::Rejected(Rejection::AppendIdReused),
+                    _ => continue,
+                };
+                prop_assert_eq!(outcome, &original);
+                prop_assert!(!produced.contains(&append.append_id));
+                prop_assert!(!recorded.contains(&append.append_id));
+                prop_assert!(append.events.iter().all(|e| !released.contains(&e.id)));
+            }
+        }
+
+        #[test]
+        fn event_id_conflicts_reject_and_release_only_the_claims_made_now(world in world()) {
+            let decision = world.decide().expect("decidable");
+            let mut expected_release = HashSet::new();
+            for ((append, history), outcome) in
+                world.appends.iter().zip(&world.histories).zip(&decision.outcomes)
+            {
+                match history {
+                    History::DuplicateEvent => prop_assert_eq!(
+                        outcome,
+                        &AppendOutcome::Rejected(Rejection::DuplicateEventId)
+                    ),
+                    History::Expired => prop_assert_eq!(
+                        outcome,
+                        &AppendOutcome::Rejected(Rejection::AppendExpired)
+                    ),
+                    _ => {}
+                }
+                let claimed_now = world.claimed_appends.contains(&append.append_id);
+                if claimed_now && matches!(outcome, AppendOutcome::Rejected(_)) {
+                    expected_release.extend(
+                        append.events.iter().map(|e| e.id).filter(|id| world.claimed_events.contains(id)),
+                    );
+                }
+            }
+            let released: HashSet<Uuid> = decision.released_events.iter().copied().collect();
+            prop_assert_eq!(released.len(), decision.released_events.len(), "released twice");
+            prop_assert_eq!(released, expected_release);
+        }
+
+        #[test]
+        fn every_append_claimed_now_is_recorded_and_every_accepted_one_produced(world in world()) {
+            let decision = world.decide().expect("decidable");
+            prop_assert_eq!(decision.outcomes.len(), world.appends.len());
+            let recorded: Vec<(Uuid, AppendOutcome)> = world
+                .appends
+                .iter()
+                .zip(&decision.outcomes)
+                .filter(|(a, _)| world.claimed_appends.contains(&a.append_id))
+                .map(|(a, o)| (a.append_id, o.clone()))
+                .collect();
+            prop_assert_eq!(&decision.recorded, &recorded);
+            let accepted: Vec<(Uuid, Version)> = world
+                .appends
+                .iter()
+                .zip(&decision.outcomes)
+                .filter(|(a, _)| world.claimed_appends.contains(&a.append_id))
+                .filter_map(|(a, o)| match o {
+                    AppendOutcome::Accepted { first_version, .. } => {
+                        Some((a.append_id, *first_version))
+                    }
+                    AppendOutcome::Rejected(_) => None,
+                })
+                .collect();
+            let produced: Vec<(Uuid, Version)> = decision
+                .accepted
+                .iter()
+                .map(|a| (a.append.append_id, a.first_version))
+                .collect();
+            prop_assert_eq!(produced, accepted);
+        }
+
+        #[test]
+        fn placeholders_are_dropped_for_locked_streams_left_without_events(world in world()) {
+            let decision = world.decide().expect("decidable");
+            let locked = world.locked();
+            let moved: HashSet<&str> = decision.new_versions.iter().map(|(s, _)| *s).collect();
+            let mut expected: Vec<&str> = locked
+                .iter()
+                .filter(|(s, v)| **v == StreamVersion::NoStream && !moved.contains(s.as_str()))
+                .map(|(s, _)| s.as_str())
+                .collect();
+            expected.sort_unstable();
+            prop_assert_eq!(&decision.unfilled_placeholders, &expected);
+        }
+
+        #[test]
+        fn the_locked_streams_are_sorted_and_exactly_those_step_4_decides(world in world()) {
+            let decision = world.decide().expect("decidable");
+            let batch = world.batch();
+            let locked = streams_to_lock(&batch, &world.claimed_appends, &world.claimed_events);
+            let mut reached: Vec<&str> = world
+                .appends
+                .iter()
+                .zip(&decision.outcomes)
+                .filter(|(a, o)| {
+                    world.claimed_appends.contains(&a.append_id)
+                        && matches!(
+                            o,
+                            AppendOutcome::Accepted { .. }
+                                | AppendOutcome::Rejected(Rejection::WrongExpectedVersion { .. })
+                        )
+                })
+                .map(|(a, _)| a.stream_id.as_str())
+                .collect();
+            reached.sort_unstable();
+            reached.dedup();
+            prop_assert_eq!(locked, reached);
+        }
+    }
+
+    fn single(
+        before: StreamVersion,
+        expected: ExpectedVersion,
+    ) -> Result<AppendOutcome, DecideError> {
+        let world = World::new(
+            [before, StreamVersion::NoStream, StreamVersion::NoStream],
+            vec![Planned {
+                stream: 0,
+                expected,
+                events: 2,
+                history: History::New,
+            }],
+        );
+        Ok(world.decide()?.outcomes.remove(0))
+    }
+
+    #[test]
+    fn every_expected_version_mode_on_a_missing_and_an_existing_stream() {
+        let missing = StreamVersion::NoStream;
+        let at_1 = StreamVersion::At(version(1));
+        let new_stream = AppendOutcome::Accepted {
+            first_version: version(0),
+            last_version: version(1),
+        };
+        let grown = AppendOutcome::Accepted {
+            first_version: version(2),
+            last_version: version(3),
+        };
+        let wrong = |actual| AppendOutcome::Rejected(Rejection::WrongExpectedVersion { actual });
+        let cases = [
+            (missing, ExpectedVersion::Any, new_stream.clone()),
+            (missing, ExpectedVersion::NoStream, new_stream.clone()),
+            (missing, ExpectedVersion::StreamExists, wrong(missing)),
+            (missing, ExpectedVersion::Exact(version(0)), wrong(missing)),
+            (at_1, ExpectedVersion::Any, grown.clone()),
+            (at_1, ExpectedVersion::NoStream, wrong(at_1)),
+            (at_1, ExpectedVersion::StreamExists, grown.clone()),
+            (at_1, ExpectedVersion::Exact(version(1)), grown),
+            (at_1, ExpectedVersion::Exact(version(0)), wrong(at_1)),
+            (at_1, ExpectedVersion::Exact(version(2)), wrong(at_1)),
+        ];
+        for (before, expected, outcome) in cases {
+            assert_eq!(
+                single(before, expected),
+                Ok(outcome),
+                "{before:?} {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_second_no_stream_append_in_one_batch_sees_the_stream_the_first_created() {
+        let no_stream = |history| Planned {
+            stream: 0,
+            expected: ExpectedVersion::NoStream,
+            events: 1,
+            history,
+        };
+        let world = World::new(
+            [StreamVersion::NoStream; 3],
+            vec![no_stream(History::New), no_stream(History::New)],
+        );
+        let decision = world.decide().expect("decidable");
+        assert_eq!(
+            decision.outcomes,
+            vec![
+                AppendOutcome::Accepted {
+                    first_version: version(0),
+                    last_version: version(0),
+                },
+                AppendOutcome::Rejected(Rejection::WrongExpectedVersion {
+                    actual: StreamVersion::At(version(0)),
+                }),
+            ]
+        );
+        assert_eq!(decision.new_versions, vec![("Order-a", version(0))]);
+        assert!(decision.unfilled_placeholders.is_empty());
+    }
+
+    #[test]
+    fn a_vanished_or_pending_ledger_row_fails_the_decision() {
+        let retry = Planned {
+            stream: 0,
+            expected: ExpectedVersion::Any,
+            events: 1,
+            history: History::Retry(AppendOutcome::Rejected(Rejection::DuplicateEventId)),
+        };
+        let mut world = World::new([StreamVersion::NoStream; 3], vec![retry]);
+        let id = world.appends[0].append_id;
+        if let Some(entry) = world.ledger.get_mut(&id) {
+            entry.outcome = None;
+        }
+        assert_eq!(
+            world.decide().err(),
+            Some(DecideError::LedgerRowMissing(id))
+        );
+        world.ledger.clear();
+        assert_eq!(
+            world.decide().err(),
+            Some(DecideError::LedgerRowMissing(id))
+        );
+    }
+
+    #[test]
+    fn a_stream_at_the_largest_version_cannot_grow() {
+        let largest = StreamVersion::At(Version::try_from(i64::MAX).expect("a version"));
+        assert_eq!(
+            single(largest, ExpectedVersion::Any),
+            Err(DecideError::VersionOverflow("Order-a".into()))
+        );
+    }
+}

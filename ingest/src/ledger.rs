@@ -66,7 +66,7 @@ pub(crate) async fn load(
                 // NULL: the stream did not exist (or the rejection has no version).
                 let actual = match row.try_get::<Option<i64>, _>("actual_version")? {
                     None => StreamVersion::NoStream,
-                    Some(_) => StreamVersion::At(version_column(&row, "actual_version")?),
+                    Some(stored) => StreamVersion::At(stored_version("actual_version", stored)?),
                 };
                 code.and_then(|c| Rejection::from_ledger(&c, actual))
                     .map(AppendOutcome::Rejected)
@@ -84,10 +84,14 @@ pub(crate) async fn load(
     Ok(entries)
 }
 
-/// A version column of a ledger row, refused as undecodable when negative.
+/// A version column of a ledger row.
 fn version_column(row: &PgRow, column: &str) -> Result<Version, sqlx::Error> {
-    let value: i64 = row.try_get(column)?;
-    Version::try_from(value).map_err(|e| sqlx::Error::ColumnDecode {
+    stored_version(column, row.try_get(column)?)
+}
+
+/// A stored version, refused as undecodable when negative.
+fn stored_version(column: &str, stored: i64) -> Result<Version, sqlx::Error> {
+    Version::try_from(stored).map_err(|e| sqlx::Error::ColumnDecode {
         index: column.to_owned(),
         source: Box::new(e),
     })
