@@ -6,6 +6,7 @@ pub mod db;
 pub mod http_server;
 pub mod kafka;
 pub mod model;
+pub mod partition_cursor;
 pub mod raw_json;
 pub mod retry;
 pub mod supervisor;
