@@ -42,6 +42,14 @@ pub struct Stored {
     pub applied_through: Option<i64>,
 }
 
+impl Stored {
+    /// A partition not pinned yet, without an applied position.
+    pub const UNPINNED: Stored = Stored {
+        next: None,
+        applied_through: None,
+    };
+}
+
 /// What to do with a record the consumer delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -366,13 +374,7 @@ mod tests {
     fn an_unpinned_partition_takes_whatever_comes_first_then_follows_it() {
         let consumer = FakeConsumer::default();
         let mut cursor = PartitionCursor::new("t");
-        cursor.track(
-            1,
-            Stored {
-                next: None,
-                applied_through: None,
-            },
-        );
+        cursor.track(1, Stored::UNPINNED);
         assert_eq!(cursor.admit(&consumer, 1, 42), Admission::Take);
         assert_eq!(cursor.admit(&consumer, 1, 42), Admission::Skip);
         assert_eq!(cursor.admit(&consumer, 1, 43), Admission::Take);

@@ -9,7 +9,7 @@ use super::{Spans, Stored};
 /// The next offset stored for a partition that is not pinned yet (written by a projection's
 /// hand-over when nothing was published to the partition): the first write pins it wherever
 /// its batch starts.
-const UNPINNED: i64 = -1;
+const UNPINNED_OFFSET: i64 = -1;
 
 /// What a partition without a row means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl OffsetStore {
             "UPDATE {name} AS o SET next_offset = t.n{set_position}, updated_at = now()
              FROM unnest($2::int4[], $3::int8[], $4::int8[]{positions}) AS t(p, s, n{position_alias})
              WHERE o.{scope} = $1 AND o.partition_id = t.p
-               AND (o.next_offset = t.s OR o.next_offset = {UNPINNED})
+               AND (o.next_offset = t.s OR o.next_offset = {UNPINNED_OFFSET})
              RETURNING o.partition_id"
         );
         OffsetStore {
@@ -129,16 +129,13 @@ impl OffsetStore {
             .await?;
         let Some(row) = row else {
             return Ok(match self.table.missing_row {
-                MissingRow::Unpinned => Some(Stored {
-                    next: None,
-                    applied_through: None,
-                }),
+                MissingRow::Unpinned => Some(Stored::UNPINNED),
                 MissingRow::NoPosition => None,
             });
         };
         let next: i64 = row.try_get(0)?;
         Ok(Some(Stored {
-            next: (next != UNPINNED).then_some(next),
+            next: (next != UNPINNED_OFFSET).then_some(next),
             applied_through: row.try_get(1)?,
         }))
     }
