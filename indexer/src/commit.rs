@@ -1,13 +1,14 @@
 //! The indexing transaction: offsets compare-and-set, global positions from the locked counter,
 //! binary COPY of the events and dead letters, all committed together.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
+use esk_runtime::partition_cursor::{CasError, Spans};
 use sqlx::{PgPool, Row};
 
 use crate::copy_batch::{self, EventRow};
 use crate::metrics::IndexerMetrics;
+use crate::offsets::OFFSETS;
 
 /// An undecodable record, kept for inspection.
 #[derive(Debug, Clone)]
@@ -26,11 +27,11 @@ pub(crate) struct Quarantined {
     pub(crate) payload: Vec<u8>,
 }
 
-/// What one transaction writes. `ranges` holds, per partition, the batch's first offset and the
+/// What one transaction writes. `spans` holds, per partition, the batch's first offset and the
 /// next offset after it.
 #[derive(Debug, Default)]
 pub(crate) struct BatchWrite<'a> {
-    pub(crate) ranges: BTreeMap<i32, (i64, i64)>,
+    pub(crate) spans: Spans,
     pub(crate) rows: Vec<EventRow<'a>>,
     pub(crate) dead_letters: Vec<DeadLetter>,
     pub(crate) quarantined: Vec<Quarantined>,
@@ -76,6 +77,15 @@ impl From<sqlx::Error> for CommitError {
     }
 }
 
+impl From<CasError> for CommitError {
+    fn from(error: CasError) -> Self {
+        match error {
+            CasError::NotOwner(lost) => CommitError::NotOwner(lost.partitions),
+            CasError::Database(error) => error.into(),
+        }
+    }
+}
+
 impl CommitError {
     /// A refusal that means an invariant broke (a unique violation), not bad data.
     pub(crate) fn is_invariant_violation(&self) -> bool {
@@ -93,36 +103,10 @@ pub(crate) async fn commit(
 ) -> Result<(), CommitError> {
     let started = Instant::now();
     let mut tx = pool.begin().await?;
-    let partitions: Vec<i32> = batch.ranges.keys().copied().collect();
-    let starts: Vec<i64> = batch.ranges.values().map(|(s, _)| *s).collect();
-    let nexts: Vec<i64> = batch.ranges.values().map(|(_, n)| *n).collect();
-    // A partition seen for the first time starts where its first record is.
-    sqlx::query(
-        "INSERT INTO indexer_offsets (topic, partition_id, next_offset)
-         SELECT $1, p, s FROM unnest($2::int4[], $3::int8[]) AS t(p, s)
-         ON CONFLICT (topic, partition_id) DO NOTHING",
-    )
-    .bind(topic)
-    .bind(&partitions)
-    .bind(&starts)
-    .execute(&mut *tx)
-    .await?;
-    let owned: Vec<i32> = sqlx::query_scalar(
-        "UPDATE indexer_offsets AS o SET next_offset = t.n, updated_at = now()
-         FROM unnest($2::int4[], $3::int8[], $4::int8[]) AS t(p, s, n)
-         WHERE o.topic = $1 AND o.partition_id = t.p AND o.next_offset = t.s
-         RETURNING o.partition_id",
-    )
-    .bind(topic)
-    .bind(&partitions)
-    .bind(&starts)
-    .bind(&nexts)
-    .fetch_all(&mut *tx)
-    .await?;
-    let lost = esk_runtime::kafka::unmatched_partitions(partitions, &owned);
-    if !lost.is_empty() {
-        return Err(CommitError::NotOwner(lost));
-    }
+    // First, so a partition owned elsewhere costs no counter lock and no COPY.
+    OFFSETS
+        .compare_and_set(&mut tx, topic, &batch.spans)
+        .await?;
 
     if !batch.rows.is_empty() {
         // The counter row stays locked until commit, so positions become visible in order.

@@ -8,10 +8,14 @@ mod commit;
 mod committed_tail;
 mod config;
 mod copy_batch;
+mod halts;
+mod index_batch;
 mod index_loop;
 mod lag;
 mod ledger_maintenance;
 mod metrics;
+mod narrow;
+mod offsets;
 mod publisher;
 mod quarantine;
 

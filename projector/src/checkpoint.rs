@@ -2,20 +2,23 @@
 //! its position per canonical-topic partition (`projection_partitions`, compare-and-set on the
 //! batch's start offset so a consumer that lost a partition cannot move it).
 
-use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
+use esk_runtime::partition_cursor::{
+    CasError, MissingRow, OffsetStore, OffsetTable, Spans, Stored,
+};
 use sqlx::{PgConnection, PgPool, Row};
 
-/// A partition's part of a live batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PartitionRange {
-    /// The batch's first offset (must equal the stored next offset).
-    pub(crate) start: i64,
-    /// The offset after the batch.
-    pub(crate) next: i64,
-    /// The highest global position seen in the batch (repeats at or below it are skipped).
-    pub(crate) position: i64,
-}
+/// `projection_partitions`: rows are written by the hand-over (a next offset of -1 when
+/// nothing was published to the partition yet); no row means the projection is not live.
+static PARTITIONS: LazyLock<OffsetStore> = LazyLock::new(|| {
+    OffsetStore::new(OffsetTable {
+        table: "projection_partitions",
+        scope_column: "projection",
+        position_column: Some("position"),
+        missing_row: MissingRow::NoPosition,
+    })
+});
 
 /// The progress a batch makes.
 #[derive(Debug, Clone)]
@@ -23,10 +26,9 @@ pub(crate) enum Progress {
     /// Replayed from Postgres from one global position (exclusive) through another; a
     /// compare-and-set on `from`, so two replays of one projection cannot both apply a batch.
     Replay { from: i64, through: i64 },
-    /// Consumed from the canonical topic.
-    Live {
-        ranges: BTreeMap<i32, PartitionRange>,
-    },
+    /// Consumed from the canonical topic: per partition, the batch's offsets (compare-and-set
+    /// on its start) and the highest global position applied through it.
+    Live { spans: Spans },
 }
 
 /// Why a checkpoint was not written.
@@ -37,6 +39,15 @@ pub(crate) enum CheckpointError {
     NotOwner(Vec<i32>),
     #[error("postgres: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+impl From<CasError> for CheckpointError {
+    fn from(error: CasError) -> Self {
+        match error {
+            CasError::NotOwner(lost) => CheckpointError::NotOwner(lost.partitions),
+            CasError::Database(error) => CheckpointError::Database(error),
+        }
+    }
 }
 
 /// Writes `progress` for `projection` on `conn` (the caller's transaction).
@@ -67,29 +78,8 @@ pub(crate) async fn write(
                 return Err(CheckpointError::NotOwner(Vec::new()));
             }
         }
-        Progress::Live { ranges } => {
-            let partitions: Vec<i32> = ranges.keys().copied().collect();
-            let starts: Vec<i64> = ranges.values().map(|r| r.start).collect();
-            let nexts: Vec<i64> = ranges.values().map(|r| r.next).collect();
-            let positions: Vec<i64> = ranges.values().map(|r| r.position).collect();
-            let owned: Vec<i32> = sqlx::query_scalar(
-                "UPDATE projection_partitions AS p
-                 SET next_offset = u.n, position = greatest(p.position, u.pos), updated_at = now()
-                 FROM unnest($2::int4[], $3::int8[], $4::int8[], $5::int8[]) AS u(part, s, n, pos)
-                 WHERE p.projection = $1 AND p.partition_id = u.part AND (p.next_offset = u.s OR p.next_offset = -1)
-                 RETURNING p.partition_id",
-            )
-            .bind(projection)
-            .bind(&partitions)
-            .bind(&starts)
-            .bind(&nexts)
-            .bind(&positions)
-            .fetch_all(conn)
-            .await?;
-            let lost = esk_runtime::kafka::unmatched_partitions(partitions, &owned);
-            if !lost.is_empty() {
-                return Err(CheckpointError::NotOwner(lost));
-            }
+        Progress::Live { spans } => {
+            PARTITIONS.compare_and_set(conn, projection, spans).await?;
         }
     }
     Ok(())
@@ -106,22 +96,13 @@ pub(crate) async fn replay_position(pool: &PgPool, projection: &str) -> Result<i
     .unwrap_or(0))
 }
 
-/// A partition's stored (next offset, position), if the projection is live on it. A next
-/// offset of -1 means "from the partition's first record" (nothing was published to it yet
-/// when the projection handed over).
+/// A partition's stored next offset and applied position, if the projection is live on it.
 pub(crate) async fn partition(
     pool: &PgPool,
     projection: &str,
     partition: i32,
-) -> Result<Option<(i64, i64)>, sqlx::Error> {
-    let row = sqlx::query(
-        "SELECT next_offset, position FROM projection_partitions WHERE projection = $1 AND partition_id = $2",
-    )
-    .bind(projection)
-    .bind(partition)
-    .fetch_optional(pool)
-    .await?;
-    row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+) -> Result<Option<Stored>, sqlx::Error> {
+    PARTITIONS.load(pool, projection, partition).await
 }
 
 /// Whether the projection has handed over to Kafka.

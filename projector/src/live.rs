@@ -3,7 +3,7 @@
 //! below a low watermark (the consumer keeps polling, so it stays in its group), positions per
 //! partition checked against Postgres, repeats skipped by global position.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,14 +11,14 @@ use std::time::Duration;
 use chrono::Utc;
 use esk_model::wire::CanonicalEvent;
 use esk_runtime::kafka::RebalanceLog;
+use esk_runtime::partition_cursor::{Admission, PartitionCursor, Spans};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::Offset;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::{self, PartitionRange, Progress};
+use crate::checkpoint::{self, Progress};
 use crate::config::Tuning;
 use crate::dead_letters::UndecodableRecord;
 use crate::event::ProjectedEvent;
@@ -119,17 +119,6 @@ impl Queue {
     }
 }
 
-/// A partition as this consumer knows it.
-#[derive(Debug, Clone, Copy)]
-struct PartitionState {
-    /// Next offset to apply; None: take the first record that comes (nothing was published to
-    /// the partition when the projection handed over).
-    expected: Option<i64>,
-    /// Highest global position applied from this partition.
-    position: i64,
-    seeking: bool,
-}
-
 pub(crate) struct LiveRun<'a> {
     pub(crate) pool: &'a PgPool,
     pub(crate) projection: &'a Projection,
@@ -194,7 +183,7 @@ impl LiveRun<'_> {
         queue: &Queue,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Exit> {
-        let mut states: HashMap<i32, PartitionState> = HashMap::new();
+        let mut cursor = PartitionCursor::new(self.topic);
         loop {
             if queue.len() == 0 {
                 tokio::select! {
@@ -206,9 +195,8 @@ impl LiveRun<'_> {
             if shutdown.is_cancelled() {
                 return Ok(Exit::Shutdown);
             }
-            for partition in consumer.context().take_changed() {
-                states.remove(&partition);
-            }
+            // Partitions a rebalance moved are loaded again before their next record.
+            cursor.forget(consumer.context().take_changed());
             // A handler batch is bounded by bytes too: a quarter of the queue's byte budget.
             let messages = queue.take(
                 self.tuning.batch.max(1),
@@ -224,69 +212,46 @@ impl LiveRun<'_> {
             }
             let mut admitted = Vec::with_capacity(messages.len());
             for message in messages {
-                match self.admit(consumer, &mut states, message).await? {
+                match self.admit(consumer, &mut cursor, message).await? {
                     Admit::Take(m) => admitted.push(m),
                     Admit::Skip => {}
                     Admit::NotLive => return Ok(Exit::NeedsCatchUp),
                 }
             }
             if !admitted.is_empty() {
-                self.apply(&mut states, admitted, shutdown).await?;
+                self.apply(&mut cursor, admitted, shutdown).await?;
             }
         }
     }
 
+    /// Decides whether a record is the next one to apply for its partition; the first record
+    /// of a partition loads its stored position (none: the projection is not live any more).
     async fn admit(
         &self,
         consumer: &StreamConsumer<RebalanceLog>,
-        states: &mut HashMap<i32, PartitionState>,
+        cursor: &mut PartitionCursor,
         message: QueuedRecord,
     ) -> anyhow::Result<Admit> {
-        let partition = message.partition;
-        let offset = message.offset;
-        let state = match states.entry(partition) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                match checkpoint::partition(self.pool, &self.projection.name, partition).await? {
-                    None => return Ok(Admit::NotLive),
-                    Some((next, position)) => slot.insert(PartitionState {
-                        expected: (next >= 0).then_some(next),
-                        position,
-                        seeking: false,
-                    }),
-                }
+        let (partition, offset) = (message.partition, message.offset);
+        let mut admission = cursor.admit(consumer, partition, offset);
+        if admission == Admission::Untracked {
+            match checkpoint::partition(self.pool, &self.projection.name, partition).await? {
+                None => return Ok(Admit::NotLive),
+                Some(stored) => cursor.track(partition, stored),
             }
-        };
-        match state.expected {
-            Some(expected) if offset < expected => Ok(Admit::Skip),
-            Some(expected) if offset > expected => {
-                if !state.seeking {
-                    state.seeking = true;
-                    if let Err(error) = consumer.seek(
-                        self.topic,
-                        partition,
-                        Offset::Offset(expected),
-                        Duration::from_secs(5),
-                    ) {
-                        tracing::warn!(%error, partition, "seek failed; will retry");
-                        state.seeking = false;
-                    }
-                }
-                Ok(Admit::Skip)
-            }
-            _ => {
-                state.seeking = false;
-                state.expected = Some(offset + 1);
-                Ok(Admit::Take(message))
-            }
+            admission = cursor.admit(consumer, partition, offset);
         }
+        Ok(match admission {
+            Admission::Take => Admit::Take(message),
+            Admission::Skip | Admission::Untracked => Admit::Skip,
+        })
     }
 
     /// Applies admitted records (in partition order) with their positions, retrying transient
     /// failures; partitions owned elsewhere are dropped and re-read.
     async fn apply(
         &self,
-        states: &mut HashMap<i32, PartitionState>,
+        cursor: &mut PartitionCursor,
         mut admitted: Vec<QueuedRecord>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
@@ -296,18 +261,12 @@ impl LiveRun<'_> {
             if admitted.is_empty() || shutdown.is_cancelled() {
                 return Ok(());
             }
-            let mut ranges: BTreeMap<i32, PartitionRange> = BTreeMap::new();
+            let mut spans = Spans::default();
             let mut events = Vec::with_capacity(admitted.len());
             let mut undecodable = Vec::new();
             for message in &admitted {
                 let partition = message.partition;
-                let floor = states.get(&partition).map_or(i64::MAX, |s| s.position);
-                let range = ranges.entry(partition).or_insert(PartitionRange {
-                    start: message.offset,
-                    next: message.offset + 1,
-                    position: floor,
-                });
-                range.next = message.offset + 1;
+                let span = cursor.extend(&mut spans, partition, message.offset);
                 let event: CanonicalEvent = match serde_json::from_slice(&message.payload) {
                     Ok(e) => e,
                     Err(error) => {
@@ -327,10 +286,7 @@ impl LiveRun<'_> {
                 // A repeat (after a publisher crash or a broker outage) was applied already:
                 // before this batch (the partition's position), or earlier in this batch (a
                 // record and its repeat can arrive together).
-                let applied_through = range.position;
-                range.position = range.position.max(event.global_position);
-                if event.global_position <= applied_through
-                    || !self.projection.filter.matches(&event)
+                if span.is_repeat(event.global_position) || !self.projection.filter.matches(&event)
                 {
                     continue;
                 }
@@ -346,18 +302,14 @@ impl LiveRun<'_> {
                     &events,
                     &undecodable,
                     &Progress::Live {
-                        ranges: ranges.clone(),
+                        spans: spans.clone(),
                     },
                     shutdown,
                 )
                 .await
             {
                 Ok(()) => {
-                    for (partition, range) in &ranges {
-                        if let Some(state) = states.get_mut(partition) {
-                            state.position = state.position.max(range.position);
-                        }
-                    }
+                    cursor.committed(&spans);
                     let metrics = &self.projection.metrics;
                     metrics
                         .events_applied
@@ -384,9 +336,7 @@ impl LiveRun<'_> {
                         .with_label_values(&[name])
                         .inc();
                     tracing::info!(projection = %name, ?lost, "partitions owned elsewhere; re-reading their positions");
-                    for partition in &lost {
-                        states.remove(partition);
-                    }
+                    cursor.forget(lost.iter().copied());
                     admitted.retain(|m| !lost.contains(&m.partition));
                 }
                 Err(ProcessError::Stopped) => return Ok(()),

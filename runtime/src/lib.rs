@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod http_server;
 pub mod kafka;
+pub mod partition_cursor;
 pub mod records;
 pub mod retry;
 pub mod service;

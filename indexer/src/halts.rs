@@ -1,0 +1,174 @@
+//! Partitions halted at a record Postgres refuses, and the operator's way out: a quarantine
+//! request (`esk indexer quarantine`) resumes the partition, and the record is set aside in
+//! the transaction that moves past it. Nothing is dropped; a halt outlives rebalances until
+//! the process restarts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use esk_model::wire::IngestLogEvent;
+use esk_runtime::kafka::RebalanceLog;
+use esk_runtime::telemetry::Health;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::{Offset, TopicPartitionList};
+use sqlx::PgPool;
+
+use crate::commit::CommitError;
+use crate::index_batch::Pending;
+use crate::metrics::IndexerMetrics;
+
+/// The halted partitions of one consumer and the quarantined records awaiting their turn.
+#[derive(Debug)]
+pub(crate) struct Halts {
+    topic: String,
+    /// Halted partition → the offset it stands at.
+    halted: HashMap<i32, i64>,
+    /// Records an operator quarantined, to be set aside when they come round again.
+    quarantined: HashSet<(i32, i64)>,
+    health: Arc<Health>,
+    metrics: Arc<IndexerMetrics>,
+}
+
+impl Halts {
+    pub(crate) fn new(topic: &str, health: Arc<Health>, metrics: Arc<IndexerMetrics>) -> Self {
+        Halts {
+            topic: topic.to_owned(),
+            halted: HashMap::new(),
+            quarantined: HashSet::new(),
+            health,
+            metrics,
+        }
+    }
+
+    /// Whether any partition is halted.
+    pub(crate) fn any(&self) -> bool {
+        !self.halted.is_empty()
+    }
+
+    pub(crate) fn is_halted(&self, partition: i32) -> bool {
+        self.halted.contains_key(&partition)
+    }
+
+    /// Records to set aside instead of indexing, as (partition, offset).
+    pub(crate) fn quarantined(&self) -> &HashSet<(i32, i64)> {
+        &self.quarantined
+    }
+
+    /// Stops indexing a partition at a record Postgres refuses: nothing is dropped, the
+    /// partition waits for an operator, `/health` and the metrics say where and why.
+    pub(crate) fn halt(
+        &mut self,
+        consumer: &StreamConsumer<RebalanceLog>,
+        record: &Pending,
+        refusal: &CommitError,
+    ) {
+        let (partition, offset) = (record.partition, record.offset);
+        let event = serde_json::from_slice::<IngestLogEvent>(&record.payload).ok();
+        let append_id = event.as_ref().map(|e| e.append_id.to_string());
+        let append = append_id.as_deref().unwrap_or("unknown");
+        tracing::error!(
+            partition,
+            offset,
+            append_id = append,
+            stream_id = event.as_ref().map(|e| e.stream_id.as_str()),
+            event_id = event.as_ref().map(|e| e.event_id.to_string()),
+            error = %refusal,
+            "ingest-log partition halted at a record Postgres refuses (nothing dropped); \
+             `esk indexer quarantine --partition {partition} --offset {offset}` sets it aside"
+        );
+        if refusal.is_invariant_violation() {
+            self.metrics.invariant_violations.inc();
+        }
+        self.health.set_problem(
+            &format!("partition-{partition}"),
+            format!(
+                "ingest-log partition {partition} halted at offset {offset} (append {append}): \
+                 {refusal}; after a look, `esk indexer quarantine --partition {partition} \
+                 --offset {offset}` sets the record aside"
+            ),
+        );
+        self.halted.insert(partition, offset);
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        if let Err(error) = consumer.pause(&list) {
+            tracing::warn!(%error, partition, "cannot pause the halted partition");
+        }
+        self.count();
+    }
+
+    /// Resumes halted partitions whose record an operator quarantined, seeking the consumer
+    /// to that record; returns them as (partition, offset). The record is set aside when it
+    /// is read again, in the transaction that moves on.
+    pub(crate) async fn release_quarantined(
+        &mut self,
+        pool: &PgPool,
+        consumer: &StreamConsumer<RebalanceLog>,
+    ) -> Vec<(i32, i64)> {
+        let partitions: Vec<i32> = self.halted.keys().copied().collect();
+        let requested: Vec<(i32, i64)> = match sqlx::query_as(
+            "SELECT partition_id, kafka_offset FROM indexer_quarantine
+             WHERE topic = $1 AND partition_id = ANY($2) AND quarantined_at IS NULL",
+        )
+        .bind(&self.topic)
+        .bind(&partitions)
+        .fetch_all(pool)
+        .await
+        {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read quarantine requests");
+                return Vec::new();
+            }
+        };
+        let mut released = Vec::new();
+        for (partition, offset) in requested {
+            if self.halted.get(&partition) != Some(&offset) {
+                continue;
+            }
+            let mut list = TopicPartitionList::new();
+            list.add_partition(&self.topic, partition);
+            if let Err(error) = consumer.resume(&list) {
+                tracing::warn!(%error, partition, "cannot resume the partition; will retry");
+                continue;
+            }
+            if let Err(error) = consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                tracing::warn!(%error, partition, "cannot seek to the quarantined record; will retry");
+                let _ = consumer.pause(&list);
+                continue;
+            }
+            tracing::warn!(
+                partition,
+                offset,
+                "operator quarantined the record the partition halted at; resuming"
+            );
+            self.quarantined.insert((partition, offset));
+            self.halted.remove(&partition);
+            self.health.clear_problem(&format!("partition-{partition}"));
+            released.push((partition, offset));
+        }
+        self.count();
+        released
+    }
+
+    /// Notes quarantined records a committed batch set aside.
+    pub(crate) fn set_aside(&mut self, records: &[(i32, i64)]) {
+        for &(partition, offset) in records {
+            tracing::warn!(
+                partition,
+                offset,
+                "record quarantined: set aside in indexer_quarantine, not indexed"
+            );
+            self.quarantined.remove(&(partition, offset));
+        }
+    }
+
+    fn count(&self) {
+        self.metrics.halted_partitions.set(self.halted.len() as i64);
+    }
+}

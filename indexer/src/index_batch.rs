@@ -1,0 +1,196 @@
+//! One batch through the indexing transaction: decode, committed or phantom, the write
+//! (`commit.rs`), then what a commit feeds (the publisher's tail, metrics, `/wait`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{SubsecRound, Utc};
+use esk_model::event::category_of;
+use esk_model::wire::{CanonicalEvent, IngestLogEvent};
+use esk_runtime::partition_cursor::Spans;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::classify;
+use crate::commit::{self, BatchWrite, CommitError, DeadLetter, Mode, Quarantined};
+use crate::committed_tail::CommittedTail;
+use crate::copy_batch::EventRow;
+use crate::metrics::IndexerMetrics;
+
+/// A record accepted into the batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    /// The record's value (its headers and key are not needed: the value carries everything).
+    pub(crate) payload: Vec<u8>,
+}
+
+/// Why a record of a batch is not an event to index.
+#[derive(Debug)]
+enum NotIndexed {
+    /// Its value does not decode: dead-lettered.
+    Undecodable(String),
+    /// An operator quarantined it: set aside in `indexer_quarantine`.
+    Quarantined,
+}
+
+/// What a kept transaction wrote.
+#[derive(Debug)]
+pub(crate) struct Indexed {
+    /// Per partition, where the batch started and the offset after it.
+    pub(crate) spans: Spans,
+    /// Quarantined records set aside instead of indexed, as (partition, offset).
+    pub(crate) set_aside: Vec<(i32, i64)>,
+}
+
+/// Indexes batches of `ingest-log` records, one transaction each.
+#[derive(Debug)]
+pub(crate) struct BatchIndexer {
+    pub(crate) pool: PgPool,
+    pub(crate) topic: String,
+    pub(crate) metrics: Arc<IndexerMetrics>,
+    /// Woken when events were indexed (the publisher waits on it).
+    pub(crate) indexed: Arc<Notify>,
+    /// Committed batches for this process's publisher.
+    pub(crate) tail: Arc<CommittedTail>,
+}
+
+impl BatchIndexer {
+    /// Indexes `batch` in one transaction ([`Mode::TryOnly`]: rolled back); the records in
+    /// `quarantined` are set aside instead of indexed.
+    pub(crate) async fn index(
+        &self,
+        batch: &[Pending],
+        quarantined: &HashSet<(i32, i64)>,
+        mode: Mode,
+    ) -> Result<Indexed, CommitError> {
+        let mut spans = Spans::default();
+        for p in batch {
+            spans.add(p.partition, p.offset);
+        }
+        let decoded: Vec<Result<IngestLogEvent, NotIndexed>> = batch
+            .iter()
+            .map(|p| {
+                if quarantined.contains(&(p.partition, p.offset)) {
+                    return Err(NotIndexed::Quarantined);
+                }
+                serde_json::from_slice::<IngestLogEvent>(&p.payload)
+                    .map_err(|e| NotIndexed::Undecodable(e.to_string()))
+            })
+            .collect();
+        let pairs: HashSet<classify::AttemptPair> = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(|e| (e.append_id, e.attempt_id))
+            .collect();
+        let committed = if pairs.is_empty() {
+            HashSet::new()
+        } else {
+            classify::committed(&self.pool, &pairs).await?
+        };
+        let mut write = BatchWrite {
+            spans,
+            ..Default::default()
+        };
+        let mut phantoms = 0u64;
+        // decoded[row_sources[i]] is the event of write.rows[i].
+        let mut row_sources: Vec<usize> = Vec::new();
+        let mut newest: HashMap<i32, chrono::DateTime<Utc>> = HashMap::new();
+        for (source, (pending, decoded)) in batch.iter().zip(&decoded).enumerate() {
+            match decoded {
+                Ok(event) if committed.contains(&(event.append_id, event.attempt_id)) => {
+                    newest.insert(pending.partition, event.created_at);
+                    row_sources.push(source);
+                    write.rows.push(EventRow {
+                        global_position: 0,
+                        event_id: event.event_id,
+                        stream_id: &event.stream_id,
+                        category: category_of(&event.stream_id),
+                        event_type: &event.event_type,
+                        data: event.data.get(),
+                        metadata: event.metadata.as_deref().map(|m| m.get()),
+                        version: event.version,
+                        created_at: event.created_at,
+                        kafka_partition: pending.partition,
+                        kafka_offset: pending.offset,
+                    });
+                }
+                Ok(event) => {
+                    phantoms += 1;
+                    tracing::debug!(stream_id = %event.stream_id, event_id = %event.event_id,
+                        append_id = %event.append_id, attempt_id = %event.attempt_id, "phantom skipped");
+                }
+                Err(NotIndexed::Quarantined) => {
+                    write.quarantined.push(Quarantined {
+                        partition: pending.partition,
+                        offset: pending.offset,
+                        payload: pending.payload.clone(),
+                    });
+                }
+                Err(NotIndexed::Undecodable(error)) => {
+                    tracing::warn!(partition = pending.partition, offset = pending.offset, %error, "undecodable ingest-log record dead-lettered");
+                    write.dead_letters.push(DeadLetter {
+                        partition: pending.partition,
+                        offset: pending.offset,
+                        payload: pending.payload.clone(),
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
+        let rows = write.rows.len() as u64;
+        let dead = write.dead_letters.len() as u64;
+        commit::commit(&self.pool, &self.topic, &mut write, &self.metrics, mode).await?;
+        let indexed = Indexed {
+            set_aside: write
+                .quarantined
+                .iter()
+                .map(|q| (q.partition, q.offset))
+                .collect(),
+            spans: std::mem::take(&mut write.spans),
+        };
+        if mode == Mode::TryOnly {
+            return Ok(indexed);
+        }
+        if self.tail.is_active() {
+            let committed_events = write
+                .rows
+                .iter()
+                .zip(&row_sources)
+                .filter_map(|(row, source)| {
+                    let event = decoded.get(*source)?.as_ref().ok()?;
+                    Some(CanonicalEvent {
+                        event_id: event.event_id,
+                        stream_id: event.stream_id.clone(),
+                        version: event.version,
+                        global_position: row.global_position,
+                        event_type: event.event_type.clone(),
+                        data: event.data.clone(),
+                        metadata: event.metadata.clone(),
+                        // As stored: Postgres keeps microseconds (so does the COPY encoding).
+                        created_at: event.created_at.trunc_subsecs(6),
+                    })
+                })
+                .collect();
+            self.tail.extend(committed_events);
+        }
+
+        self.metrics.batches.inc();
+        self.metrics.batch_events.observe(batch.len() as f64);
+        self.metrics.events_indexed.inc_by(rows);
+        self.metrics.phantoms.inc_by(phantoms);
+        self.metrics.dead_letters.inc_by(dead);
+        let now = Utc::now();
+        for (partition, created_at) in newest {
+            self.metrics
+                .lag_seconds
+                .with_label_values(&[&partition.to_string()])
+                .set((now - created_at).num_seconds().max(0));
+        }
+        if rows > 0 {
+            self.indexed.notify_one();
+        }
+        Ok(indexed)
+    }
+}
