@@ -1,9 +1,9 @@
 //! SQL projections: read models in Postgres whose writes commit in the same transaction as the
 //! projection's checkpoint, so each event is applied exactly once.
 //!
-//! Adding one is a one-file job: write a type implementing [`SqlProjection`] (its tables go in
-//! a migration, keyed by the projection name so one kind can back several projections), and add
-//! it to [`registered`]. See `docs/projections.md`.
+//! Adding one takes one file in this directory (a type implementing [`SqlProjection`]; its
+//! tables go in a migration, keyed by the projection name so one kind can back several
+//! projections) and one line in the [`registry!`] below. See `docs/projections.md`.
 
 use futures::future::BoxFuture;
 use sqlx::PgConnection;
@@ -33,18 +33,28 @@ pub(crate) trait SqlProjection: Send + Sync {
     ) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 }
 
-/// The registry: SQL projection kinds by the name used in the projections file.
-pub(crate) fn registered(kind: &str) -> Option<Box<dyn SqlProjection>> {
-    match kind {
-        "category_type_counts" => Some(Box::new(super::counts::CategoryTypeCounts)),
-        "stream_summary" => Some(Box::new(super::stream_summary::StreamSummary)),
-        _ => None,
-    }
+/// Declares each SQL projection's module and registers its type under the name the projections
+/// file uses (`sql = "..."`), so that a projection is registered by exactly one line.
+macro_rules! registry {
+    ($($kind:literal => $module:ident :: $projection:ident,)*) => {
+        $(mod $module;)*
+
+        /// The SQL projection kinds the projections file may name, in registration order.
+        pub(crate) const KINDS: &[&str] = &[$($kind),*];
+
+        /// The SQL projection registered as `kind`.
+        pub(crate) fn registered(kind: &str) -> Option<Box<dyn SqlProjection>> {
+            match kind {
+                $($kind => Some(Box::new($module::$projection)),)*
+                _ => None,
+            }
+        }
+    };
 }
 
-/// Names accepted by [`registered`].
-pub(crate) fn names() -> Vec<&'static str> {
-    vec!["category_type_counts", "stream_summary"]
+registry! {
+    "category_type_counts" => counts::CategoryTypeCounts,
+    "stream_summary" => stream_summary::StreamSummary,
 }
 
 /// The `reset` of a read model whose rows are keyed by projection name: deletes them all.
@@ -63,4 +73,17 @@ pub(crate) fn delete_projection_rows<'a>(
         Ok(())
     }
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_kind_resolves_and_nothing_else_does() {
+        for kind in KINDS {
+            assert!(registered(kind).is_some(), "{kind} is registered");
+        }
+        assert!(registered("no_such_projection").is_none());
+    }
 }
