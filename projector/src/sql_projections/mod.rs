@@ -75,6 +75,20 @@ pub(crate) fn delete_projection_rows<'a>(
     .boxed()
 }
 
+/// The example of `docs/projections.md` ("Adding a SQL projection"), extracted from the page by
+/// `build.rs` and compiled here, where the page says the file goes: a test build fails when
+/// the page's code no longer compiles against this module.
+#[cfg(test)]
+mod doc_example {
+    include!(concat!(env!("OUT_DIR"), "/projections_doc_example.rs"));
+
+    #[test]
+    fn the_documented_sql_projection_is_one() {
+        let projection: Box<dyn super::SqlProjection> = Box::new(DailyCounts);
+        assert!(!projection.needs_data());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
