@@ -18,6 +18,7 @@ pub(super) struct Stall<'a> {
 }
 
 impl<'a> Stall<'a> {
+    /// A projection that is not stalled (yet).
     pub(super) fn new(projection: &'a Projection) -> Self {
         Stall {
             projection,
