@@ -69,7 +69,7 @@ enum Command {
     Tail(tail::TailArgs),
     /// Check Postgres, the broker, the topics and the services; exit 4 on a problem.
     Doctor(doctor::DoctorArgs),
-    /// Projections: list, status, rebuild, dead letters (through the projector binary).
+    /// Projections: list, status, rebuild, dead letters (the projector's admin operations).
     Projection(projection::ProjectionArgs),
     /// The indexer's operator actions: quarantine the record a halted partition stopped at.
     Indexer(indexer::IndexerArgs),
@@ -116,7 +116,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => read::run(&Api::new(&cli.global.url)?, &out, args).await,
         Command::Tail(args) => tail::run(&Api::new(&cli.global.url)?, &out, args).await,
         Command::Doctor(args) => doctor::run(&cli.common, &cli.global.url, &out, args).await,
-        Command::Projection(args) => projection::run(&cli.common, &out, args).await,
+        Command::Projection(args) => {
+            // Logged as the projector logs them (a rebuild's progress lines, its warnings).
+            esk_runtime::telemetry::init_tracing(cli.common.log_format);
+            projection::run(&cli.common, &out, args).await
+        }
         Command::Indexer(args) => indexer::run(&cli.common, &out, args).await,
     }
 }

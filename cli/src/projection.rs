@@ -1,12 +1,14 @@
-//! `esk projection list|status|rebuild|dead-letters`: the projector's own commands, run through
-//! the `projector` binary (next to `esk`, else on PATH) with the same configuration.
+//! `esk projection list|status|rebuild|dead-letters`: the projector's own admin operations
+//! (`projector::admin`), called in this process with the projector's configuration.
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use esk_runtime::config::CommonConfig;
+use projector::admin::{Admin, AdminError, ProjectionStatus};
+use projector::config::{ProjectorConfig, Tuning};
 
+use crate::exit::Failure;
 use crate::output::Output;
 
 /// Options of `esk projection`.
@@ -53,82 +55,77 @@ enum DeadLetters {
     },
 }
 
-fn projector_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .map(|exe| exe.with_file_name("projector"))
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("projector"))
-}
-
+/// Runs the projector's admin operation with the same settings a `projector` started here
+/// would have (its tuning from the environment), and prints what it returns as `projector`
+/// prints it.
 pub(crate) async fn run(
     common: &CommonConfig,
     out: &Output,
     args: ProjectionArgs,
 ) -> anyhow::Result<()> {
-    let (command, filter): (Vec<&str>, Option<&str>) = match &args.action {
-        Action::List => (vec!["list"], None),
-        Action::Status { name } => (vec!["list"], Some(name.as_str())),
-        Action::Rebuild { name } => (vec!["rebuild", name.as_str()], None),
+    let config = ProjectorConfig {
+        common: common.clone(),
+        tuning: Tuning::from_env()?,
+        projections_file: args.config,
+    };
+    let admin = Admin::connect(config).await.map_err(failed)?;
+    match args.action {
+        Action::List => {
+            for status in admin.list().await.map_err(failed)? {
+                print_status(out, &status)?;
+            }
+        }
+        Action::Status { name } => {
+            let statuses = admin.list().await.map_err(failed)?;
+            let status = statuses
+                .iter()
+                .find(|status| status.projection == name)
+                .ok_or_else(|| anyhow::anyhow!("no projection named {name:?} is configured"))?;
+            print_status(out, status)?;
+        }
+        Action::Rebuild { name } => {
+            println!(
+                "{}",
+                serde_json::to_string(&admin.rebuild(&name).await.map_err(failed)?)?
+            );
+        }
         Action::DeadLetters(DeadLetters::List { name }) => {
-            (vec!["dead-letters", "list", name.as_str()], None)
+            let letters = admin.dead_letters(&name).await.map_err(failed)?;
+            println!("{}", serde_json::to_string_pretty(&letters)?);
         }
         Action::DeadLetters(DeadLetters::Replay { name }) => {
-            (vec!["dead-letters", "replay", name.as_str()], None)
-        }
-    };
-    let binary = projector_binary();
-    let mut child = tokio::process::Command::new(&binary);
-    child
-        .args(&command)
-        .env("ESK_DATABASE_URL", &common.database_url)
-        .env("ESK_KAFKA_BROKERS", &common.kafka_brokers)
-        .env("ESK_TOPIC_EVENTS", &common.topics.events)
-        .env("ESK_PROJECTOR_HTTP_ADDR", "127.0.0.1:0")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit());
-    if let Some(config) = &args.config {
-        child.env("ESK_PROJECTOR_CONFIG", config);
-    }
-    let rebuild = matches!(args.action, Action::Rebuild { .. });
-    if rebuild {
-        // The progress bar goes to the terminal as it is.
-        child.stdout(std::process::Stdio::inherit());
-    }
-    let output = child
-        .output()
-        .await
-        .with_context(|| format!("cannot run {}", binary.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !rebuild {
-        let mut shown = 0;
-        for line in stdout.lines() {
-            let value: Option<serde_json::Value> = serde_json::from_str(line).ok();
-            if let (Some(name), Some(v)) = (filter, &value) {
-                if v["projection"].as_str() != Some(name) {
-                    continue;
-                }
-            }
-            shown += 1;
-            match (&value, out.json) {
-                (Some(v), false) if v.get("applied_through").is_some() => println!(
-                    "{:<24} {:<5} applied through {:>12}  head {:>12}  published {:>12}  dead letters {}",
-                    v["projection"].as_str().unwrap_or("?"),
-                    if v["live"].as_bool() == Some(true) { "live" } else { "replay" },
-                    v["applied_through"], v["head"], v["published_through"], v["dead_letters"]
-                ),
-                _ => println!("{line}"),
-            }
-        }
-        if let Some(name) = filter {
-            anyhow::ensure!(shown > 0, "no projection named {name:?} is configured");
+            let outcome = admin.replay_dead_letters(&name).await.map_err(failed)?;
+            println!("{}", serde_json::to_string(&outcome)?);
+            anyhow::ensure!(
+                outcome.still_failing == 0,
+                "{} dead letters still fail",
+                outcome.still_failing
+            );
         }
     }
-    anyhow::ensure!(
-        output.status.success(),
-        "projector {} failed ({})",
-        command.join(" "),
-        output.status
-    );
+    Ok(())
+}
+
+/// A failed projector operation exits 1 whatever its cause, as it did when these commands ran
+/// the `projector` binary (and a lost database socket is not a closed stdout, which exits 0).
+fn failed(error: AdminError) -> anyhow::Error {
+    Failure::usage(format!("{:#}", anyhow::Error::new(error)))
+}
+
+/// One line per projection: JSON with `--json`, else a line for people.
+fn print_status(out: &Output, status: &ProjectionStatus) -> anyhow::Result<()> {
+    if out.json {
+        println!("{}", serde_json::to_string(status)?);
+    } else {
+        println!(
+            "{:<24} {:<5} applied through {}  head {}  published {}  dead letters {}",
+            status.projection,
+            if status.live { "live" } else { "replay" },
+            status.applied_through,
+            status.head,
+            status.published_through,
+            status.dead_letters
+        );
+    }
     Ok(())
 }

@@ -10,8 +10,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Progress};
-use crate::event::{event_columns, Filter, ProjectedEvent};
-use crate::handlers::{ProcessError, Projection};
+use crate::event::{event_columns, ProjectedEvent};
+use crate::filter::Filter;
+use crate::projection::{ProcessError, Projection};
 
 /// How progress is shown: a bar on a terminal, a line every few seconds otherwise.
 #[derive(Debug)]

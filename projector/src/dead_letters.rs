@@ -1,12 +1,12 @@
-//! A projection's dead letters: events its handler rejected, and canonical records that did not
-//! decode, kept for inspection and replay (`projector dead-letters list|replay NAME`).
+//! A projection's dead letters in Postgres: events its handler rejected, and canonical records
+//! that did not decode, kept for inspection and replay (`projector dead-letters list|replay
+//! NAME`; the replay itself is the projection's, in `projection/dead_letter_replay.rs`).
 
-use esk_model::wire::CanonicalEvent;
 use sqlx::{PgConnection, PgPool, Row};
 
 use crate::event::ProjectedEvent;
-use crate::handlers::Projection;
 
+/// The `source` column of a projection's dead letters.
 fn source(projection: &str) -> String {
     format!("projection:{projection}")
 }
@@ -69,17 +69,25 @@ pub(crate) async fn store_undecodable(
     Ok(())
 }
 
-/// A stored dead letter.
+/// A stored dead letter, as `dead-letters list` shows it.
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct DeadLetter {
-    pub(crate) id: i64,
-    pub(crate) global_position: Option<i64>,
-    pub(crate) event_id: Option<uuid::Uuid>,
-    pub(crate) kafka_partition: Option<i32>,
-    pub(crate) kafka_offset: Option<i64>,
-    pub(crate) error: String,
-    pub(crate) attempts: i32,
-    pub(crate) created_at: chrono::DateTime<chrono::Utc>,
+pub struct DeadLetter {
+    /// Its id in `dead_letters`.
+    pub id: i64,
+    /// The event's global position (none for an undecodable record).
+    pub global_position: Option<i64>,
+    /// The event's id (none for an undecodable record).
+    pub event_id: Option<uuid::Uuid>,
+    /// Where it was on the canonical topic (none when it was replayed from Postgres).
+    pub kafka_partition: Option<i32>,
+    /// Its offset in that partition.
+    pub kafka_offset: Option<i64>,
+    /// Why it was dead-lettered (the latest failure).
+    pub error: String,
+    /// How many times it was tried.
+    pub attempts: i32,
+    /// When it was dead-lettered.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Dead letters not replayed yet, oldest first.
@@ -108,47 +116,34 @@ pub(crate) async fn list(pool: &PgPool, projection: &str) -> Result<Vec<DeadLett
         .collect()
 }
 
-/// Applies every unreplayed dead letter again; returns (replayed, still failing).
-pub(crate) async fn replay(
+/// The (id, payload) of every dead letter not replayed yet, oldest first.
+pub(crate) async fn unreplayed_payloads(
     pool: &PgPool,
-    projection: &Projection,
-) -> anyhow::Result<(usize, usize)> {
+    projection: &str,
+) -> Result<Vec<(i64, Option<Vec<u8>>)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT id, payload FROM dead_letters WHERE source = $1 AND replayed_at IS NULL ORDER BY id",
     )
-    .bind(source(&projection.name))
+    .bind(source(projection))
     .fetch_all(pool)
     .await?;
-    let (mut replayed, mut failing) = (0, 0);
-    for row in rows {
-        let id: i64 = row.try_get("id")?;
-        let payload: Option<Vec<u8>> = row.try_get("payload")?;
-        // An undecodable record stays undecodable: it counts as still failing.
-        let outcome = match serde_json::from_slice::<CanonicalEvent>(&payload.unwrap_or_default()) {
-            Ok(event) => {
-                let event = ProjectedEvent {
-                    event,
-                    source: None,
-                };
-                projection.replay_dead_letter(pool, &event, id).await
-            }
-            Err(error) => Err(format!("undecodable canonical record: {error}")),
-        };
-        match outcome {
-            Ok(()) => replayed += 1,
-            Err(error) => {
-                sqlx::query(
-                    "UPDATE dead_letters SET attempts = attempts + 1, error = $2 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(&error)
-                .execute(pool)
-                .await?;
-                failing += 1;
-            }
-        }
-    }
-    Ok((replayed, failing))
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("payload")?)))
+        .collect()
+}
+
+/// Counts a failed replay of a dead letter and keeps its latest error.
+pub(crate) async fn record_failed_replay(
+    pool: &PgPool,
+    id: i64,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE dead_letters SET attempts = attempts + 1, error = $2 WHERE id = $1")
+        .bind(id)
+        .bind(error)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Marks a dead letter replayed, in the caller's transaction.

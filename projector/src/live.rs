@@ -22,7 +22,7 @@ use crate::checkpoint::{self, Progress};
 use crate::config::Tuning;
 use crate::dead_letters::UndecodableRecord;
 use crate::event::ProjectedEvent;
-use crate::handlers::{ProcessError, Projection};
+use crate::projection::{ProcessError, Projection};
 
 /// Why the live loop returned.
 #[derive(Debug, PartialEq, Eq)]

@@ -44,10 +44,13 @@ pub fn cancel_on_signal(shutdown: CancellationToken) {
 /// binary to report (exit code 1).
 pub fn exit_on_stop(result: Result<(), RunError>) -> Result<(), RunError> {
     match result {
-        Err(RunError::Stopped(error)) => {
-            eprintln!("stopping: {error}");
-            std::process::exit(EXIT_TASK_ENDED);
-        }
+        Err(RunError::Stopped(error)) => exit_task_ended(&error),
         other => other,
     }
+}
+
+/// Exits the process with [`EXIT_TASK_ENDED`] after saying on stderr which task ended early.
+pub fn exit_task_ended(error: &SupervisorError) -> ! {
+    eprintln!("stopping: {error}");
+    std::process::exit(EXIT_TASK_ENDED);
 }

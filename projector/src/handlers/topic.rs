@@ -9,8 +9,9 @@ use rdkafka::producer::FutureProducer;
 
 use crate::event::ProjectedEvent;
 
-use super::HandlerError;
+use super::{HandlerError, HandlerSetupError};
 
+/// The producer and derived topic of one projection.
 pub(crate) struct TopicForwarder {
     producer: FutureProducer,
     topic: String,
@@ -25,13 +26,17 @@ impl std::fmt::Debug for TopicForwarder {
 }
 
 impl TopicForwarder {
-    pub(crate) fn new(brokers: &str, topic: &str) -> anyhow::Result<Self> {
+    /// A forwarder to `topic` on `brokers`.
+    pub(crate) fn new(brokers: &str, topic: &str) -> Result<Self, HandlerSetupError> {
         Ok(TopicForwarder {
-            producer: esk_runtime::kafka::producer_config(brokers).create()?,
+            producer: esk_runtime::kafka::producer_config(brokers)
+                .create()
+                .map_err(HandlerSetupError::Producer)?,
             topic: topic.to_owned(),
         })
     }
 
+    /// Produces `events` and waits for every delivery report.
     pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), HandlerError> {
         let records = events
             .iter()

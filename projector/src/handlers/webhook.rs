@@ -11,8 +11,9 @@ use serde::Serialize;
 
 use crate::event::ProjectedEvent;
 
-use super::HandlerError;
+use super::{HandlerError, HandlerSetupError};
 
+/// A webhook receiver of one projection.
 #[derive(Debug)]
 pub(crate) struct Webhook {
     client: reqwest::Client,
@@ -28,20 +29,30 @@ struct Body<'a> {
 }
 
 impl Webhook {
-    pub(crate) fn new(projection: &str, url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    /// A webhook for `projection` that POSTs to `url`, each request within `timeout`.
+    pub(crate) fn new(
+        projection: &str,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Self, HandlerSetupError> {
         // A malformed URL is a configuration error, found at start rather than on every event.
-        reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("webhook url {url:?}: {e}"))?;
+        reqwest::Url::parse(url).map_err(|e| HandlerSetupError::InvalidUrl {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
         Ok(Webhook {
             client: reqwest::Client::builder()
                 .timeout(timeout)
                 // A redirect is an answer about the URL, not an acknowledgement: not followed.
                 .redirect(reqwest::redirect::Policy::none())
-                .build()?,
+                .build()
+                .map_err(HandlerSetupError::HttpClient)?,
             url: url.to_owned(),
             projection: projection.to_owned(),
         })
     }
 
+    /// POSTs `events` as one request; any 2xx acknowledges them.
     pub(crate) async fn deliver(&self, events: &[ProjectedEvent]) -> Result<(), HandlerError> {
         let body = serde_json::to_vec(&Body {
             projection: &self.projection,

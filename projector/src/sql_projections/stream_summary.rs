@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::PgConnection;
 
-use super::sql::SqlProjection;
+use super::SqlProjection;
 use crate::event::ProjectedEvent;
 
 /// `projection_stream_summary`.
@@ -64,6 +64,6 @@ impl SqlProjection for StreamSummary {
         conn: &'a mut PgConnection,
         projection: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        super::sql::delete_projection_rows(conn, "projection_stream_summary", projection)
+        super::delete_projection_rows(conn, "projection_stream_summary", projection)
     }
 }

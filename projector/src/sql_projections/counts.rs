@@ -7,7 +7,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use sqlx::PgConnection;
 
-use super::sql::SqlProjection;
+use super::SqlProjection;
 use crate::event::ProjectedEvent;
 
 /// `projection_category_type_counts`.
@@ -64,6 +64,6 @@ impl SqlProjection for CategoryTypeCounts {
         conn: &'a mut PgConnection,
         projection: &'a str,
     ) -> BoxFuture<'a, Result<(), sqlx::Error>> {
-        super::sql::delete_projection_rows(conn, "projection_category_type_counts", projection)
+        super::delete_projection_rows(conn, "projection_category_type_counts", projection)
     }
 }
