@@ -90,7 +90,7 @@ pub(crate) async fn run(
     // Step 3: claim the event ids of the appends claimed now; the owners of the ids someone
     // else holds tell a duplicate from an expired retry.
     let new_appends = decide::claimed_now(appends, &claimed_appends);
-    let mut claimed_events = HashSet::new();
+    let mut claimed_events = decide::EventClaims::new();
     let mut event_owners = HashMap::new();
     if !new_appends.is_empty() {
         claimed_events = event_claims::claim(&mut tx, &new_appends).await?;

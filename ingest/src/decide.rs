@@ -32,6 +32,16 @@ impl LedgerEntry {
     }
 }
 
+/// The event ids this attempt claimed (step 3), each with the append of the batch that claimed
+/// it. Two appends of one batch may carry the same event id: only the first (in arrival order)
+/// claims it, so the other is refused as a duplicate instead of both being accepted.
+pub(crate) type EventClaims = HashMap<Uuid, Uuid>;
+
+/// Whether `append` claimed `event_id` in this attempt.
+fn claimed_by(claims: &EventClaims, event_id: Uuid, append: &Append) -> bool {
+    claims.get(&event_id) == Some(&append.append_id)
+}
+
 /// What an attempt has loaded by the end of step 4.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Inputs<'i, 'a> {
@@ -41,8 +51,8 @@ pub(crate) struct Inputs<'i, 'a> {
     pub(crate) claimed_appends: &'i HashSet<Uuid>,
     /// Ledger rows of the appends decided earlier (step 2).
     pub(crate) ledger: &'i HashMap<Uuid, LedgerEntry>,
-    /// Event ids this attempt claimed (step 3).
-    pub(crate) claimed_events: &'i HashSet<Uuid>,
+    /// Event ids this attempt claimed, with the append that claimed each (step 3).
+    pub(crate) claimed_events: &'i EventClaims,
     /// The append owning each event id this attempt could not claim (step 3).
     pub(crate) event_owners: &'i HashMap<Uuid, Uuid>,
     /// Version of each stream locked in step 4 ([`streams_to_lock`]); a stream missing here
@@ -105,11 +115,15 @@ pub(crate) fn claimed_now<'a>(
 
 /// Step 3's follow-up: the event ids of `appends` this attempt could not claim, whose owners
 /// tell a duplicate from an expired retry.
-pub(crate) fn unclaimed_events(appends: &[&Append], claimed_events: &HashSet<Uuid>) -> Vec<Uuid> {
+pub(crate) fn unclaimed_events(appends: &[&Append], claimed_events: &EventClaims) -> Vec<Uuid> {
     appends
         .iter()
-        .flat_map(|a| a.events.iter().map(|e| e.id))
-        .filter(|id| !claimed_events.contains(id))
+        .flat_map(|a| {
+            a.events
+                .iter()
+                .map(|e| e.id)
+                .filter(|id| !claimed_by(claimed_events, *id, a))
+        })
         .collect()
 }
 
@@ -118,7 +132,7 @@ pub(crate) fn unclaimed_events(appends: &[&Append], claimed_events: &HashSet<Uui
 pub(crate) fn streams_to_lock<'a>(
     appends: &[&'a Append],
     claimed_appends: &HashSet<Uuid>,
-    claimed_events: &HashSet<Uuid>,
+    claimed_events: &EventClaims,
 ) -> Vec<&'a str> {
     let mut streams: Vec<&str> = appends
         .iter()
@@ -134,10 +148,13 @@ pub(crate) fn streams_to_lock<'a>(
 fn reaches_stream_index(
     append: &Append,
     claimed_appends: &HashSet<Uuid>,
-    claimed_events: &HashSet<Uuid>,
+    claimed_events: &EventClaims,
 ) -> bool {
     claimed_appends.contains(&append.append_id)
-        && append.events.iter().all(|e| claimed_events.contains(&e.id))
+        && append
+            .events
+            .iter()
+            .all(|e| claimed_by(claimed_events, e.id, append))
 }
 
 /// Decides every append of the batch, in arrival order:
@@ -180,7 +197,7 @@ pub(crate) fn decide<'a>(inputs: Inputs<'_, 'a>) -> Result<Decision<'a>, DecideE
                         .events
                         .iter()
                         .map(|e| e.id)
-                        .filter(|id| claimed_events.contains(id)),
+                        .filter(|id| claimed_by(claimed_events, *id, append)),
                 );
                 AppendOutcome::Rejected(rejection)
             } else {
@@ -245,13 +262,13 @@ pub(crate) fn decide<'a>(inputs: Inputs<'_, 'a>) -> Result<Decision<'a>, DecideE
 /// Step 3 for one claimed append: the rejection when one of its event ids is held by someone.
 fn event_claim_conflict(
     append: &Append,
-    claimed_events: &HashSet<Uuid>,
+    claimed_events: &EventClaims,
     event_owners: &HashMap<Uuid, Uuid>,
 ) -> Option<Rejection> {
     let mut taken = append
         .events
         .iter()
-        .filter(|e| !claimed_events.contains(&e.id))
+        .filter(|e| !claimed_by(claimed_events, e.id, append))
         .peekable();
     taken.peek()?;
     // Its own ids, claimed under its own append id, with no ledger row: the append was
@@ -308,7 +325,7 @@ mod tests {
         histories: Vec<History>,
         claimed_appends: HashSet<Uuid>,
         ledger: HashMap<Uuid, LedgerEntry>,
-        claimed_events: HashSet<Uuid>,
+        claimed_events: EventClaims,
         event_owners: HashMap<Uuid, Uuid>,
     }
 
@@ -329,7 +346,7 @@ mod tests {
                 histories: planned.iter().map(|p| p.history.clone()).collect(),
                 claimed_appends: HashSet::new(),
                 ledger: HashMap::new(),
-                claimed_events: HashSet::new(),
+                claimed_events: EventClaims::new(),
                 event_owners: HashMap::new(),
             };
             for (append, history) in world.appends.iter().zip(&world.histories) {
@@ -356,7 +373,7 @@ mod tests {
                     }
                     History::New => {
                         world.claimed_appends.insert(id);
-                        world.claimed_events.extend(events);
+                        world.claimed_events.extend(events.map(|e| (e, id)));
                     }
                     History::DuplicateEvent | History::Expired => {
                         world.claimed_appends.insert(id);
@@ -368,7 +385,7 @@ mod tests {
                             };
                             world.event_owners.insert(taken, owner);
                         }
-                        world.claimed_events.extend(events);
+                        world.claimed_events.extend(events.map(|e| (e, id)));
                     }
                 }
             }
@@ -607,7 +624,11 @@ mod tests {
                 let claimed_now = world.claimed_appends.contains(&append.append_id);
                 if claimed_now && matches!(outcome, AppendOutcome::Rejected(_)) {
                     expected_release.extend(
-                        append.events.iter().map(|e| e.id).filter(|id| world.claimed_events.contains(id)),
+                        append
+                            .events
+                            .iter()
+                            .map(|e| e.id)
+                            .filter(|id| world.claimed_events.get(id) == Some(&append.append_id)),
                     );
                 }
             }
@@ -764,6 +785,46 @@ mod tests {
         );
         assert_eq!(decision.new_versions, vec![("Order-a", version(0))]);
         assert!(decision.unfilled_placeholders.is_empty());
+    }
+
+    #[test]
+    fn of_two_appends_in_one_batch_sharing_an_event_id_only_the_first_is_accepted() {
+        let first = append(0, "Order-a", ExpectedVersion::Any, 1);
+        let mut second = append(1, "Order-b", ExpectedVersion::Any, 2);
+        let shared = first.events[0].id;
+        second.events[1].id = shared;
+        let own = second.events[0].id;
+        let batch = vec![&first, &second];
+        let claimed_appends: HashSet<Uuid> = [first.append_id, second.append_id].into();
+        // What event_claims::claim answers: the shared id went to the earlier append.
+        let claims: EventClaims = [(shared, first.append_id), (own, second.append_id)].into();
+        let unclaimed = unclaimed_events(&batch, &claims);
+        assert_eq!(unclaimed, vec![shared]);
+        let owners: HashMap<Uuid, Uuid> = [(shared, first.append_id)].into();
+        let locked = streams_to_lock(&batch, &claimed_appends, &claims);
+        assert_eq!(locked, vec!["Order-a"]);
+        let decision = decide(Inputs {
+            appends: &batch,
+            claimed_appends: &claimed_appends,
+            ledger: &HashMap::new(),
+            claimed_events: &claims,
+            event_owners: &owners,
+            streams: &HashMap::new(),
+        })
+        .expect("decidable");
+        assert_eq!(
+            decision.outcomes,
+            vec![
+                AppendOutcome::Accepted {
+                    first_version: version(0),
+                    last_version: version(0),
+                },
+                AppendOutcome::Rejected(Rejection::DuplicateEventId),
+            ]
+        );
+        // Only the id the rejected append claimed itself is released, never the shared one.
+        assert_eq!(decision.released_events, vec![own]);
+        assert_eq!(decision.accepted.len(), 1);
     }
 
     #[test]

@@ -1,18 +1,20 @@
 //! Event-id claims (step 3): event ids are unique in the store, enforced at ingest so a
 //! duplicate is refused before it is acknowledged, never dropped later by the indexer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use esk_model::event::Append;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Claims every event id of `appends` for its append, in event-id order. Returns the ids
-/// claimed now; an id missing from the result already belongs to another append.
+/// Claims every event id of `appends` for its append, in event-id order (then arrival order, so
+/// of two appends of the batch with the same event id the earlier one claims it). Returns the
+/// ids claimed now with the append that claimed each; an id missing from the result already
+/// belongs to another append.
 pub(crate) async fn claim(
     conn: &mut PgConnection,
     appends: &[&Append],
-) -> Result<HashSet<Uuid>, sqlx::Error> {
+) -> Result<HashMap<Uuid, Uuid>, sqlx::Error> {
     let total = appends.iter().map(|a| a.events.len()).sum();
     let mut event_ids = Vec::with_capacity(total);
     let mut owners = Vec::with_capacity(total);
@@ -22,12 +24,12 @@ pub(crate) async fn claim(
             owners.push(append.append_id);
         }
     }
-    let claimed: Vec<Uuid> = sqlx::query_scalar(
+    let claimed: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "INSERT INTO event_claims (event_id, append_id)
-         SELECT e, a FROM unnest($1::uuid[], $2::uuid[]) AS t(e, a)
-         ORDER BY e
+         SELECT e, a FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(e, a, arrival)
+         ORDER BY e, arrival
          ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
+         RETURNING event_id, append_id",
     )
     .bind(&event_ids)
     .bind(&owners)
