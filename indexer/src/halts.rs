@@ -16,7 +16,9 @@ use sqlx::PgPool;
 
 use crate::commit::CommitError;
 use crate::index_batch::Pending;
+use crate::internal_events::{PartitionHalted, PartitionResumed};
 use crate::metrics::IndexerMetrics;
+use esk_runtime::internal_event::InternalEvent;
 
 /// The halted partitions of one consumer and the quarantined records awaiting their turn.
 #[derive(Debug)]
@@ -67,19 +69,17 @@ impl Halts {
         let event = serde_json::from_slice::<IngestLogEvent>(&record.payload).ok();
         let append_id = event.as_ref().map(|e| e.append_id.to_string());
         let append = append_id.as_deref().unwrap_or("unknown");
-        tracing::error!(
+        self.halted.insert(partition, offset);
+        PartitionHalted {
+            metrics: &self.metrics,
             partition,
             offset,
-            append_id = append,
-            stream_id = event.as_ref().map(|e| e.stream_id.as_str()),
-            event_id = event.as_ref().map(|e| e.event_id.to_string()),
-            error = %refusal,
-            "ingest-log partition halted at a record Postgres refuses (nothing dropped); \
-             `esk indexer quarantine --partition {partition} --offset {offset}` sets it aside"
-        );
-        if refusal.is_invariant_violation() {
-            self.metrics.invariant_violations.inc();
+            event: event.as_ref(),
+            refusal,
+            invariant_violation: refusal.is_invariant_violation(),
+            halted: self.halted.len(),
         }
+        .emit();
         self.health.set_problem(
             &format!("partition-{partition}"),
             format!(
@@ -88,13 +88,11 @@ impl Halts {
                  --offset {offset}` sets the record aside"
             ),
         );
-        self.halted.insert(partition, offset);
         let mut list = TopicPartitionList::new();
         list.add_partition(&self.topic, partition);
         if let Err(error) = consumer.pause(&list) {
             tracing::warn!(%error, partition, "cannot pause the halted partition");
         }
-        self.count();
     }
 
     /// Resumes halted partitions whose record an operator quarantined, seeking the consumer
@@ -142,17 +140,18 @@ impl Halts {
                 let _ = consumer.pause(&list);
                 continue;
             }
-            tracing::warn!(
-                partition,
-                offset,
-                "operator quarantined the record the partition halted at; resuming"
-            );
             self.quarantined.insert((partition, offset));
             self.halted.remove(&partition);
             self.health.clear_problem(&format!("partition-{partition}"));
+            PartitionResumed {
+                metrics: &self.metrics,
+                partition,
+                offset,
+                halted: self.halted.len(),
+            }
+            .emit();
             released.push((partition, offset));
         }
-        self.count();
         released
     }
 
@@ -166,9 +165,5 @@ impl Halts {
             );
             self.quarantined.remove(&(partition, offset));
         }
-    }
-
-    fn count(&self) {
-        self.metrics.halted_partitions.set(self.halted.len() as i64);
     }
 }

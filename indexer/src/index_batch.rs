@@ -7,6 +7,7 @@ use std::sync::Arc;
 use chrono::{SubsecRound, Utc};
 use esk_model::event::category_of;
 use esk_model::wire::{CanonicalEvent, IngestLogEvent};
+use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::partition_cursor::Spans;
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -15,6 +16,7 @@ use crate::classify;
 use crate::commit::{self, BatchWrite, CommitError, DeadLetter, Mode, Quarantined};
 use crate::committed_tail::CommittedTail;
 use crate::copy_batch::EventRow;
+use crate::internal_events::{PhantomDropped, UndecodableDeadLettered};
 use crate::metrics::IndexerMetrics;
 
 /// A record accepted into the batch.
@@ -93,7 +95,7 @@ impl BatchIndexer {
             spans,
             ..Default::default()
         };
-        let mut phantoms = 0u64;
+        let mut phantoms: Vec<&IngestLogEvent> = Vec::new();
         // decoded[row_sources[i]] is the event of write.rows[i].
         let mut row_sources: Vec<usize> = Vec::new();
         let mut newest: HashMap<i32, chrono::DateTime<Utc>> = HashMap::new();
@@ -116,11 +118,7 @@ impl BatchIndexer {
                         kafka_offset: pending.offset,
                     });
                 }
-                Ok(event) => {
-                    phantoms += 1;
-                    tracing::debug!(stream_id = %event.stream_id, event_id = %event.event_id,
-                        append_id = %event.append_id, attempt_id = %event.attempt_id, "phantom skipped");
-                }
+                Ok(event) => phantoms.push(event),
                 Err(NotIndexed::Quarantined) => {
                     write.quarantined.push(Quarantined {
                         partition: pending.partition,
@@ -129,7 +127,6 @@ impl BatchIndexer {
                     });
                 }
                 Err(NotIndexed::Undecodable(error)) => {
-                    tracing::warn!(partition = pending.partition, offset = pending.offset, %error, "undecodable ingest-log record dead-lettered");
                     write.dead_letters.push(DeadLetter {
                         partition: pending.partition,
                         offset: pending.offset,
@@ -140,7 +137,6 @@ impl BatchIndexer {
             }
         }
         let rows = write.rows.len() as u64;
-        let dead = write.dead_letters.len() as u64;
         commit::commit(&self.pool, &self.topic, &mut write, &self.metrics, mode).await?;
         let indexed = Indexed {
             set_aside: write
@@ -179,8 +175,22 @@ impl BatchIndexer {
         self.metrics.batches.inc();
         self.metrics.batch_events.observe(batch.len() as f64);
         self.metrics.events_indexed.inc_by(rows);
-        self.metrics.phantoms.inc_by(phantoms);
-        self.metrics.dead_letters.inc_by(dead);
+        for event in phantoms {
+            PhantomDropped {
+                metrics: &self.metrics,
+                event,
+            }
+            .emit();
+        }
+        for dead in &write.dead_letters {
+            UndecodableDeadLettered {
+                metrics: &self.metrics,
+                partition: dead.partition,
+                offset: dead.offset,
+                error: &dead.error,
+            }
+            .emit();
+        }
         let now = Utc::now();
         for (partition, created_at) in newest {
             self.metrics

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::kafka::RebalanceLog;
 use esk_runtime::partition_cursor::{Admission, PartitionCursor, Spans};
 use esk_runtime::supervisor::Progress;
@@ -21,6 +22,7 @@ use crate::committed_tail::CommittedTail;
 use crate::config::IndexerConfig;
 use crate::halts::Halts;
 use crate::index_batch::{BatchIndexer, Pending};
+use crate::internal_events::{IndexingFailed, StepFailed, ZombieRollback};
 use crate::metrics::IndexerMetrics;
 use crate::{narrow, offsets};
 
@@ -157,8 +159,14 @@ impl Indexer {
                     }
                 }
                 Err(error) => {
-                    self.metrics.errors.with_label_values(&["consume"]).inc();
-                    tracing::warn!(%error, "ingest-log consumer error");
+                    StepFailed {
+                        metrics: &self.metrics,
+                        stage: "consume",
+                        error: &error,
+                        partition: None,
+                        message: "ingest-log consumer error",
+                    }
+                    .emit();
                     if batch.is_empty() {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
@@ -203,11 +211,11 @@ impl Indexer {
                     return;
                 }
                 Err(CommitError::NotOwner(lost)) => {
-                    self.metrics.zombie_rollbacks.inc();
-                    tracing::info!(
-                        ?lost,
-                        "partitions owned elsewhere; rolled back and re-seeking"
-                    );
+                    ZombieRollback {
+                        metrics: &self.metrics,
+                        lost: &lost,
+                    }
+                    .emit();
                     self.cursor.forget(lost.iter().copied());
                     batch.retain(|p| !lost.contains(&p.partition));
                 }
@@ -217,8 +225,14 @@ impl Indexer {
                     return;
                 }
                 Err(CommitError::Database(error)) => {
-                    self.metrics.errors.with_label_values(&["commit"]).inc();
                     self.failures += 1;
+                    IndexingFailed {
+                        metrics: &self.metrics,
+                        error: &error,
+                        records: batch.len(),
+                        failures: self.failures,
+                    }
+                    .emit();
                     if self.failures >= FAILURES_BEFORE_UNHEALTHY {
                         self.health.set_problem(
                             "indexing",
@@ -228,8 +242,6 @@ impl Indexer {
                             ),
                         );
                     }
-                    tracing::warn!(%error, records = batch.len(), failures = self.failures,
-                        "indexing transaction failed; retrying");
                     self.progress.blocked_by(&error);
                     tokio::time::sleep(
                         backoff

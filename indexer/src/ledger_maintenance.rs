@@ -7,7 +7,9 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::internal_events::StepFailed;
 use crate::metrics::IndexerMetrics;
+use esk_runtime::internal_event::InternalEvent;
 
 /// Periodic ledger upkeep.
 pub(crate) struct LedgerMaintenance {
@@ -27,11 +29,14 @@ impl LedgerMaintenance {
                 _ = tick.tick() => {}
             }
             if let Err(error) = self.round().await {
-                self.metrics
-                    .errors
-                    .with_label_values(&["ledger_maintenance"])
-                    .inc();
-                tracing::warn!(%error, "ledger maintenance failed");
+                StepFailed {
+                    metrics: &self.metrics,
+                    stage: "ledger_maintenance",
+                    error: &error,
+                    partition: None,
+                    message: "ledger maintenance failed",
+                }
+                .emit();
             }
         }
     }

@@ -11,6 +11,7 @@ mod copy_batch;
 mod halts;
 mod index_batch;
 mod index_loop;
+mod internal_events;
 mod lag;
 mod ledger_maintenance;
 mod metrics;

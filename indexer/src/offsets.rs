@@ -7,7 +7,9 @@ use std::time::Duration;
 use esk_runtime::partition_cursor::{MissingRow, OffsetStore, OffsetTable, Stored};
 use sqlx::PgPool;
 
+use crate::internal_events::StepFailed;
 use crate::metrics::IndexerMetrics;
+use esk_runtime::internal_event::InternalEvent;
 
 /// `indexer_offsets`: a partition without a row is not pinned yet, and the first batch that
 /// commits in it pins it at its own start.
@@ -33,8 +35,14 @@ pub(crate) async fn load(
         match OFFSETS.load(pool, topic, partition).await {
             Ok(stored) => return stored.unwrap_or(Stored::UNPINNED),
             Err(error) => {
-                metrics.errors.with_label_values(&["load_offset"]).inc();
-                tracing::warn!(%error, partition, "cannot read the stored offset; retrying");
+                StepFailed {
+                    metrics,
+                    stage: "load_offset",
+                    error: &error,
+                    partition: Some(partition),
+                    message: "cannot read the stored offset; retrying",
+                }
+                .emit();
                 tokio::time::sleep(
                     backoff
                         .next()

@@ -21,7 +21,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::committed_tail::CommittedTail;
+use crate::internal_events::StepFailed;
 use crate::metrics::IndexerMetrics;
+use esk_runtime::internal_event::InternalEvent;
 
 /// Advisory lock key of the publisher election.
 const PUBLISHER_LOCK: i64 = 0x0065_736b_5f70_7562; // "esk_pub"
@@ -80,8 +82,14 @@ impl Publisher {
                 Ok(()) => return,
                 Err(error) => {
                     self.progress.blocked_by(&error);
-                    self.metrics.errors.with_label_values(&["publish"]).inc();
-                    tracing::warn!(%error, "publisher stepped down");
+                    StepFailed {
+                        metrics: &self.metrics,
+                        stage: "publish",
+                        error: &error,
+                        partition: None,
+                        message: "publisher stepped down",
+                    }
+                    .emit();
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }

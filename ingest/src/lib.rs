@@ -8,6 +8,7 @@ mod config;
 mod decide;
 mod event_claims;
 mod ingest_log;
+mod internal_events;
 mod kafka_appends;
 mod ledger;
 mod metrics;

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use esk_model::event::Append;
+use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::supervisor::{Progress, Watchdog};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
@@ -16,6 +17,7 @@ use uuid::Uuid;
 use crate::attempt::{self, AttemptError};
 use crate::config::IngestConfig;
 use crate::ingest_log::IngestLog;
+use crate::internal_events::{AttemptGaveUp, AttemptRetried};
 use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, AppendReply, Rejection, Unavailable};
 
@@ -254,23 +256,28 @@ impl Worker {
             )
             .when(|error: &AttemptError| error.refused_by_broker().is_none())
             .notify(|error: &AttemptError, delay| {
-                self.metrics.attempt_failures.with_label_values(&[error.code()]).inc();
-                tracing::warn!(%error, retry_in = ?delay, appends = appends.len(), "ingest attempt failed; retrying");
+                AttemptRetried {
+                    metrics: &self.metrics,
+                    error,
+                    appends: appends.len(),
+                    retry_in: delay,
+                }
+                .emit();
             })
             .await
     }
 
     /// The replies of `count` appends whose attempt failed with `error`.
     fn failed(&self, error: &AttemptError, count: usize) -> Vec<AppendReply> {
-        self.metrics
-            .attempt_failures
-            .with_label_values(&[error.code()])
-            .inc();
+        AttemptGaveUp {
+            metrics: &self.metrics,
+            error,
+            appends: count,
+        }
+        .emit();
         if let Some(rejection) = error.refused_by_broker() {
-            tracing::warn!(%error, "the broker refuses an append's records; rejecting it");
             return vec![Ok(AppendOutcome::Rejected(rejection)); count];
         }
-        tracing::error!(%error, appends = count, "ingest attempt failed; answering 503");
         let unavailable = Unavailable {
             code: error.code(),
             message: error.to_string(),

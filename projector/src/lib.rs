@@ -14,6 +14,7 @@ mod dead_letters;
 mod event;
 mod filter;
 mod handlers;
+mod internal_events;
 mod live;
 mod metrics;
 mod projection;

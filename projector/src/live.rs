@@ -22,7 +22,9 @@ use crate::checkpoint::{self, Progress};
 use crate::config::Tuning;
 use crate::dead_letters::UndecodableRecord;
 use crate::event::ProjectedEvent;
+use crate::internal_events::{Paused, Resumed, ZombieRollback};
 use crate::projection::{ProcessError, Projection};
+use esk_runtime::internal_event::InternalEvent;
 
 /// Why the live loop returned.
 #[derive(Debug, PartialEq, Eq)]
@@ -270,9 +272,8 @@ impl LiveRun<'_> {
                 let event: CanonicalEvent = match serde_json::from_slice(&message.payload) {
                     Ok(e) => e,
                     Err(error) => {
-                        // Dead-lettered with the checkpoint that moves past it.
-                        tracing::error!(projection = %name, partition, offset = message.offset,
-                            %error, "undecodable canonical record; dead-lettering it");
+                        // Dead-lettered with the checkpoint that moves past it (and
+                        // reported once that committed).
                         undecodable.push(UndecodableRecord {
                             topic: self.topic,
                             partition,
@@ -330,12 +331,12 @@ impl LiveRun<'_> {
                     return Ok(());
                 }
                 Err(ProcessError::NotOwner(lost)) => {
-                    self.projection
-                        .metrics
-                        .zombie_rollbacks
-                        .with_label_values(&[name])
-                        .inc();
-                    tracing::info!(projection = %name, ?lost, "partitions owned elsewhere; re-reading their positions");
+                    ZombieRollback {
+                        metrics: &self.projection.metrics,
+                        projection: name,
+                        lost: &lost,
+                    }
+                    .emit();
                     cursor.forget(lost.iter().copied());
                     admitted.retain(|m| !lost.contains(&m.partition));
                 }
@@ -378,8 +379,7 @@ async fn fetch(
                 if queue.paused.load(Ordering::SeqCst) && queue.may_resume() {
                     esk_runtime::kafka::set_paused(&consumer, &topic, false);
                     queue.paused.store(false, Ordering::SeqCst);
-                    metrics.paused.with_label_values(&[&name]).set(0);
-                    tracing::info!(projection = %name, "queue drained; partitions resumed");
+                    Resumed { metrics: &metrics, projection: &name }.emit();
                 }
             }
             message = consumer.recv() => {
@@ -389,8 +389,7 @@ async fn fetch(
                         if queue.is_full(len) {
                             if !queue.paused.swap(true, Ordering::SeqCst) {
                                 esk_runtime::kafka::set_paused(&consumer, &topic, true);
-                                metrics.paused.with_label_values(&[&name]).set(1);
-                                tracing::info!(projection = %name, queued = len, "queue full; partitions paused");
+                                Paused { metrics: &metrics, projection: &name, queued: len }.emit();
                             } else {
                                 // Still arriving while paused: a rebalance assigned partitions
                                 // that are not paused yet (a stalled handler may hold the queue

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod db;
 pub mod http_server;
+pub mod internal_event;
 pub mod kafka;
 pub mod partition_cursor;
 pub mod records;

@@ -2,6 +2,7 @@
 //! A rejected batch is delivered again event by event; an event rejected `max_attempts` times
 //! is dead-lettered with the progress.
 
+use esk_runtime::internal_event::InternalEvent;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -11,6 +12,7 @@ use crate::checkpoint::{self, Progress};
 use crate::dead_letters::{self, UndecodableRecord};
 use crate::event::ProjectedEvent;
 use crate::handlers::HandlerError;
+use crate::internal_events::Retrying;
 
 impl Projection {
     /// Delivers `events` until the handler acknowledges them (`None`) or has rejected them
@@ -38,9 +40,16 @@ impl Projection {
                     if rejected >= rejections {
                         return Ok(Some(error));
                     }
-                    self.metrics.retries.with_label_values(&[&self.name]).inc();
-                    tracing::warn!(projection = %self.name, %error, attempt = rejected,
-                        events = events.len(), "delivery rejected; retrying");
+                    Retrying {
+                        metrics: &self.metrics,
+                        projection: &self.name,
+                        error: &error,
+                        events: events.len(),
+                        attempt: rejected,
+                        stalled_for: None,
+                        message: "delivery rejected; retrying",
+                    }
+                    .emit();
                     pause(&mut backoff, shutdown).await?;
                 }
             }
@@ -82,8 +91,7 @@ impl Projection {
                 .await
             {
                 Ok(()) => {
-                    self.log_dead_letters(&poisoned);
-                    self.count_dead_letters(poisoned.len() + undecodable.len());
+                    self.report_dead_letters(&poisoned, undecodable);
                     return Ok(());
                 }
                 Err(TryError::NotOwner(partitions)) => {

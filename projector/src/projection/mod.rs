@@ -24,8 +24,10 @@ use crate::dead_letters::{self, UndecodableRecord};
 use crate::event::ProjectedEvent;
 use crate::filter::Filter;
 use crate::handlers::{Handler, HandlerError, HandlerSetupError};
+use crate::internal_events::{EventDeadLettered, UndecodableDeadLettered};
 use crate::metrics::ProjectorMetrics;
 use crate::projections_file::ProjectionSpec;
+use esk_runtime::internal_event::InternalEvent;
 use stall::Stall;
 
 /// Why a batch was not processed (the caller re-reads, or stops).
@@ -154,21 +156,29 @@ impl Projection {
         Ok(())
     }
 
-    /// Logs each rejected event that was dead-lettered.
-    fn log_dead_letters(&self, dead: &[(&ProjectedEvent, HandlerError)]) {
-        for (event, error) in dead {
-            tracing::error!(projection = %self.name, event_id = %event.event.event_id,
-                stream_id = %event.event.stream_id, %error, "rejected event dead-lettered");
+    /// Reports each dead letter a committed transaction stored: rejected events and
+    /// undecodable records.
+    fn report_dead_letters(
+        &self,
+        rejected: &[(&ProjectedEvent, HandlerError)],
+        undecodable: &[UndecodableRecord<'_>],
+    ) {
+        for (event, error) in rejected {
+            EventDeadLettered {
+                metrics: &self.metrics,
+                projection: &self.name,
+                event,
+                error,
+            }
+            .emit();
         }
-    }
-
-    /// Counts `n` dead letters in `esk_projector_dead_letters_total`.
-    fn count_dead_letters(&self, n: usize) {
-        if n > 0 {
-            self.metrics
-                .dead_letters
-                .with_label_values(&[&self.name])
-                .inc_by(n as u64);
+        for record in undecodable {
+            UndecodableDeadLettered {
+                metrics: &self.metrics,
+                projection: &self.name,
+                record,
+            }
+            .emit();
         }
     }
 

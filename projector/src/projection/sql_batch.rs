@@ -13,6 +13,9 @@ use crate::event::ProjectedEvent;
 use crate::handlers::HandlerError;
 use crate::sql_projections::SqlProjection;
 
+/// An event the handler rejected for good, with why.
+type DeadLetter<'e> = (&'e ProjectedEvent, HandlerError);
+
 impl Projection {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn process_sql(
@@ -39,7 +42,7 @@ impl Projection {
             };
             match tried {
                 Ok(dead) => {
-                    self.count_dead_letters(dead + undecodable.len());
+                    self.report_dead_letters(&dead, undecodable);
                     return Ok(());
                 }
                 Err(TryError::NotOwner(partitions)) => {
@@ -56,14 +59,14 @@ impl Projection {
     }
 
     /// One transaction for the batch; returns the number of events dead-lettered (none).
-    async fn apply_batch(
+    async fn apply_batch<'e>(
         &self,
         pool: &PgPool,
         handler: &dyn SqlProjection,
-        events: &[ProjectedEvent],
+        events: &'e [ProjectedEvent],
         undecodable: &[UndecodableRecord<'_>],
         progress: &Progress,
-    ) -> Result<usize, TryError> {
+    ) -> Result<Vec<DeadLetter<'e>>, TryError> {
         let mut tx = pool.begin().await?;
         if !events.is_empty() {
             handler
@@ -74,19 +77,19 @@ impl Projection {
         self.store_undecodable(&mut tx, undecodable).await?;
         checkpoint::write(&mut tx, &self.name, progress).await?;
         tx.commit().await?;
-        Ok(0)
+        Ok(Vec::new())
     }
 
     /// One transaction, one savepoint per event: a rejected event is dead-lettered (the same
     /// statement on the same data fails the same way), a transient failure aborts the try.
-    async fn apply_isolated(
+    async fn apply_isolated<'e>(
         &self,
         pool: &PgPool,
         handler: &dyn SqlProjection,
-        events: &[ProjectedEvent],
+        events: &'e [ProjectedEvent],
         undecodable: &[UndecodableRecord<'_>],
         progress: &Progress,
-    ) -> Result<usize, TryError> {
+    ) -> Result<Vec<DeadLetter<'e>>, TryError> {
         let mut tx = pool.begin().await?;
         let mut dead = Vec::new();
         for event in events {
@@ -108,7 +111,6 @@ impl Projection {
         self.store_undecodable(&mut tx, undecodable).await?;
         checkpoint::write(&mut tx, &self.name, progress).await?;
         tx.commit().await?;
-        self.log_dead_letters(&dead);
-        Ok(dead.len())
+        Ok(dead)
     }
 }

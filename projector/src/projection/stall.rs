@@ -4,9 +4,11 @@
 use std::time::Instant;
 
 use backon::ExponentialBackoff;
+use esk_runtime::internal_event::{InternalEvent, Reason};
 use tokio_util::sync::CancellationToken;
 
 use super::{ProcessError, Projection};
+use crate::internal_events::Retrying;
 
 /// A projection waiting out a transient failure: its backoff, and the `/health` problem and
 /// `esk_projector_stalled` gauge that show it while it lasts.
@@ -30,7 +32,7 @@ impl<'a> Stall<'a> {
     /// Reports the stall, counts a retry, and sleeps the next backoff delay (or stops).
     pub(super) async fn wait(
         &mut self,
-        error: &(dyn std::fmt::Display + Sync),
+        error: &(dyn Reason + Sync),
         shutdown: &CancellationToken,
     ) -> Result<(), ProcessError> {
         let p = self.projection;
@@ -40,9 +42,16 @@ impl<'a> Stall<'a> {
             &stall_key(&p.name),
             format!("projection {} stalled: {error}", p.name),
         );
-        p.metrics.retries.with_label_values(&[&p.name]).inc();
-        tracing::warn!(projection = %p.name, %error, stalled_for_s = stalled_for.as_secs_f64(),
-            "projection stalled on a transient failure; retrying");
+        Retrying {
+            metrics: &p.metrics,
+            projection: &p.name,
+            error,
+            events: 0,
+            attempt: 0,
+            stalled_for: Some(stalled_for),
+            message: "projection stalled on a transient failure; retrying",
+        }
+        .emit();
         pause(&mut self.backoff, shutdown).await
     }
 
