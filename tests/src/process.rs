@@ -62,7 +62,8 @@ impl Process {
     }
 
     /// Starts the binary at `path` without waiting for it: `env` on top of this process's
-    /// environment, `127.0.0.1:port` in `addr_var`, stdout and stderr into `log` (truncated).
+    /// environment, then `127.0.0.1:port` in `addr_var`; stdout and stderr into `log`
+    /// (truncated).
     pub fn start(
         path: &Path,
         env: &[(String, String)],
@@ -76,8 +77,9 @@ impl Process {
         let mut command = Command::new(path);
         command
             .args(args)
-            .env(addr_var, format!("127.0.0.1:{port}"))
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // The address it is looked for at wins over one in `env`.
+            .env(addr_var, format!("127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
