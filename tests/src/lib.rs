@@ -6,6 +6,7 @@
 //!   databases; each test creates `esk_t_<name>_<random>` next to it.
 //! - `ESK_KAFKA_BROKERS`: the broker.
 
+pub mod bench;
 pub mod history;
 pub mod indexer;
 pub mod ingest;

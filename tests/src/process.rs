@@ -1,7 +1,7 @@
 //! Spawning the real binaries (`target/<profile>/ingest` etc.) as child processes, so tests can
 //! kill -9 them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -52,27 +52,45 @@ impl Process {
         );
         let port = free_port()?;
         let log = std::env::temp_dir().join(format!("esk-{binary}-{port}.log"));
-        let file = std::fs::File::create(&log)?;
-        let mut command = Command::new(&path);
+        // The caller's RUST_LOG (else info) wins over one in `env`.
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG".into(), rust_log));
+        let mut process = Self::start(&path, &env, addr_var, port, args, log)?;
+        process.wait_healthy(Duration::from_secs(60)).await?;
+        Ok(process)
+    }
+
+    /// Starts the binary at `path` without waiting for it: `env` on top of this process's
+    /// environment, then `127.0.0.1:port` in `addr_var`; stdout and stderr into `log`
+    /// (truncated).
+    pub fn start(
+        path: &Path,
+        env: &[(String, String)],
+        addr_var: &str,
+        port: u16,
+        args: &[&str],
+        log: PathBuf,
+    ) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(&log)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", log.display()))?;
+        let mut command = Command::new(path);
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            // The address it is looked for at wins over one in `env`.
             .env(addr_var, format!("127.0.0.1:{port}"))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        let child = command.spawn()?;
-        let mut process = Process {
+        let child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", path.display()))?;
+        Ok(Process {
             child,
             http: format!("http://127.0.0.1:{port}"),
             log,
-        };
-        process.wait_healthy(Duration::from_secs(60)).await?;
-        Ok(process)
+        })
     }
 
     /// Waits until `/health` answers 200.
@@ -125,6 +143,33 @@ impl Process {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits until it has exited; SIGKILL if it is still
+    /// running after `grace`. Returns whether it needed the SIGKILL.
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<bool> {
+        if self.child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .stderr(Stdio::null())
+            .status()?;
+        if status.success() {
+            let deadline = tokio::time::Instant::now() + grace;
+            while tokio::time::Instant::now() < deadline {
+                if self.child.try_wait()?.is_some() {
+                    return Ok(false);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else if self.child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        let _ = self.child.kill();
+        self.child.wait()?;
+        Ok(true)
     }
 
     /// Waits for the process to exit on its own (at most `timeout`) and returns its exit code

@@ -1,0 +1,313 @@
+//! 4. end to end and 5. live projection lag: ingest + indexer (+ projector) under loadgen.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use sqlx::PgPool;
+
+use super::database::{self, poll_until, Poll};
+use super::line::Line;
+use super::services::{run, Service};
+use super::{emit, env_of, report, say, Bench, ANCHOR_BATCH, DRAIN_TIMEOUT, STREAM_EVENTS};
+
+/// Seconds of load before the lag is measured.
+const LAG_WARMUP_SECONDS: u32 = 5;
+/// Accepted events so far, from the ledger.
+const ACCEPTED_SQL: &str =
+    "SELECT coalesce(sum(event_count), 0) FROM append_ledger WHERE status = 'accepted'";
+/// Events indexed so far.
+const INDEXED_SQL: &str = "SELECT last_position FROM global_position_counter";
+/// Events applied by both built-in projections (each stream starts at version 0).
+const PROJECTED_SQL: &str = "SELECT least(
+  (SELECT coalesce(sum(count), 0) FROM projection_category_type_counts WHERE projection = 'counts'),
+  (SELECT coalesce(sum(version + 1), 0) FROM projection_stream_summary WHERE projection = 'stream-summary'))";
+
+/// The services of an end-to-end variant (`e2e`, or `e2e-core` without the projector) on their
+/// own database and topics.
+#[derive(Debug)]
+pub(crate) struct E2e {
+    ingest: Service,
+    indexer: Service,
+    projector: Option<Service>,
+    pool: PgPool,
+}
+
+impl E2e {
+    async fn accepted(&self) -> anyhow::Result<i64> {
+        database::value(&self.pool, ACCEPTED_SQL).await
+    }
+
+    /// Polls until `target` events are indexed, watching the indexer.
+    async fn indexed(&mut self, target: i64, start: Instant) -> anyhow::Result<Poll> {
+        let indexer = Some(&mut self.indexer.process);
+        poll_until(
+            &self.pool,
+            INDEXED_SQL,
+            target,
+            start,
+            DRAIN_TIMEOUT,
+            indexer,
+        )
+        .await
+    }
+
+    /// Polls until `target` events are projected by both projections (None without projector).
+    async fn projected(&mut self, target: i64, start: Instant) -> anyhow::Result<Option<Poll>> {
+        let Some(projector) = self.projector.as_mut() else {
+            return Ok(None);
+        };
+        let watched = Some(&mut projector.process);
+        let poll = poll_until(
+            &self.pool,
+            PROJECTED_SQL,
+            target,
+            start,
+            DRAIN_TIMEOUT,
+            watched,
+        );
+        Ok(Some(poll.await?))
+    }
+
+    /// Waits until everything accepted so far is indexed and projected (no timing).
+    async fn drain(&mut self) -> anyhow::Result<()> {
+        let accepted = self.accepted().await?;
+        let start = Instant::now();
+        if !self.indexed(accepted, start).await?.reached {
+            bail!("the e2e indexer did not index the {accepted} accepted events");
+        }
+        if self
+            .projected(accepted, start)
+            .await?
+            .is_some_and(|p| !p.reached)
+        {
+            bail!("the e2e projector did not apply the {accepted} accepted events");
+        }
+        Ok(())
+    }
+
+    fn projector(&self) -> anyhow::Result<&Service> {
+        self.projector
+            .as_ref()
+            .context("the lag benchmark needs the projector")
+    }
+}
+
+impl Bench {
+    /// Starts ingest, the indexer (publishing) and, unless `variant` is `e2e-core`, the
+    /// projector, on a fresh database `esk_bench_<variant>` and fresh topics.
+    pub(crate) async fn start_e2e(&mut self, variant: &str) -> anyhow::Result<E2e> {
+        let database = format!("esk_bench_{}", variant.replace('-', "_"));
+        let run_id = self.settings.run_id.clone();
+        let (url, _, mut env) = self.fresh_store(&database, variant).await?;
+        env.extend(env_of(&[("RUST_LOG", "warn")]));
+        let log = |service: &str| {
+            self.settings
+                .state_dir
+                .join(format!("bench-{variant}-{service}.log"))
+        };
+        let with = |extra: &[(&str, &str)]| {
+            let mut env = env.clone();
+            env.extend(env_of(extra));
+            env
+        };
+        let mut ingest = Service::start(
+            "ingest",
+            &self.settings.binary("ingest"),
+            &with(&[("ESK_INGEST_GROUP", &format!("{run_id}-{variant}-ingest"))]),
+            "ESK_INGEST_HTTP_ADDR",
+            log("ingest"),
+        )?;
+        let mut indexer = Service::start(
+            "indexer",
+            &self.settings.binary("indexer"),
+            &with(&[
+                ("ESK_INDEXER_GROUP", &format!("{run_id}-{variant}-indexer")),
+                ("ESK_PUBLISH", "true"),
+            ]),
+            "ESK_INDEXER_HTTP_ADDR",
+            log("indexer"),
+        )?;
+        let mut projector = if variant == "e2e-core" {
+            None
+        } else {
+            let prefix = format!("{run_id}-{variant}-projection");
+            Some(Service::start(
+                "projector",
+                &self.settings.binary("projector"),
+                &with(&[("ESK_PROJECTOR_GROUP_PREFIX", &prefix)]),
+                "ESK_PROJECTOR_HTTP_ADDR",
+                log("projector"),
+            )?)
+        };
+        say(&format!(
+            "started ingest {}, indexer {}{} (logs: {})",
+            ingest.url(),
+            indexer.url(),
+            projector
+                .as_ref()
+                .map(|p| format!(", projector {}", p.url()))
+                .unwrap_or_default(),
+            log("*").display()
+        ));
+        ingest.wait_healthy().await?;
+        indexer.wait_healthy().await?;
+        if let Some(projector) = projector.as_mut() {
+            projector.wait_healthy().await?;
+        }
+        Ok(E2e {
+            ingest,
+            indexer,
+            projector,
+            pool: database::connect(&url).await?,
+        })
+    }
+
+    /// Stops the services (a service that died during the run is a failure).
+    pub(crate) async fn stop_e2e(&mut self, mut e2e: E2e) -> anyhow::Result<()> {
+        let alive = [
+            e2e.ingest.check_alive(),
+            e2e.indexer.check_alive(),
+            e2e.projector.as_mut().is_none_or(Service::check_alive),
+        ];
+        if alive.contains(&false) {
+            self.failed = true;
+        }
+        if let Some(projector) = e2e.projector {
+            projector.stop().await?;
+        }
+        e2e.indexer.stop().await?;
+        e2e.ingest.stop().await?;
+        e2e.pool.close().await;
+        Ok(())
+    }
+
+    /// Runs loadgen against `e2e`'s ingest with `writers` writers and `args`.
+    async fn loadgen(
+        &self,
+        e2e: &E2e,
+        writers: u32,
+        args: &[String],
+    ) -> anyhow::Result<super::services::Finished> {
+        let mut all = vec![
+            "--url".to_owned(),
+            e2e.ingest.url().to_owned(),
+            "--writers".into(),
+            writers.to_string(),
+            "--batch".into(),
+            ANCHOR_BATCH.to_string(),
+            "--stream-events".into(),
+            STREAM_EVENTS.to_string(),
+        ];
+        all.extend_from_slice(args);
+        run(&self.settings.binary("loadgen"), &all, &[]).await
+    }
+
+    /// loadgen for `ESK_BENCH_SECONDS`, then until everything accepted is indexed (and
+    /// projected): prints the `name` line, its indexer metrics and ingest metrics; returns the
+    /// first.
+    pub(crate) async fn end_to_end(&mut self, e2e: &mut E2e, name: &str) -> anyhow::Result<Line> {
+        e2e.drain().await?;
+        if e2e.accepted().await? != 0 {
+            bail!("the {name} database is not empty before its benchmark");
+        }
+        let (seconds, writers) = (self.settings.seconds.clone(), self.settings.e2e_writers);
+        say(&format!(
+            "{name}: loadgen {seconds}s (after a warm-up), {writers} writers; then until all is indexed"
+        ));
+        let start = Instant::now();
+        let args = [
+            "--seconds".to_owned(),
+            seconds,
+            "--in-flight".into(),
+            self.settings.e2e_in_flight.to_string(),
+        ];
+        let finished = self.loadgen(e2e, writers, &args).await?;
+        if !finished.status.success() {
+            self.fail(&format!("loadgen exited with {}", finished.status));
+        }
+        let load = finished.last_line.context("loadgen printed no result")?;
+        let accepted = e2e.accepted().await?;
+        say(&format!("loadgen: {load}"));
+        say(&format!(
+            "waiting until the {accepted} accepted events are indexed and projected"
+        ));
+        let indexed = e2e.indexed(accepted, start).await?;
+        if !indexed.reached {
+            self.fail(&format!("not all indexed: {}", indexed.describe()));
+        }
+        let projected = e2e.projected(accepted, start).await?;
+        if let Some(p) = projected.as_ref().filter(|p| !p.reached) {
+            self.fail(&format!("not all projected: {}", p.describe()));
+        }
+        let rows = database::value(&e2e.pool, "SELECT count(*) FROM events").await?;
+        if rows != accepted {
+            self.fail(&format!(
+                "events has {rows} rows, the ledger {accepted} accepted events"
+            ));
+        }
+        let load = Line::parse(&load)?;
+        let line = report::end_to_end(name, &load, accepted, &indexed, projected.as_ref());
+        emit(&line.to_text());
+        let indexer_metrics = e2e.indexer.scrape().await;
+        let metrics_name = format!("{name}-indexer-metrics");
+        emit(&report::indexer_metrics(&metrics_name, &indexer_metrics, 0.0).to_text());
+        let ingest_metrics = e2e.ingest.scrape().await;
+        let averages_name = format!("{name}-ingest-metrics");
+        emit(&report::ingest_averages(&averages_name, &ingest_metrics, None).to_text());
+        Ok(line)
+    }
+
+    /// loadgen at `ESK_BENCH_LAG_RATE` appends/s after a warm-up: prints the projector's event
+    /// lag quantiles over the run and the ingest's averages over it.
+    pub(crate) async fn live_lag(&mut self, e2e: &mut E2e) -> anyhow::Result<()> {
+        let (rate, rate_value) = self.settings.lag_rate.clone();
+        let writers = self.settings.lag_writers;
+        let paced = |seconds: String| {
+            [
+                "--rate".to_owned(),
+                rate.clone(),
+                "--seconds".into(),
+                seconds,
+            ]
+            .into_iter()
+            .chain(["--warmup-seconds".to_owned(), "0".into()])
+            .collect::<Vec<_>>()
+        };
+        e2e.drain().await?;
+        say(&format!(
+            "live lag: warm-up at {rate} appends/s for {LAG_WARMUP_SECONDS}s (not measured)"
+        ));
+        let warmup = self
+            .loadgen(e2e, writers, &paced(LAG_WARMUP_SECONDS.to_string()))
+            .await?;
+        if !warmup.status.success() {
+            say(&format!("warm-up loadgen exited with {}", warmup.status));
+        }
+        e2e.drain().await?;
+        let projector_before = e2e.projector()?.scrape().await;
+        let ingest_before = e2e.ingest.scrape().await;
+        let seconds = self.settings.seconds.clone();
+        say(&format!(
+            "live lag: loadgen at {rate} appends/s ({writers} writers) for {seconds}s"
+        ));
+        let finished = self.loadgen(e2e, writers, &paced(seconds)).await?;
+        if !finished.status.success() {
+            self.fail(&format!("loadgen exited with {}", finished.status));
+        }
+        let load = finished.last_line.context("loadgen printed no result")?;
+        say(&format!("loadgen: {load}"));
+        let ingest_after = e2e.ingest.scrape().await;
+        e2e.drain().await?;
+        let projector_after = e2e.projector()?.scrape().await;
+        let load = Line::parse(&load)?;
+        let line = report::lag(&load, rate_value, &projector_before, &projector_after);
+        emit(&line.to_text());
+        let averages = report::ingest_averages(
+            "projector-live-lag-ingest-metrics",
+            &ingest_after,
+            Some(&ingest_before),
+        );
+        emit(&averages.to_text());
+        Ok(())
+    }
+}

@@ -1,0 +1,82 @@
+//! 1. ingest: our ingest over HTTP, driven by loadgen with the anchor's workload, then with
+//!    several appends in flight per writer.
+
+use anyhow::Context;
+
+use super::line::Line;
+use super::services::{run, Service};
+use super::{emit, env_of, say, Bench, ANCHOR_BATCH, ANCHOR_CLIENTS};
+
+impl Bench {
+    /// Prints and returns loadgen's lines: the anchor's workload, and (if loadgen printed one)
+    /// the same writers with `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight each.
+    pub(crate) async fn ingest(&mut self) -> anyhow::Result<(Line, Option<Line>)> {
+        let run_id = self.settings.run_id.clone();
+        let (_, _, mut env) = self.fresh_store("esk_bench_ingest", "ingest").await?;
+        env.extend(env_of(&[
+            ("ESK_INGEST_GROUP", &format!("{run_id}-ingest")),
+            ("RUST_LOG", "warn"),
+        ]));
+        let log = self.settings.state_dir.join("bench-ingest.log");
+        let mut ingest = Service::start(
+            "ingest",
+            &self.settings.binary("ingest"),
+            &env,
+            "ESK_INGEST_HTTP_ADDR",
+            log,
+        )?;
+        say(&format!(
+            "started ingest on {} (log: {})",
+            ingest.url(),
+            ingest.log().display()
+        ));
+        ingest.wait_healthy().await?;
+
+        let seconds = self.settings.seconds.clone();
+        let loadgen = self.settings.binary("loadgen");
+        let mut args = vec![
+            "--url".to_owned(),
+            ingest.url().to_owned(),
+            "--seconds".into(),
+            seconds.clone(),
+            "--writers".into(),
+            ANCHOR_CLIENTS.to_string(),
+            "--batch".into(),
+            ANCHOR_BATCH.to_string(),
+        ];
+        say(&format!(
+            "loadgen: {seconds}s (after a warm-up), {ANCHOR_CLIENTS} writers, batch {ANCHOR_BATCH}"
+        ));
+        let plain = run(&loadgen, &args, &[]).await?;
+        if !plain.status.success() {
+            self.fail(&format!("loadgen exited with {}", plain.status));
+        }
+        // The same writers, each keeping several appends in flight on streams of its own.
+        let in_flight = self.settings.ingest_in_flight;
+        say(&format!(
+            "loadgen: the same, with {in_flight} appends in flight per writer"
+        ));
+        args.extend(["--in-flight".to_owned(), in_flight.to_string()]);
+        let pipelined = run(&loadgen, &args, &[]).await?;
+        if !pipelined.status.success() {
+            self.fail(&format!(
+                "loadgen (in flight) exited with {}",
+                pipelined.status
+            ));
+        }
+        if !ingest.check_alive() {
+            self.failed = true;
+        }
+        ingest.stop().await?;
+        let plain = plain.last_line.context("loadgen printed no result")?;
+        emit(&plain);
+        let pipelined = match pipelined.last_line {
+            Some(text) => {
+                emit(&text);
+                Some(Line::parse(&text)?)
+            }
+            None => None,
+        };
+        Ok((Line::parse(&plain)?, pipelined))
+    }
+}

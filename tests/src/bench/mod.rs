@@ -1,0 +1,301 @@
+//! The benchmarks of `deploy/local/bench` (run by `src/bin/bench.rs`): esk beside the anchor
+//! benchmarks (`../shared/anchors`) in the same run, on the same Postgres of the local stack, so
+//! the figures compare as ratios (absolute numbers drift on noisy machines). Prints JSON lines on
+//! stdout (progress goes to stderr):
+//!
+//! - `ingest`:
+//!   - `{"anchor": "seed-template-2", ...}` the seed's append logic, straight to Postgres
+//!   - `{"bench": "ingest-http", ...}` our ingest, driven over HTTP by loadgen (16 writers);
+//!     then the same line of a second loadgen run with `ESK_BENCH_INGEST_IN_FLIGHT` appends in
+//!     flight per writer
+//!   - `{"bench": "ingest-vs-seed", "ratio_events_per_s": ..}` and
+//!     `{"bench": "ingest-in-flight-vs-seed", "ratio_events_per_s": ..}`
+//! - `indexer`:
+//!   - `{"bench": "indexer", "events": N, "seconds": .., "events_per_s": ..,
+//!     "steady_events_per_s": .., "first_row_s": ..}` the indexer alone on an ingest-log that
+//!     fill_ingest_log filled with N committed events: from process start (group join
+//!     included) until all N are indexed, and "steady" from the first indexed row to the last
+//!   - `{"bench": "indexer-metrics", ...}` averages from the indexer's /metrics histograms
+//!   - `{"anchor": "pg-copy-limit", ...}` bare COPY loop into the seeds' schema (the ceiling)
+//!   - `{"bench": "indexer-vs-copy", "ratio_events_per_s": .., "ratio_steady_events_per_s": ..}`
+//! - `projector`:
+//!   - `{"bench": "projector-catch-up", ...}` `projector rebuild counts` over the indexer
+//!     bench's events (implies indexer), with `events_analyzed`: whether Postgres had
+//!     statistics on events by then
+//!   - `{"bench": "projector-catch-up-analyzed", ...}` the same after `ANALYZE events`, when it
+//!     had none
+//! - `e2e-core` (runs before `e2e`; both print the copy anchor first if `indexer` did not):
+//!   - `{"bench": "end-to-end-ingest-indexer", ...}` ingest + indexer (publishing) under
+//!     loadgen, without the projector: what issue #5 names end to end (accepted and indexed,
+//!     the canonical topic published), with ingest, indexer, broker and loadgen sharing the
+//!     cores; `events_per_s` = accepted events / (loadgen start → all indexed)
+//!   - `{"bench": "end-to-end-ingest-indexer-indexer-metrics", ...}` the indexer's /metrics
+//!     averages
+//!   - `{"bench": "end-to-end-ingest-indexer-ingest-metrics", ...}` the ingest's (stages of an
+//!     attempt)
+//!   - `{"bench": "end-to-end-ingest-indexer-vs-copy", "ratio_events_per_s": ..}`
+//! - `e2e`: the same with the projector running its two projections:
+//!   `{"bench": "end-to-end", ...}` (with `projected_seconds`, `projected_events_per_s`),
+//!   `end-to-end-indexer-metrics`, `end-to-end-ingest-metrics`, `end-to-end-vs-copy`
+//! - `lag`:
+//!   - `{"bench": "projector-live-lag", "rate_events_per_s": .., "p50_s": .., "p99_s": ..}`
+//!     p50/p99 of `esk_projector_event_lag_seconds` (acceptance at ingest → applied by a live
+//!     projection) over a run of loadgen at a fixed rate
+//!   - `{"bench": "projector-live-lag-ingest-metrics", ...}` ingest's averages over that run
+//!
+//! Environment (defaults in brackets):
+//! - `ESK_BENCH_SECONDS` measured seconds per benchmark [15]
+//! - `ESK_BENCH_WHICH` benchmarks to run, comma or space separated: ingest, indexer, projector,
+//!   e2e, e2e-core, lag [all of them]
+//! - `ESK_BENCH_INDEXER_EVENTS` events in ingest-log for the indexer benchmark [1000000]
+//! - `ESK_BENCH_E2E_WRITERS` loadgen writers of the end-to-end benchmark [16, like the anchor]
+//! - `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight per writer in the second ingest run [32]
+//! - `ESK_BENCH_E2E_IN_FLIGHT` appends in flight per writer in the end-to-end run [32]
+//! - `ESK_BENCH_LAG_RATE` appends per second (5 events each) of the lag benchmark [400]
+//! - `ESK_BENCH_LAG_WRITERS` loadgen writers of the lag benchmark: enough that the rate is
+//!   reached even when appends are slow (a writer waits for its answer) [64]
+//! - `ESK_ANCHORS_DIR` where the anchor scripts live [<repo root>/../shared/anchors]
+//! - `ESK_STATE_DIR` the local stack's state dir [<repo root>/.stack]
+//! - `ESK_PARTITIONS` partitions of the bench topics [6]
+//! - `ESK_BENCH_KEEP_TOPICS` 1 = keep the bench topics on the broker afterwards [0]
+//! - `ESK_DATABASE_URL`, `ESK_KAFKA_BROKERS`: the stack's (from its env file)
+//!
+//! Databases it (re)creates and leaves for inspection: esk_bench_anchor, esk_bench_ingest,
+//! esk_bench_indexer, esk_bench_e2e, esk_bench_e2e_core. Service logs:
+//! `$ESK_STATE_DIR/bench-*.log`. The services and tools it runs are the release binaries next
+//! to its own executable (`deploy/local/bench` builds them).
+
+mod anchors;
+mod database;
+mod e2e;
+mod indexer;
+mod ingest;
+mod line;
+mod prometheus;
+mod python;
+mod report;
+mod services;
+mod settings;
+mod topics;
+
+use std::io::Write;
+use std::time::Instant;
+
+use anyhow::bail;
+use sqlx::PgPool;
+
+use self::line::Line;
+use self::python::Python;
+use self::settings::Benchmark;
+pub use self::settings::Settings;
+use self::topics::BenchTopics;
+
+/// Writers of the anchor workload (and of the ingest benchmark's loadgen).
+const ANCHOR_CLIENTS: u32 = 16;
+/// Events per append in every workload.
+const ANCHOR_BATCH: u32 = 5;
+/// Events per stream before loadgen moves to a new stream.
+const STREAM_EVENTS: u32 = 50;
+/// Longest wait for a backlog to be indexed or projected after the load stopped.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// A progress message on stderr.
+pub(crate) fn say(message: &str) {
+    eprintln!("bench: {message}");
+}
+
+/// A result line on stdout.
+fn emit(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (`| head`) is no reason to stop a benchmark half way.
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// A run of the benchmarks.
+#[derive(Debug)]
+pub struct Bench {
+    settings: Settings,
+    python: Python,
+    /// On the stack's own database, to drop and create the bench databases.
+    admin: PgPool,
+    anchor_database_url: String,
+    topics: BenchTopics,
+    /// Whether a benchmark reported a failure it could carry on after.
+    failed: bool,
+    /// The copy anchor's line, once it ran.
+    anchor_copy: Option<Line>,
+    started: Instant,
+}
+
+impl Bench {
+    /// Finds the anchors' Python, connects to the stack and recreates `esk_bench_anchor`.
+    pub async fn prepare(settings: Settings) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let python = Python::ensure(&settings.state_dir)?;
+        let admin = database::connect(&settings.admin_database_url).await?;
+        let anchor_database_url =
+            database::url_for(&settings.admin_database_url, "esk_bench_anchor")?;
+        database::recreate(&admin, "esk_bench_anchor").await?;
+        Ok(Bench {
+            settings,
+            python,
+            admin,
+            anchor_database_url,
+            topics: BenchTopics::default(),
+            failed: false,
+            anchor_copy: None,
+            started,
+        })
+    }
+
+    /// Runs the benchmarks `ESK_BENCH_WHICH` asks for; fails if one could not run or reported
+    /// a failure.
+    pub async fn run(&mut self) -> anyhow::Result<()> {
+        let wants = |b| self.settings.wants(b);
+        let (ingest, indexer, projector) = (
+            wants(Benchmark::Ingest),
+            wants(Benchmark::Indexer),
+            wants(Benchmark::Projector),
+        );
+        let (e2e_core, e2e, lag) = (
+            wants(Benchmark::E2eCore),
+            wants(Benchmark::E2e),
+            wants(Benchmark::Lag),
+        );
+        if ingest {
+            let seed = self.anchor_seed().await?;
+            let (plain, in_flight) = self.ingest().await?;
+            emit(&report::ratio("ingest-vs-seed", &plain, &seed, &["events_per_s"]).to_text());
+            if let Some(in_flight) = in_flight {
+                let ratio = report::ratio(
+                    "ingest-in-flight-vs-seed",
+                    &in_flight,
+                    &seed,
+                    &["events_per_s"],
+                );
+                emit(&ratio.to_text());
+            }
+        }
+        let mut indexed = None;
+        if indexer {
+            let (line, replay) = self.indexer().await?;
+            let copy = self.anchor_copy().await?;
+            let fields = ["events_per_s", "steady_events_per_s"];
+            emit(&report::ratio("indexer-vs-copy", &line, &copy, &fields).to_text());
+            self.anchor_copy = Some(copy);
+            indexed = Some(replay);
+        }
+        if let (true, Some(replay)) = (projector, &indexed) {
+            self.projector(replay).await?;
+        }
+        if (e2e || e2e_core) && self.anchor_copy.is_none() {
+            // The anchor runs on a quiet machine, before the services start.
+            self.anchor_copy = Some(self.anchor_copy().await?);
+        }
+        let copy = self.anchor_copy.clone().unwrap_or_default();
+        if e2e_core {
+            let mut services = self.start_e2e("e2e-core").await?;
+            let line = self
+                .end_to_end(&mut services, "end-to-end-ingest-indexer")
+                .await?;
+            let ratio = report::ratio(
+                "end-to-end-ingest-indexer-vs-copy",
+                &line,
+                &copy,
+                &["events_per_s"],
+            );
+            emit(&ratio.to_text());
+            self.stop_e2e(services).await?;
+        }
+        if e2e || lag {
+            let mut services = self.start_e2e("e2e").await?;
+            if e2e {
+                let line = self.end_to_end(&mut services, "end-to-end").await?;
+                let ratio = report::ratio("end-to-end-vs-copy", &line, &copy, &["events_per_s"]);
+                emit(&ratio.to_text());
+            }
+            if lag {
+                self.live_lag(&mut services).await?;
+            }
+            self.stop_e2e(services).await?;
+        }
+        say(&format!("done in {}s", self.started.elapsed().as_secs()));
+        if self.failed {
+            bail!("a benchmark reported failures (see above)");
+        }
+        Ok(())
+    }
+
+    /// Deletes this run's topics unless `ESK_BENCH_KEEP_TOPICS` keeps them. The databases and
+    /// logs stay for inspection.
+    pub async fn clean_up(&mut self) {
+        if self.settings.keep_topics {
+            return;
+        }
+        self.topics
+            .delete(&self.settings.state_dir, &self.settings.brokers)
+            .await;
+    }
+
+    /// Remembers a failure the run carries on after.
+    fn fail(&mut self, message: &str) {
+        self.failed = true;
+        say(message);
+    }
+
+    /// `esk setup --partitions P` with `env` (topics and migrations).
+    async fn esk_setup(
+        &self,
+        database: &str,
+        tag: &str,
+        env: &[(String, String)],
+    ) -> anyhow::Result<()> {
+        let partitions = self.settings.partitions;
+        say(&format!(
+            "esk setup: topics {}-{tag}-* ({partitions} partitions), migrations on {database}",
+            self.settings.run_id
+        ));
+        services::run_to_stderr(
+            "esk setup",
+            &self.settings.binary("esk"),
+            &[
+                "setup".into(),
+                "--partitions".into(),
+                partitions.to_string(),
+            ],
+            env,
+        )
+        .await
+    }
+
+    /// A fresh database `name` and fresh topics `<run id>-<tag>-*`, set up by `esk setup`;
+    /// returns its URL and the environment pointing services at both.
+    async fn fresh_store(
+        &mut self,
+        name: &str,
+        tag: &str,
+    ) -> anyhow::Result<(String, esk_runtime::config::Topics, Vec<(String, String)>)> {
+        let url = database::url_for(&self.settings.admin_database_url, name)?;
+        let topics = self.topics.make(&self.settings.run_id, tag);
+        let mut env = vec![
+            ("ESK_DATABASE_URL".to_owned(), url.clone()),
+            (
+                "ESK_KAFKA_BROKERS".to_owned(),
+                self.settings.brokers.clone(),
+            ),
+        ];
+        env.extend(topics::env(&topics));
+        database::recreate(&self.admin, name).await?;
+        self.esk_setup(name, tag, &env).await?;
+        Ok((url, topics, env))
+    }
+}
+
+/// `(key, value)` pairs as an environment.
+fn env_of(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
