@@ -284,7 +284,7 @@ impl Client {
     ) -> Result<AppendResponse, ClientError> {
         let request = self
             .http
-            .post(self.url(&stream_path(stream_id)))
+            .post(self.stream_url(stream_id))
             .header(CONTENT_TYPE, "application/json")
             .body(body.0.clone())
             .timeout(self.timeout);
@@ -302,8 +302,8 @@ impl Client {
         if options.direction == Direction::Backward {
             query.push(("direction", options.direction.as_str().to_owned()));
         }
-        self.get(&stream_path(stream_id), &query, self.timeout)
-            .await
+        let url = self.stream_url(stream_id);
+        self.get(url, &query, self.timeout).await
     }
 
     /// One page of every event, from global position `from` on (`GET /streams/$all/events`).
@@ -312,9 +312,8 @@ impl Client {
         from: Option<i64>,
         limit: Option<u32>,
     ) -> Result<PositionedPage, ClientError> {
-        let path = format!("/streams/{ALL}/events");
-        self.get(&path, &page_query(from, limit), self.timeout)
-            .await
+        let url = format!("{}/streams/{ALL}/events", self.base);
+        self.get(url, &page_query(from, limit), self.timeout).await
     }
 
     /// One page of a category (the streams named `{category}-…`), from global position `from`
@@ -325,9 +324,12 @@ impl Client {
         from: Option<i64>,
         limit: Option<u32>,
     ) -> Result<PositionedPage, ClientError> {
-        let path = format!("/categories/{}/events", encode_segment(category));
-        self.get(&path, &page_query(from, limit), self.timeout)
-            .await
+        let url = format!(
+            "{}/categories/{}/events",
+            self.base,
+            utf8_percent_encode(category, SEGMENT)
+        );
+        self.get(url, &page_query(from, limit), self.timeout).await
     }
 
     /// A stream's events from `options.from` to its end (or start, backward), page after
@@ -406,22 +408,31 @@ impl Client {
         // The server holds the request for up to `timeout`: the request's own timeout must
         // outlast it.
         let answer: WaitResponse = self
-            .get("/wait", query, timeout.saturating_add(WAIT_MARGIN))
+            .get(
+                format!("{}/wait", self.base),
+                query,
+                timeout.saturating_add(WAIT_MARGIN),
+            )
             .await?;
         Ok(answer.reached)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// The URL of a stream's events, built in one go (appends are the hot path).
+    fn stream_url(&self, stream_id: &str) -> String {
+        format!(
+            "{}/streams/{}/events",
+            self.base,
+            utf8_percent_encode(stream_id, SEGMENT)
+        )
     }
 
     async fn get<T: DeserializeOwned>(
         &self,
-        path: &str,
+        url: String,
         query: &[(&str, String)],
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let request = self.http.get(self.url(path)).query(query).timeout(timeout);
+        let request = self.http.get(url).query(query).timeout(timeout);
         self.send(request).await
     }
 
@@ -437,11 +448,6 @@ impl Client {
         serde_json::from_slice(&body)
             .map_err(|e| ClientError::unexpected(status, &url, &body, e.to_string()))
     }
-}
-
-/// The path of a stream's events.
-fn stream_path(stream_id: &str) -> String {
-    format!("/streams/{}/events", encode_segment(stream_id))
 }
 
 /// `from` and `limit`, as given.

@@ -15,7 +15,11 @@ fn segments_keep_only_unreserved_characters() {
     assert_eq!(encode_segment("a b/c$"), "a%20b%2Fc%24");
     assert_eq!(encode_segment("x?y#z%"), "x%3Fy%23z%25");
     assert_eq!(encode_segment("é"), "%C3%A9");
-    assert_eq!(stream_path("a b"), "/streams/a%20b/events");
+    let client = Client::new("http://h:1/");
+    assert_eq!(
+        client.map(|c| c.stream_url("a b")).ok().as_deref(),
+        Some("http://h:1/streams/a%20b/events")
+    );
 }
 
 #[test]
