@@ -4,15 +4,17 @@ use std::io::Read;
 use std::path::PathBuf;
 
 use clap::Args;
+use esk_client::{Client, EncodedAppend};
+use esk_model::api::{AppendResponse, EventData};
 use esk_model::event::{derived_append_id, ExpectedVersion, ParseExpectedVersionError};
 use esk_model::raw_json::{kind, Kind, Members};
 use owo_colors::Style;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::exit::{classify, Exit, Failure};
-use crate::http::{segment, Api};
+use crate::http::OrFailure;
 use crate::output::Output;
 
 /// Options of `esk append`.
@@ -81,8 +83,10 @@ fn parse_expected_version(raw: &str) -> Result<ExpectedVersion, ParseExpectedVer
     server_spelling.parse()
 }
 
-/// The request body. Events stay the JSON text they were given as (serialized as is), so
-/// payloads reach the store exactly as typed: no float re-formatting, no key re-ordering.
+/// The request body: an [`esk_model::api::AppendRequest`] whose events stay the JSON text they
+/// were given as (serialized as is), so payloads reach the store exactly as typed (no float
+/// re-formatting, no key re-ordering) and events of a file are judged by the server, whose
+/// messages name the offending field (`events[1].type`).
 #[derive(Debug, Serialize)]
 struct AppendBody<'a> {
     expected_version: ExpectedVersion,
@@ -90,18 +94,15 @@ struct AppendBody<'a> {
     events: &'a [Box<RawValue>],
 }
 
-/// What ingest answers to an accepted append.
-#[derive(Debug, Deserialize, Serialize)]
-struct Appended {
-    stream_id: String,
-    first_version: i64,
-    last_version: i64,
-    append_id: Uuid,
-    #[serde(default)]
-    event_ids: Vec<Uuid>,
+/// The `--json` document: ingest's answer and the ids of the events appended.
+#[derive(Debug, Serialize)]
+struct Appended<'a> {
+    #[serde(flatten)]
+    answer: &'a AppendResponse,
+    event_ids: &'a [Uuid],
 }
 
-pub(crate) async fn run(api: &Api, out: &Output, args: AppendArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(client: &Client, out: &Output, args: AppendArgs) -> anyhow::Result<()> {
     let events = match &args.file {
         Some(file) => events_from_file(file)?,
         None => vec![event_from_flags(&args)?],
@@ -115,16 +116,19 @@ pub(crate) async fn run(api: &Api, out: &Output, args: AppendArgs) -> anyhow::Re
         append_id,
         events: &events,
     };
-    let path = format!("/streams/{}/events", segment(&args.stream));
-    let mut appended: Appended = api
-        .post(&path, &body)
+    let body = EncodedAppend::from_json(serde_json::to_vec(&body)?);
+    let appended = client
+        .append_encoded(&args.stream, &body)
         .await
+        .or_failure(client)
         .map_err(|e| retry_hint(e, append_id, &ids))?;
-    appended.event_ids = ids;
     if out.json {
-        return out.document(&appended);
+        return out.document(&Appended {
+            answer: &appended,
+            event_ids: &ids,
+        });
     }
-    let count = appended.event_ids.len();
+    let count = ids.len();
     let versions = if appended.first_version == appended.last_version {
         format!("version {}", appended.first_version)
     } else {
@@ -143,7 +147,7 @@ pub(crate) async fn run(api: &Api, out: &Output, args: AppendArgs) -> anyhow::Re
         "  append id {}",
         out.paint(appended.append_id, Style::new().dimmed())
     ))?;
-    if let [id] = appended.event_ids.as_slice() {
+    if let [id] = ids.as_slice() {
         out.line(format!(
             "  event id  {}",
             out.paint(id, Style::new().dimmed())
@@ -175,18 +179,18 @@ fn event_from_flags(args: &AppendArgs) -> anyhow::Result<Box<RawValue>> {
     let (Some(event_type), Some(data)) = (&args.event_type, &args.data) else {
         return Err(Failure::usage("give --type and --data, or --file"));
     };
-    let id = args.id.unwrap_or_else(Uuid::new_v4);
-    let mut text = format!(
-        "{{\"id\":\"{id}\",\"type\":{},\"data\":{}",
-        serde_json::to_string(event_type)?,
-        parse_json("--data", data)?.get()
-    );
-    if let Some(metadata) = &args.metadata {
-        text.push_str(",\"metadata\":");
-        text.push_str(parse_json("--metadata", metadata)?.get());
-    }
-    text.push('}');
-    Ok(RawValue::from_string(text)?)
+    let event = EventData {
+        id: args.id.unwrap_or_else(Uuid::new_v4),
+        event_type: event_type.clone(),
+        data: parse_json("--data", data)?,
+        metadata: args
+            .metadata
+            .as_deref()
+            .map(|m| parse_json("--metadata", m))
+            .transpose()?,
+    };
+    // Kept as text like the events of a file; the payloads are copied as they were typed.
+    Ok(serde_json::value::to_raw_value(&event)?)
 }
 
 fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Box<RawValue>>> {

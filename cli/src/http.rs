@@ -1,12 +1,9 @@
-//! The HTTP client of ingest's API: JSON in and out, errors mapped to exit codes.
+//! Ingest's HTTP API through esk-client, and the one place the client's errors become the
+//! CLI's exit codes and messages.
 
 use std::time::Duration;
 
-use esk_model::wire::ErrorEnvelope;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::{RequestBuilder, StatusCode};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use esk_client::{Client, ClientError, StatusCode, TransportKind};
 
 use crate::exit::{root_cause, Exit, Failure};
 
@@ -15,143 +12,91 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Characters left as they are in a path segment (RFC 3986 unreserved).
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// Percent-encodes one path segment (a stream id or category).
-pub(crate) fn segment(raw: &str) -> String {
-    utf8_percent_encode(raw, SEGMENT).to_string()
+/// A client of ingest at `--url` (`http://host:port`).
+pub(crate) fn client(base: &str) -> anyhow::Result<Client> {
+    if !base.trim_end_matches('/').starts_with("http://") {
+        return Err(Failure::usage(format!(
+            "--url must be an http:// URL, got {:?}",
+            base.trim_end_matches('/')
+        )));
+    }
+    Client::builder(base)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .user_agent(concat!("esk/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| failure(base, e))
 }
 
-/// A client for one base URL (`http://host:port`).
-#[derive(Debug, Clone)]
-pub(crate) struct Api {
-    client: reqwest::Client,
-    base: String,
+/// A client result with its error turned into a [`Failure`].
+pub(crate) trait OrFailure<T> {
+    /// The value, or the failure `client`'s error stands for.
+    fn or_failure(self, client: &Client) -> anyhow::Result<T>;
 }
 
-impl Api {
-    pub(crate) fn new(base: &str) -> anyhow::Result<Self> {
-        let base = base.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
-            return Err(Failure::usage(format!(
-                "--url must be an http:// URL, got {base:?}"
-            )));
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("esk/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Failure::usage(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Api { client, base })
-    }
-
-    pub(crate) fn base(&self) -> &str {
-        &self.base
-    }
-
-    /// GET `path` with query parameters, within `timeout`.
-    pub(crate) async fn get<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-        timeout: Duration,
-    ) -> anyhow::Result<T> {
-        let request = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .query(query)
-            .timeout(timeout);
-        self.send(request).await
-    }
-
-    /// GET with the ordinary timeout.
-    pub(crate) async fn get_default<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        query: &[(&str, String)],
-    ) -> anyhow::Result<T> {
-        self.get(path, query, REQUEST_TIMEOUT).await
-    }
-
-    /// POST a JSON body.
-    pub(crate) async fn post<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl Serialize,
-    ) -> anyhow::Result<T> {
-        let request = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .timeout(REQUEST_TIMEOUT);
-        self.send(request).await
-    }
-
-    async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> anyhow::Result<T> {
-        let response = request.send().await.map_err(|e| self.transport(&e))?;
-        let status = response.status();
-        let url = response.url().clone();
-        let body = response.bytes().await.map_err(|e| self.transport(&e))?;
-        if !status.is_success() {
-            return Err(api_error(status, &body));
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            Failure::usage(format!(
-                "unexpected answer from {}: {e}",
-                url.as_str().split('?').next().unwrap_or_default()
-            ))
-        })
-    }
-
-    fn transport(&self, error: &reqwest::Error) -> anyhow::Error {
-        let cause = root_cause(error);
-        if error.is_timeout() {
-            Failure::unavailable(format!("{} did not answer in time ({cause})", self.base))
-        } else if error.is_connect() || error.is_request() || error.is_body() {
-            Failure::unavailable(format!("cannot reach {}: {cause}", self.base))
-        } else {
-            Failure::usage(format!("request to {} failed: {cause}", self.base))
-        }
+impl<T> OrFailure<T> for Result<T, ClientError> {
+    fn or_failure(self, client: &Client) -> anyhow::Result<T> {
+        self.map_err(|e| failure(client.base_url(), e))
     }
 }
 
-/// Turns an error answer into a failure with the server's code and message.
-fn api_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
-    let exit = if status == StatusCode::CONFLICT {
+/// The exit code and message of a client error; `base` is the API's base URL.
+pub(crate) fn failure(base: &str, error: ClientError) -> anyhow::Error {
+    match &error {
+        // The message already names the actual version of a wrong_expected_version.
+        ClientError::Api { status, .. } => Failure::of(exit_for(*status), error.to_string()),
+        ClientError::Unexpected {
+            status,
+            url,
+            reason,
+            ..
+        } if status.is_success() => {
+            Failure::usage(format!("unexpected answer from {url}: {reason}"))
+        }
+        ClientError::Unexpected { status, body, .. } => {
+            Failure::of(exit_for(*status), format!("HTTP {status}: {}", body.trim()))
+        }
+        ClientError::Transport { kind, .. } => {
+            let cause = root_cause(&error);
+            match kind {
+                TransportKind::Timeout => {
+                    Failure::unavailable(format!("{base} did not answer in time ({cause})"))
+                }
+                TransportKind::Connection => {
+                    Failure::unavailable(format!("cannot reach {base}: {cause}"))
+                }
+                _ => Failure::usage(format!("request to {base} failed: {cause}")),
+            }
+        }
+        ClientError::InvalidBaseUrl { url, reason } => {
+            Failure::usage(format!("--url {url:?} is not a usable URL: {reason}"))
+        }
+        _ => Failure::usage(error.to_string()),
+    }
+}
+
+/// The exit code of an error answer.
+fn exit_for(status: StatusCode) -> Exit {
+    if status == StatusCode::CONFLICT {
         Exit::Conflict
     } else if status.is_server_error() {
         Exit::Unavailable
     } else {
         Exit::Usage
-    };
-    let message = match serde_json::from_slice::<ErrorEnvelope>(body) {
-        // The message already names the actual version of a wrong_expected_version.
-        Ok(ErrorEnvelope { error }) => {
-            format!(
-                "{}: {} [HTTP {}]",
-                error.code,
-                error.message,
-                status.as_u16()
-            )
-        }
-        Err(_) => {
-            let text = String::from_utf8_lossy(body);
-            let text: String = text.chars().take(200).collect();
-            format!("HTTP {status}: {}", text.trim())
-        }
-    };
-    Failure::of(exit, message)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::exit::classify;
+
+    fn api_error(status: StatusCode, body: &[u8]) -> anyhow::Error {
+        failure(
+            "http://127.0.0.1:1",
+            ClientError::from_answer(status, "http://127.0.0.1:1/streams/a/events", body),
+        )
+    }
 
     #[test]
     fn error_bodies_map_to_exit_codes() {
@@ -170,8 +115,13 @@ mod tests {
     }
 
     #[test]
-    fn segments_are_encoded() {
-        assert_eq!(segment("Order-1"), "Order-1");
-        assert_eq!(segment("a b/c$"), "a%20b%2Fc%24");
+    fn urls_must_be_http() {
+        let error = client("https://h").err();
+        assert_eq!(error.as_ref().and_then(classify), Some(Exit::Usage));
+        assert_eq!(
+            error.map(|e| e.to_string()).as_deref(),
+            Some(r#"--url must be an http:// URL, got "https://h""#)
+        );
+        assert!(client("http://127.0.0.1:8080/").is_ok());
     }
 }

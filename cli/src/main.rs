@@ -20,7 +20,6 @@ use clap::{Args, Parser, Subcommand};
 use esk_runtime::config::CommonConfig;
 
 use crate::exit::{classify, EXIT_CODES_HELP};
-use crate::http::Api;
 use crate::output::{error_line, Output};
 
 #[derive(Debug, Parser)]
@@ -112,9 +111,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             esk_runtime::telemetry::init_tracing(cli.common.log_format);
             setup::migrate(&cli.common).await
         }
-        Command::Append(args) => append::run(&Api::new(&cli.global.url)?, &out, args).await,
-        Command::Read(args) => read::run(&Api::new(&cli.global.url)?, &out, args).await,
-        Command::Tail(args) => tail::run(&Api::new(&cli.global.url)?, &out, args).await,
+        Command::Append(args) => append::run(&http::client(&cli.global.url)?, &out, args).await,
+        Command::Read(args) => read::run(&http::client(&cli.global.url)?, &out, args).await,
+        Command::Tail(args) => tail::run(&http::client(&cli.global.url)?, &out, args).await,
         Command::Doctor(args) => doctor::run(&cli.common, &cli.global.url, &out, args).await,
         Command::Projection(args) => {
             // Logged as the projector logs them (a rebuild's progress lines, its warnings).

@@ -1,18 +1,20 @@
 //! `esk read`: a page (or every page) of a stream, `$all` or a category.
 
 use clap::Args;
+use esk_client::Client;
 use esk_model::wire::CanonicalEvent;
+use futures::TryStreamExt;
 use serde::Serialize;
 
 use crate::exit::Failure;
-use crate::http::Api;
+use crate::http::OrFailure;
 use crate::output::{note, Output};
 use crate::source::Source;
 
 /// Page size when `--limit` is not given.
-const DEFAULT_LIMIT: i64 = 100;
+const DEFAULT_LIMIT: u32 = 100;
 /// Largest page the server gives.
-const MAX_LIMIT: i64 = 1000;
+const MAX_LIMIT: u32 = 1000;
 
 /// Options of `esk read`.
 #[derive(Debug, Args)]
@@ -33,8 +35,8 @@ pub(crate) struct ReadArgs {
     #[arg(long, value_parser = clap::value_parser!(i64).range(0..))]
     from: Option<i64>,
     /// Events per page (1 to 1000) [default: 100].
-    #[arg(long, short = 'n', value_parser = clap::value_parser!(i64).range(1..=MAX_LIMIT))]
-    limit: Option<i64>,
+    #[arg(long, short = 'n', value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LIMIT)))]
+    limit: Option<u32>,
     /// Read a stream from the newest event down.
     #[arg(long)]
     backward: bool,
@@ -57,7 +59,7 @@ struct Document<'a> {
     next: Option<i64>,
 }
 
-pub(crate) async fn run(api: &Api, out: &Output, args: ReadArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(client: &Client, out: &Output, args: ReadArgs) -> anyhow::Result<()> {
     let source = Source::from_args(args.stream, args.category, None)?;
     if args.backward && source.by_position() {
         return Err(Failure::usage(
@@ -69,15 +71,14 @@ pub(crate) async fn run(api: &Api, out: &Output, args: ReadArgs) -> anyhow::Resu
     } else {
         DEFAULT_LIMIT
     });
-    let mut events = Vec::new();
-    let mut from = args.from;
-    let next = loop {
-        let page = source.page(api, from, limit, args.backward).await?;
-        events.extend(page.events);
-        match page.next {
-            Some(next) if args.all_pages => from = Some(next),
-            next => break next,
-        }
+    let (events, next) = if args.all_pages {
+        let events = source.events(client, args.from, limit, args.backward);
+        (events.try_collect().await.or_failure(client)?, None)
+    } else {
+        source
+            .page(client, args.from, limit, args.backward)
+            .await
+            .or_failure(client)?
     };
     if out.json {
         return out.document(&Document {

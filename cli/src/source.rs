@@ -1,14 +1,14 @@
-//! What `read` and `tail` read: one stream, `$all`, or a category, and how a page of it is
-//! fetched.
+//! What `read` and `tail` read: one stream, `$all`, or a category, and how a page of it (or
+//! every page from somewhere on) is fetched.
 
+use esk_client::{Client, ClientError, Events, ReadStream};
+use esk_model::api::Direction;
 use esk_model::wire::CanonicalEvent;
-use serde::Deserialize;
 
 use crate::exit::Failure;
-use crate::http::{segment, Api};
 
 /// The name that reads every event in global order.
-pub(crate) const ALL: &str = "$all";
+pub(crate) const ALL: &str = esk_client::ALL;
 
 /// A readable sequence of events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,13 +19,6 @@ pub(crate) enum Source {
     All,
     /// Streams `{category}-…`, by global position.
     Category(String),
-}
-
-/// One page as the read endpoints answer it.
-#[derive(Debug, Deserialize)]
-pub(crate) struct Page {
-    pub(crate) events: Vec<CanonicalEvent>,
-    pub(crate) next: Option<i64>,
 }
 
 impl Source {
@@ -69,14 +62,6 @@ impl Source {
         }
     }
 
-    fn path(&self) -> String {
-        match self {
-            Source::Stream(s) => format!("/streams/{}/events", segment(s)),
-            Source::All => format!("/streams/{ALL}/events"),
-            Source::Category(c) => format!("/categories/{}/events", segment(c)),
-        }
-    }
-
     /// Where reading continues after `event`.
     pub(crate) fn after(&self, event: &CanonicalEvent) -> i64 {
         match self {
@@ -85,22 +70,58 @@ impl Source {
         }
     }
 
-    /// One page from `from` (a version or a position), at most `limit` events.
+    /// One page from `from` (a version or a position), at most `limit` events: the events and
+    /// where the next page starts (None: this was the last).
     pub(crate) async fn page(
         &self,
-        api: &Api,
+        client: &Client,
         from: Option<i64>,
-        limit: i64,
+        limit: u32,
         backward: bool,
-    ) -> anyhow::Result<Page> {
-        let mut query = vec![("limit", limit.to_string())];
-        if let Some(from) = from {
-            query.push(("from", from.to_string()));
+    ) -> Result<(Vec<CanonicalEvent>, Option<i64>), ClientError> {
+        Ok(match self {
+            Source::Stream(s) => {
+                let page = client
+                    .read_stream(s, stream_read(from, limit, backward))
+                    .await?;
+                (page.events, page.next)
+            }
+            Source::All => {
+                let page = client.read_all(from, Some(limit)).await?;
+                (page.events, page.next)
+            }
+            Source::Category(c) => {
+                let page = client.read_category(c, from, Some(limit)).await?;
+                (page.events, page.next)
+            }
+        })
+    }
+
+    /// Every event from `from` to the end (backward: to the start), in pages of `limit`.
+    pub(crate) fn events(
+        &self,
+        client: &Client,
+        from: Option<i64>,
+        limit: u32,
+        backward: bool,
+    ) -> Events {
+        match self {
+            Source::Stream(s) => client.stream_events(s, stream_read(from, limit, backward)),
+            Source::All => client.all_events(from, Some(limit)),
+            Source::Category(c) => client.category_events(c, from, Some(limit)),
         }
-        if backward {
-            query.push(("direction", "backward".to_owned()));
-        }
-        api.get_default(&self.path(), &query).await
+    }
+}
+
+fn stream_read(from: Option<i64>, limit: u32, backward: bool) -> ReadStream {
+    ReadStream {
+        from,
+        limit: Some(limit),
+        direction: if backward {
+            Direction::Backward
+        } else {
+            Direction::Forward
+        },
     }
 }
 
@@ -124,7 +145,6 @@ mod tests {
         );
         assert!(Source::from_args(None, Some("Or-der".into()), None).is_err());
         assert!(Source::from_args(None, None, None).is_err());
-        assert_eq!(Source::Stream("a b".into()).path(), "/streams/a%20b/events");
         Ok(())
     }
 }

@@ -9,16 +9,17 @@
 use std::time::Duration;
 
 use clap::Args;
+use esk_client::Client;
 use esk_model::wire::CanonicalEvent;
-use serde::Deserialize;
+use futures::TryStreamExt;
 
 use crate::exit::{classify, Exit};
-use crate::http::Api;
+use crate::http::OrFailure;
 use crate::output::{note, Output};
 use crate::source::Source;
 
 /// Events per read while catching up.
-const PAGE: i64 = 1000;
+const PAGE: u32 = 1000;
 /// Longest pause between retries while ingest is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -44,15 +45,10 @@ pub(crate) struct TailArgs {
     poll_ms: u64,
 }
 
-#[derive(Debug, Deserialize)]
-struct Reached {
-    reached: bool,
-}
-
 /// Where a follower is.
 #[derive(Debug)]
 struct Follower<'a> {
-    api: &'a Api,
+    client: &'a Client,
     source: Source,
     /// Next version (stream) or global position to print.
     cursor: i64,
@@ -61,10 +57,10 @@ struct Follower<'a> {
     poll: Duration,
 }
 
-pub(crate) async fn run(api: &Api, out: &Output, args: TailArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(client: &Client, out: &Output, args: TailArgs) -> anyhow::Result<()> {
     let source = Source::from_args(args.stream, args.category, Some(Source::All))?;
     let poll = Duration::from_millis(args.poll_ms);
-    let mut follower = Follower::start(api, source, args.from, poll).await?;
+    let mut follower = Follower::start(client, source, args.from, poll).await?;
     note(format!(
         "following {} from {} {} (Ctrl-C to stop)",
         follower.source.label(),
@@ -83,13 +79,13 @@ pub(crate) async fn run(api: &Api, out: &Output, args: TailArgs) -> anyhow::Resu
 
 impl<'a> Follower<'a> {
     async fn start(
-        api: &'a Api,
+        client: &'a Client,
         source: Source,
         from: Option<i64>,
         poll: Duration,
     ) -> anyhow::Result<Follower<'a>> {
         let mut follower = Follower {
-            api,
+            client,
             source,
             cursor: from.unwrap_or(0),
             head: 0,
@@ -98,8 +94,12 @@ impl<'a> Follower<'a> {
         if from.is_none() {
             follower.cursor = match &follower.source {
                 Source::Stream(_) => {
-                    let last = follower.source.page(api, None, 1, true).await?;
-                    last.events.first().map_or(0, |e| e.version + 1)
+                    let (last, _) = follower
+                        .source
+                        .page(client, None, 1, true)
+                        .await
+                        .or_failure(client)?;
+                    last.first().map_or(0, |e| e.version + 1)
                 }
                 Source::All | Source::Category(_) => {
                     follower.head = follower.find_head(0).await?;
@@ -121,7 +121,7 @@ impl<'a> Follower<'a> {
             match step {
                 Ok(()) => {
                     if failures > 0 {
-                        note(format!("{} answers again", self.api.base()));
+                        note(format!("{} answers again", self.client.base_url()));
                     }
                     failures = 0;
                 }
@@ -142,18 +142,12 @@ impl<'a> Follower<'a> {
 
     /// Prints everything stored from the cursor on.
     async fn drain(&mut self, out: &Output) -> anyhow::Result<()> {
-        loop {
-            let page = self
-                .source
-                .page(self.api, Some(self.cursor), PAGE, false)
-                .await?;
-            for event in &page.events {
-                print(out, event)?;
-                self.cursor = self.source.after(event);
-            }
-            if page.next.is_none() {
-                break;
-            }
+        let mut events = self
+            .source
+            .events(self.client, Some(self.cursor), PAGE, false);
+        while let Some(event) = events.try_next().await.or_failure(self.client)? {
+            print(out, &event)?;
+            self.cursor = self.source.after(&event);
         }
         if let Source::Category(_) = self.source {
             // Everything up to `head` was visible when the category was read.
@@ -164,21 +158,26 @@ impl<'a> Follower<'a> {
 
     /// Long-polls until there may be something new (or the poll times out).
     async fn wait(&mut self) -> anyhow::Result<()> {
+        let client = self.client;
         match &self.source {
             Source::Stream(stream) => {
-                let query = [
-                    ("stream_id", stream.clone()),
-                    ("version", self.cursor.to_string()),
-                ];
-                self.wait_for(&query, self.poll).await?;
+                client
+                    .wait_for_version(stream, self.cursor, self.poll)
+                    .await
+                    .or_failure(client)?;
             }
             Source::All => {
-                let query = [("position", self.cursor.max(1).to_string())];
-                self.wait_for(&query, self.poll).await?;
+                client
+                    .wait_for_position(self.cursor.max(1), self.poll)
+                    .await
+                    .or_failure(client)?;
             }
             Source::Category(_) => {
-                let query = [("position", (self.head + 1).to_string())];
-                if self.wait_for(&query, self.poll).await? {
+                let reached = client
+                    .wait_for_position(self.head + 1, self.poll)
+                    .await
+                    .or_failure(client)?;
+                if reached {
                     self.head = self.find_head(self.head + 1).await?;
                 }
             }
@@ -186,19 +185,11 @@ impl<'a> Follower<'a> {
         Ok(())
     }
 
-    async fn wait_for(&self, query: &[(&str, String)], poll: Duration) -> anyhow::Result<bool> {
-        let mut query = query.to_vec();
-        query.push(("timeout_ms", poll.as_millis().to_string()));
-        let answer: Reached = self
-            .api
-            .get("/wait", &query, poll + Duration::from_secs(10))
-            .await?;
-        Ok(answer.reached)
-    }
-
     async fn visible(&self, position: i64) -> anyhow::Result<bool> {
-        self.wait_for(&[("position", position.to_string())], Duration::ZERO)
+        self.client
+            .wait_for_position(position, Duration::ZERO)
             .await
+            .or_failure(self.client)
     }
 
     /// The highest visible global position, knowing `known` is visible (0: nothing known):

@@ -1,4 +1,8 @@
-//! Driving the ingest binary over HTTP.
+//! Driving the ingest binary over HTTP: well-formed appends, reads and waits through
+//! esk-client ([`Client::api`]); the raw requests here (any body, any content type, the status
+//! and JSON of the answer as they are) are for tests that check the HTTP surface itself.
+
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -32,6 +36,8 @@ pub fn events(n: usize) -> Vec<Value> {
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    /// The typed client; a base URL it refuses is reported when it is first used.
+    api: Result<esk_client::Client, Arc<esk_client::ClientError>>,
 }
 
 /// Status and JSON body of a response.
@@ -53,10 +59,7 @@ impl Reply {
 impl Client {
     /// A client for the process's HTTP address.
     pub fn new(process: &Process) -> Self {
-        Client {
-            http: reqwest::Client::new(),
-            base: process.http.clone(),
-        }
+        Self::for_url(&process.http)
     }
 
     /// A client for a base URL.
@@ -64,7 +67,15 @@ impl Client {
         Client {
             http: reqwest::Client::new(),
             base: base.to_owned(),
+            api: esk_client::Client::new(base).map_err(Arc::new),
         }
+    }
+
+    /// The typed client of the same ingest (esk-client), for well-formed requests.
+    pub fn api(&self) -> anyhow::Result<&esk_client::Client> {
+        self.api
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("no client for {}: {e}", self.base))
     }
 
     /// `POST /streams/{stream}/events` with a JSON body.
@@ -122,17 +133,9 @@ impl Client {
     }
 }
 
-/// Percent-encodes a path segment.
+/// Percent-encodes a path segment (RFC 3986 unreserved characters kept), as esk-client does.
 pub fn urlencode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    esk_client::encode_segment(segment)
 }
 
 /// A committed ledger row.

@@ -4,10 +4,14 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
+use esk_client::{EncodedAppend, StatusCode};
+use esk_model::api::{AppendRequest, EventData};
+use esk_model::event::{ExpectedVersion, Version};
+use serde_json::value::RawValue;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
-use crate::ingest::{events, Client};
+use crate::ingest::Client;
 
 /// A running load; `stop` ends it and returns the events acknowledged.
 #[derive(Debug)]
@@ -31,34 +35,51 @@ impl Load {
         let accepted = Arc::new(AtomicI64::new(0));
         let handles = (0..writers)
             .map(|w| {
-                let client = client.clone();
+                let api = client.api().cloned();
                 let stop = stop.clone();
                 let accepted = accepted.clone();
                 let prefix = prefix.to_owned();
                 tokio::spawn(async move {
+                    let api = api?;
                     let mut n = 0;
-                    let mut version: Option<i64> = None;
+                    let mut version: Option<Version> = None;
                     for _ in 0..per_writer {
                         if stop.load(Ordering::SeqCst) {
                             break;
                         }
-                        if version.is_some_and(|v| v + 1 >= 20) {
+                        if version.is_some_and(|v| v.get() + 1 >= 20) {
                             n += 1;
                             version = None;
                         }
                         let stream = format!("{prefix}-{w}-{n}");
-                        let expected = version.map_or(json!("no_stream"), |v| json!(v));
-                        let body = json!({"expected_version": expected, "events": events(batch)});
+                        let request = AppendRequest {
+                            expected_version: version
+                                .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact),
+                            append_id: None,
+                            events: (0..batch)
+                                .map(|_| {
+                                    Ok(EventData {
+                                        id: Uuid::new_v4(),
+                                        event_type: "Happened".into(),
+                                        data: RawValue::from_string(r#"{"n":1}"#.into())?,
+                                        metadata: None,
+                                    })
+                                })
+                                .collect::<serde_json::Result<_>>()?,
+                        };
+                        // Encoded once: a retry sends the same events (same ids) again.
+                        let body = EncodedAppend::new(&request)?;
                         loop {
-                            let reply = client.append(&stream, &body).await?;
-                            match reply.status {
-                                201 => {
-                                    version = reply.body["last_version"].as_i64();
+                            match api.append_encoded(&stream, &body).await {
+                                Ok(appended) => {
+                                    version = Some(appended.last_version);
                                     accepted.fetch_add(batch as i64, Ordering::SeqCst);
                                     break;
                                 }
-                                503 => tokio::time::sleep(Duration::from_millis(50)).await,
-                                s => anyhow::bail!("append failed with {s}: {:?}", reply.body),
+                                Err(e) if e.status() == Some(StatusCode::SERVICE_UNAVAILABLE) => {
+                                    tokio::time::sleep(Duration::from_millis(50)).await
+                                }
+                                Err(e) => anyhow::bail!("append failed: {e}"),
                             }
                         }
                     }

@@ -33,8 +33,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use esk_client::{Client, ClientError, EncodedAppend, StatusCode};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use uuid::Uuid;
 
 /// Pause before re-sending an append that was answered 503.
@@ -200,13 +201,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let measured = Duration::try_from_secs_f64(args.seconds).context("--seconds")?;
     let warmup = Duration::try_from_secs_f64(args.warmup_seconds).context("--warmup-seconds")?;
     let lanes = args.in_flight.max(1);
-    let client = reqwest::Client::builder()
+    // One client for every writer: they share its connections.
+    let client = Client::builder(&args.url)
         .pool_max_idle_per_host(args.writers * lanes)
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(REQUEST_TIMEOUT)
         .build()
         .context("building the HTTP client")?;
-    let base = Arc::new(args.url.trim_end_matches('/').to_owned());
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let payload = Arc::new(event_payloads(args.batch));
 
@@ -224,7 +226,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // each on streams of its own, so expected versions stay exact.
     for (writer, lane) in (0..args.writers).flat_map(|w| (0..lanes).map(move |l| (w, l))) {
         let client = client.clone();
-        let base = Arc::clone(&base);
         let payload = Arc::clone(&payload);
         let prefix = format!("Order-{run_id}-{writer}-{lane}");
         let stream_events = args.stream_events;
@@ -232,7 +233,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tasks.push(tokio::spawn(async move {
             run_writer(
                 &client,
-                &base,
                 &prefix,
                 &payload,
                 stream_events,
@@ -294,8 +294,7 @@ fn event_payloads(batch: usize) -> Vec<String> {
 
 /// One writer: appends to its own streams until the schedule ends.
 async fn run_writer(
-    client: &reqwest::Client,
-    base: &str,
+    client: &Client,
     prefix: &str,
     payload: &[String],
     stream_events: usize,
@@ -319,9 +318,9 @@ async fn run_writer(
         if stream_len >= stream_events {
             (stream, version, stream_len) = (stream + 1, None, 0);
         }
-        let url = format!("{base}/streams/{prefix}-{stream}/events");
+        let stream_id = format!("{prefix}-{stream}");
         let body = append_body(version, payload);
-        let (outcome, retries) = send_append(client, &url, body, schedule.end).await;
+        let (outcome, retries) = send_append(client, &stream_id, &body, schedule.end).await;
         let latency = sent.elapsed();
         stats.retries_503 += retries;
         match outcome {
@@ -341,7 +340,10 @@ async fn run_writer(
                 stats.errors += 1;
                 if reported < ERRORS_REPORTED_PER_WRITER {
                     reported += 1;
-                    eprintln!("loadgen: POST {url}: {message}");
+                    eprintln!(
+                        "loadgen: POST {}/streams/{stream_id}/events: {message}",
+                        client.base_url()
+                    );
                 }
                 // The stream's version is unknown now: move on to a fresh one, after a pause so a
                 // dead server is not hammered in a tight loop.
@@ -355,7 +357,7 @@ async fn run_writer(
 
 /// The JSON body of one append (fresh event ids), written once so retries send identical
 /// bytes. Built as text: the loadgen shares the machine with what it measures.
-fn append_body(version: Option<i64>, payload: &[String]) -> bytes::Bytes {
+fn append_body(version: Option<i64>, payload: &[String]) -> EncodedAppend {
     use std::fmt::Write as _;
     let mut body = String::with_capacity(64 + payload.iter().map(|d| d.len() + 80).sum::<usize>());
     match version {
@@ -376,62 +378,61 @@ fn append_body(version: Option<i64>, payload: &[String]) -> bytes::Bytes {
         );
     }
     body.push_str("]}");
-    bytes::Bytes::from(body)
+    EncodedAppend::from_json(body)
 }
 
 /// Sends one append, re-sending the same body while the answer is 503. Returns the outcome and
 /// the number of retries.
 async fn send_append(
-    client: &reqwest::Client,
-    url: &str,
-    body: bytes::Bytes,
+    client: &Client,
+    stream_id: &str,
+    body: &EncodedAppend,
     end: Instant,
 ) -> (Outcome, u64) {
     let mut retries = 0;
     loop {
-        let response = client
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => {
-                let e = anyhow::Error::new(e);
-                return (Outcome::Failed(format!("request failed: {e:#}")), retries);
+        let error = match client.append_encoded(stream_id, body).await {
+            Ok(appended) => {
+                let last_version = appended.last_version.get();
+                return (Outcome::Appended { last_version }, retries);
             }
+            Err(error) => error,
         };
-        let status = response.status();
-        let text = match response.text().await {
-            Ok(text) => text,
-            Err(e) => {
-                return (
-                    Outcome::Failed(format!("{status}: reading the body failed: {e}")),
-                    retries,
-                )
-            }
-        };
-        match status.as_u16() {
-            201 => return (parse_created(&text), retries),
-            409 => return (Outcome::Conflict, retries),
-            503 if Instant::now() < end + RETRY_GRACE => {
+        // By status, whatever the body: a proxy's 503 is retried too.
+        match error.status() {
+            Some(StatusCode::CONFLICT) => return (Outcome::Conflict, retries),
+            Some(StatusCode::SERVICE_UNAVAILABLE) if Instant::now() < end + RETRY_GRACE => {
                 retries += 1;
                 tokio::time::sleep(RETRY_SLEEP).await;
             }
-            _ => return (Outcome::Failed(format!("{status}: {text}")), retries),
+            _ => return (Outcome::Failed(failure(&error)), retries),
         }
     }
 }
 
-/// Reads `last_version` from a 201 body.
-fn parse_created(text: &str) -> Outcome {
-    let last_version = serde_json::from_str::<Value>(text)
-        .ok()
-        .and_then(|body| body.get("last_version").and_then(Value::as_i64));
-    match last_version {
-        Some(last_version) => Outcome::Appended { last_version },
-        None => Outcome::Failed(format!("201 without a last_version: {text}")),
+/// How a failed append is reported.
+fn failure(error: &ClientError) -> String {
+    match error {
+        // As before the client: the transport error with its causes.
+        ClientError::Transport { source, .. } => {
+            let mut message = format!("request failed: {source}");
+            let mut cause = std::error::Error::source(source);
+            while let Some(inner) = cause {
+                message.push_str(&format!(": {inner}"));
+                cause = inner.source();
+            }
+            message
+        }
+        ClientError::Unexpected {
+            status,
+            reason,
+            body,
+            ..
+        } => format!("{status}: {reason}: {body}"),
+        _ => match error.status() {
+            Some(status) => format!("{status}: {error}"),
+            None => error.to_string(),
+        },
     }
 }
 
