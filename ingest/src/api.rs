@@ -148,19 +148,25 @@ async fn append(
 ) -> Result<Response, ApiError> {
     let Path(stream_id) = path
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream_id", e.body_text()))?;
-    // Cheap refusals first: nothing of a body that will be refused is read.
+    // Cheap refusals first: a body that will be refused is not parsed or buffered, only
+    // drained (see `refuse_unread`).
     if !is_json(&headers) {
         state.metrics.invalid("unsupported_media_type");
-        return Err(ApiError::new(
+        let error = ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as Content-Type: application/json",
-        ));
+        );
+        return Err(refuse_unread(&state, body, error).await);
     }
-    let trace = trace_defaults(&headers).map_err(|e| {
-        state.metrics.invalid(e.code());
-        ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
-    })?;
+    let trace = match trace_defaults(&headers) {
+        Ok(trace) => trace,
+        Err(e) => {
+            state.metrics.invalid(e.code());
+            let error = ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string());
+            return Err(refuse_unread(&state, body, error).await);
+        }
+    };
     // Room for the body in the in-flight byte budget, held until the answer: its declared
     // length, or the most a body may be.
     let declared = headers
@@ -322,6 +328,35 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
         ));
     }
     Ok(buffer)
+}
+
+/// Answers a refusal decided before the body was read. The body is read and dropped first (at
+/// most four times the body limit, within the body timeout, never buffered), so a client still
+/// writing it gets the answer instead of a reset connection; when the body is longer or
+/// slower than that, the connection is closed after the answer.
+async fn refuse_unread(state: &AppState, body: Body, error: ApiError) -> ApiError {
+    let limit = state.max_body_bytes.saturating_mul(4);
+    match tokio::time::timeout(state.body_timeout, discard_body(body, limit)).await {
+        Ok(true) => error,
+        _ => error.closing(),
+    }
+}
+
+/// Reads and drops the body; false when it is longer than `limit` or breaks off.
+async fn discard_body(body: Body, limit: usize) -> bool {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return false;
+        };
+        total += chunk.len();
+        if total > limit {
+            return false;
+        }
+    }
+    true
 }
 
 /// This document.
