@@ -3,7 +3,7 @@
 //! scopes a request needs. One SHA-256 and one map lookup per request while the cache is warm.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -26,7 +26,8 @@ struct Store {
     pool: PgPool,
     /// How long a lookup is trusted: the bound on how late a revocation applies.
     ttl: Duration,
-    cache: Mutex<HashMap<TokenHash, Cached>>,
+    /// Read on every request, written once per token per `ttl`.
+    cache: RwLock<HashMap<TokenHash, Cached>>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,7 +88,7 @@ impl Auth {
             store: Some(Store {
                 pool,
                 ttl,
-                cache: Mutex::new(HashMap::new()),
+                cache: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -143,13 +144,13 @@ impl Principal {
 
 impl Store {
     fn cached(&self, hash: &TokenHash) -> Option<Option<Arc<TokenRecord>>> {
-        let cache = self.cache.lock().ok()?;
+        let cache = self.cache.read().ok()?;
         let entry = cache.get(hash)?;
         (entry.fetched.elapsed() < self.ttl).then(|| entry.record.clone())
     }
 
     fn remember(&self, hash: TokenHash, record: Option<Arc<TokenRecord>>) {
-        let Ok(mut cache) = self.cache.lock() else {
+        let Ok(mut cache) = self.cache.write() else {
             return;
         };
         if cache.len() >= MAX_CACHED {
@@ -218,6 +219,84 @@ mod tests {
                 "{bad:?} was accepted"
             );
         }
+    }
+
+    fn record(expires_in: i64, revoked: bool) -> Arc<TokenRecord> {
+        let now = Utc::now();
+        Arc::new(TokenRecord {
+            name: "t".into(),
+            scopes: vec!["append:Order-*".parse().expect("scope")],
+            created_at: now,
+            expires_at: Some(now + chrono::Duration::seconds(expires_in)),
+            revoked_at: revoked.then_some(now),
+        })
+    }
+
+    /// Auth whose store cannot be reached: only cached answers can succeed.
+    fn unreachable(ttl: Duration) -> Auth {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        Auth::on(pool, ttl)
+    }
+
+    #[tokio::test]
+    async fn cached_lookups_decide_without_the_store_until_they_are_stale() {
+        let auth = unreachable(Duration::from_secs(60));
+        let store = auth.store.as_ref().expect("on");
+        for (token, cached) in [
+            ("valid", Some(record(60, false))),
+            ("expired", Some(record(-1, false))),
+            ("revoked", Some(record(60, true))),
+            ("unknown", None),
+        ] {
+            store.remember(tokens::hash(token), cached);
+        }
+        let principal = auth
+            .authenticate(Some(b"Bearer valid"))
+            .await
+            .expect("a cached valid token");
+        assert_eq!(principal.require(Need::Append("Order-1")), Ok(()));
+        assert!(matches!(
+            principal.require(Need::Append("User-1")),
+            Err(AuthError::Forbidden(_))
+        ));
+        for (token, why) in [
+            ("expired", "the token has expired"),
+            ("revoked", "the token was revoked"),
+            ("unknown", "unknown token"),
+        ] {
+            let header = format!("Bearer {token}");
+            assert_eq!(
+                auth.authenticate(Some(header.as_bytes())).await.err(),
+                Some(AuthError::Unauthorized(why))
+            );
+        }
+        // Not cached, and the store is down: unavailable, never let through.
+        assert_eq!(
+            auth.authenticate(Some(b"Bearer other")).await.err(),
+            Some(AuthError::Unavailable)
+        );
+        // A stale entry is looked up again (and the store is down).
+        let stale = unreachable(Duration::ZERO);
+        let store = stale.store.as_ref().expect("on");
+        store.remember(tokens::hash("valid"), Some(record(60, false)));
+        assert_eq!(
+            stale.authenticate(Some(b"Bearer valid")).await.err(),
+            Some(AuthError::Unavailable)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cache_stays_bounded() {
+        let auth = unreachable(Duration::from_secs(60));
+        let store = auth.store.as_ref().expect("on");
+        for i in 0..MAX_CACHED + 10 {
+            store.remember(tokens::hash(&i.to_string()), None);
+        }
+        let len = store.cache.read().map(|c| c.len()).unwrap_or(usize::MAX);
+        assert!(len <= MAX_CACHED, "{len} entries");
     }
 
     #[tokio::test]
