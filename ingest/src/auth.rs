@@ -288,6 +288,27 @@ mod tests {
         );
     }
 
+    /// The hot-path cost of a cached check (`cargo test -p ingest cached_check_cost --
+    /// --ignored --nocapture`; build profile matters).
+    #[tokio::test]
+    #[ignore = "a measurement, not a check"]
+    async fn cached_check_cost() {
+        let auth = unreachable(Duration::from_secs(600));
+        let token = format!("Bearer esk_{}", "ab".repeat(32));
+        let store = auth.store.as_ref().expect("on");
+        store.remember(tokens::hash(&token[7..]), Some(record(600, false)));
+        let rounds = 100_000u32;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let principal = auth
+                .authenticate(Some(token.as_bytes()))
+                .await
+                .expect("cached");
+            assert!(principal.require(Need::Append("Order-1")).is_ok());
+        }
+        println!("cached check: {:?} each", started.elapsed() / rounds);
+    }
+
     #[tokio::test]
     async fn the_cache_stays_bounded() {
         let auth = unreachable(Duration::from_secs(60));

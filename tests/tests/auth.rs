@@ -373,3 +373,50 @@ async fn bad_credentials_over_kafka_get_typed_rejections_and_write_nothing() -> 
     }
     Ok(())
 }
+
+/// Starts ingest on `addr` (`HOST:PORT`, PORT free) with the test's environment and `env`.
+async fn ingest_on(
+    ctx: &TestContext,
+    host: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<esk_tests::process::Process> {
+    let port = esk_tests::process::free_port()?;
+    let mut all = ctx.env();
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    all.push(("ESK_INGEST_HTTP_ADDR".into(), format!("{host}:{port}")));
+    all.push(("ESK_INGEST_KAFKA_APPENDS".into(), "false".into()));
+    let path = esk_tests::process::bin_dir()?.join("ingest");
+    let log = std::env::temp_dir().join(format!("esk-ingest-auth-{port}.log"));
+    // The harness's address variable is one ingest ignores, so ours stays.
+    let mut process =
+        esk_tests::process::Process::start(&path, &all, "ESK_TEST_UNUSED_ADDR", port, &[], log)?;
+    process.wait_healthy(Duration::from_secs(60)).await?;
+    Ok(process)
+}
+
+#[tokio::test]
+async fn without_auth_ingest_warns_at_every_start_and_loudest_off_loopback() -> anyhow::Result<()> {
+    let ctx = TestContext::new("auth_insecure").await?;
+    let off = [("ESK_INSECURE_NO_AUTH", "true")];
+
+    let mut open_wide = ingest_on(&ctx, "0.0.0.0", &off).await?;
+    let (status, _, _) = Request::ReadAll.send(&open_wide.http, None).await?;
+    assert_eq!(status, 200, "the flag turns auth off");
+    let log = open_wide.log_text();
+    assert!(log.contains("AUTHENTICATION IS OFF"), "{log}");
+    assert!(log.contains("NON-LOOPBACK"), "{log}");
+    open_wide.terminate(Duration::from_secs(10)).await?;
+
+    let local = ingest_on(&ctx, "127.0.0.1", &off).await?;
+    let log = local.log_text();
+    assert!(log.contains("AUTHENTICATION IS OFF"), "{log}");
+    assert!(!log.contains("NON-LOOPBACK"), "{log}");
+    drop(local);
+
+    // Without the flag auth is on, on any address.
+    let default = ingest_on(&ctx, "0.0.0.0", &[("ESK_INSECURE_NO_AUTH", "false")]).await?;
+    let (status, challenge, _) = Request::ReadAll.send(&default.http, None).await?;
+    assert_eq!((status, challenge.as_deref()), (401, Some("Bearer")));
+    assert!(!default.log_text().contains("AUTHENTICATION IS OFF"));
+    Ok(())
+}
