@@ -12,20 +12,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client of ingest at `--url` (`http://host:port`).
-pub(crate) fn client(base: &str) -> anyhow::Result<Client> {
+/// A client of ingest at `--url` (`http://host:port`), sending `token` if given.
+pub(crate) fn client(base: &str, token: Option<&str>) -> anyhow::Result<Client> {
     if !base.trim_end_matches('/').starts_with("http://") {
         return Err(Failure::usage(format!(
             "--url must be an http:// URL, got {:?}",
             base.trim_end_matches('/')
         )));
     }
-    Client::builder(base)
+    let mut builder = Client::builder(base)
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT)
-        .user_agent(concat!("esk/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| failure(base, e))
+        .user_agent(concat!("esk/", env!("CARGO_PKG_VERSION")));
+    if let Some(token) = token {
+        builder = builder.token(token);
+    }
+    builder.build().map_err(|e| failure(base, e))
 }
 
 /// A client result with its error turned into a [`Failure`].
@@ -116,12 +118,12 @@ mod tests {
 
     #[test]
     fn urls_must_be_http() {
-        let error = client("https://h").err();
+        let error = client("https://h", None).err();
         assert_eq!(error.as_ref().and_then(classify), Some(Exit::Usage));
         assert_eq!(
             error.map(|e| e.to_string()).as_deref(),
             Some(r#"--url must be an http:// URL, got "https://h""#)
         );
-        assert!(client("http://127.0.0.1:8080/").is_ok());
+        assert!(client("http://127.0.0.1:8080/", None).is_ok());
     }
 }

@@ -13,6 +13,7 @@ mod read;
 mod setup;
 mod source;
 mod tail;
+mod token;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,9 @@ struct Global {
         global = true
     )]
     url: String,
+    /// Bearer token for ingest's API (append, read, tail), from `esk token create`.
+    #[arg(long, env = "ESK_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
     /// Machine-readable output: one JSON document (tail: one JSON line per event).
     #[arg(long, global = true)]
     json: bool,
@@ -72,6 +76,8 @@ enum Command {
     Projection(projection::ProjectionArgs),
     /// The indexer's operator actions: quarantine the record a halted partition stopped at.
     Indexer(indexer::IndexerArgs),
+    /// API tokens: create (printed once), list, revoke.
+    Token(token::TokenArgs),
 }
 
 #[tokio::main]
@@ -111,9 +117,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             esk_runtime::telemetry::init_tracing(cli.common.log_format);
             setup::migrate(&cli.common).await
         }
-        Command::Append(args) => append::run(&http::client(&cli.global.url)?, &out, args).await,
-        Command::Read(args) => read::run(&http::client(&cli.global.url)?, &out, args).await,
-        Command::Tail(args) => tail::run(&http::client(&cli.global.url)?, &out, args).await,
+        Command::Append(args) => {
+            append::run(
+                &http::client(&cli.global.url, cli.global.token.as_deref())?,
+                &out,
+                args,
+            )
+            .await
+        }
+        Command::Read(args) => {
+            read::run(
+                &http::client(&cli.global.url, cli.global.token.as_deref())?,
+                &out,
+                args,
+            )
+            .await
+        }
+        Command::Tail(args) => {
+            tail::run(
+                &http::client(&cli.global.url, cli.global.token.as_deref())?,
+                &out,
+                args,
+            )
+            .await
+        }
         Command::Doctor(args) => doctor::run(&cli.common, &cli.global.url, &out, args).await,
         Command::Projection(args) => {
             // Logged as the projector logs them (a rebuild's progress lines, its warnings).
@@ -121,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             projection::run(&cli.common, &out, args).await
         }
         Command::Indexer(args) => indexer::run(&cli.common, &out, args).await,
+        Command::Token(args) => token::run(&cli.common, &out, args).await,
     }
 }
 

@@ -20,6 +20,9 @@ pub enum ClientError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The bearer token given to the client cannot be sent in a header.
+    #[error("invalid token: it must be printable ASCII without spaces")]
+    InvalidToken,
     /// The HTTP client could not be set up (for example, TLS initialisation failed).
     #[error("cannot build the HTTP client: {0}")]
     Setup(#[source] reqwest::Error),

@@ -108,6 +108,7 @@ pub struct ClientBuilder {
     user_agent: String,
     pool_max_idle_per_host: Option<usize>,
     tcp_nodelay: bool,
+    token: Option<String>,
 }
 
 impl ClientBuilder {
@@ -143,6 +144,13 @@ impl ClientBuilder {
         self
     }
 
+    /// The bearer token sent with every request (`Authorization: Bearer <token>`, from
+    /// `esk token create`) [default: none].
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
     /// The client; fails on a base URL that is not `http(s)://host[:port][/path]`.
     pub fn build(self) -> Result<Client, ClientError> {
         let base = self.base.trim_end_matches('/');
@@ -169,6 +177,18 @@ impl ClientBuilder {
             .tcp_nodelay(self.tcp_nodelay);
         if let Some(max) = self.pool_max_idle_per_host {
             http = http.pool_max_idle_per_host(max);
+        }
+        if let Some(token) = &self.token {
+            if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ClientError::InvalidToken);
+            }
+            let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))
+                .map_err(|_| ClientError::InvalidToken)?;
+            // Kept out of debug output.
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            http = http.default_headers(headers);
         }
         Ok(Client {
             http: http.build().map_err(ClientError::Setup)?,
@@ -258,6 +278,7 @@ impl Client {
             user_agent: concat!("esk-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             pool_max_idle_per_host: None,
             tcp_nodelay: true,
+            token: None,
         }
     }
 

@@ -196,3 +196,39 @@ async fn no_server_is_a_transport_error() -> Result<(), Box<dyn std::error::Erro
     assert!(error.as_ref().is_some_and(|e| !e.is_timeout()));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_token_is_sent_as_a_bearer_header() -> Result<(), Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move {
+        let Ok((mut socket, _)) = listener.accept().await else {
+            return String::new();
+        };
+        let mut request = vec![0u8; 8192];
+        let n = socket.read(&mut request).await.unwrap_or(0);
+        let body = r#"{"reached":true}"#;
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = socket.write_all(answer.as_bytes()).await;
+        String::from_utf8_lossy(&request[..n]).to_lowercase()
+    });
+    let client = Client::builder(&base).token("esk_secret").build()?;
+    assert!(client.wait_for_position(1, Duration::ZERO).await?);
+    assert!(server
+        .await?
+        .contains("\r\nauthorization: bearer esk_secret\r\n"));
+    for bad in ["", "a b", "tab\there", "é"] {
+        assert!(
+            matches!(
+                Client::builder(&base).token(bad).build(),
+                Err(ClientError::InvalidToken)
+            ),
+            "{bad:?}"
+        );
+    }
+    Ok(())
+}

@@ -15,10 +15,12 @@ use esk_model::validate::{
     parse_append_body, validate_trace_id, InvalidAppend, Limits, TraceDefaults,
 };
 use esk_model::wire::{ErrorBody, ErrorEnvelope};
+use esk_runtime::scope::Need;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::{Auth, AuthError};
 use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, Rejection};
 use crate::pipeline::{AppendCommand, Pipeline};
@@ -27,6 +29,7 @@ use crate::pipeline::{AppendCommand, Pipeline};
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
     pub(crate) pipeline: Pipeline,
+    pub(crate) auth: Arc<Auth>,
     pub(crate) limits: Limits,
     pub(crate) metrics: Arc<IngestMetrics>,
     pub(crate) max_body_bytes: usize,
@@ -62,6 +65,8 @@ pub(crate) struct ApiError {
     retry_after: Option<u32>,
     /// Close the connection after answering (the rest of the request is not read).
     close: bool,
+    /// Add `WWW-Authenticate: Bearer` (a 401).
+    challenge: bool,
 }
 
 impl ApiError {
@@ -75,7 +80,23 @@ impl ApiError {
             },
             retry_after: None,
             close: false,
+            challenge: false,
         }
+    }
+
+    /// A refusal of the caller: 401 (with the Bearer challenge), 403 or 503.
+    pub(crate) fn auth(error: &AuthError) -> Self {
+        let status = match error {
+            AuthError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AuthError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut api = ApiError::new(status, error.code(), error.message());
+        api.challenge = status == StatusCode::UNAUTHORIZED;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            api.retry_after = Some(1);
+        }
+        api
     }
 
     /// Asks for the connection to be closed after the answer.
@@ -108,6 +129,11 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
+        if self.challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if self.close {
             response
                 .headers_mut()
@@ -123,6 +149,7 @@ impl IntoResponse for ApiError {
     post,
     path = "/streams/{stream_id}/events",
     tag = "streams",
+    security(("bearer" = [])),
     params(
         ("stream_id" = String, Path, description = "The stream; its category is the part before the first `-`"),
         ("x-correlation-id" = Option<String>, Header, description = "Correlation id for events whose metadata has none (printable ASCII, at most 256 bytes)"),
@@ -132,6 +159,8 @@ impl IntoResponse for ApiError {
     responses(
         (status = 201, description = "Accepted", body = AppendResponse),
         (status = 400, description = "Malformed JSON, path or header", body = ErrorEnvelope),
+        (status = 401, description = "unauthorized: no valid bearer token (missing, malformed, unknown, expired or revoked); nothing was written", body = ErrorEnvelope),
+        (status = 403, description = "forbidden: the token has no append scope for this stream; nothing was written", body = ErrorEnvelope),
         (status = 408, description = "The body did not arrive in time; nothing was written", body = ErrorEnvelope),
         (status = 409, description = "wrong_expected_version (with actual_version), append_id_reused, append_expired or duplicate_event_id", body = ErrorEnvelope),
         (status = 413, description = "An event or the body is too large", body = ErrorEnvelope),
@@ -149,7 +178,15 @@ async fn append(
     let Path(stream_id) = path
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream_id", e.body_text()))?;
     // Cheap refusals first: a body that will be refused is not parsed or buffered, only
-    // drained (see `refuse_unread`).
+    // drained (see `refuse_unread`). The caller first: nothing else is told to a stranger.
+    let allowed = match state.auth.authenticate(authorization(&headers)).await {
+        Ok(principal) => principal.require(Need::Append(&stream_id)),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = allowed {
+        state.metrics.invalid(e.code());
+        return Err(refuse_unread(&state, body, ApiError::auth(&e)).await);
+    }
     if !is_json(&headers) {
         state.metrics.invalid("unsupported_media_type");
         let error = ApiError::new(
@@ -257,14 +294,23 @@ async fn append(
             body: rejection.to_error_body(),
             retry_after: None,
             close: false,
+            challenge: false,
         }),
         Err(unavailable) => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             body: unavailable.to_error_body(),
             retry_after: Some(1),
             close: false,
+            challenge: false,
         }),
     }
+}
+
+/// The raw `Authorization` header, if any.
+pub(crate) fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
 }
 
 fn is_json(headers: &HeaderMap) -> bool {

@@ -81,12 +81,29 @@ pub struct IngestConfig {
     /// Consumer group for the appends topic.
     #[arg(long, env = "ESK_INGEST_GROUP", default_value = "esk-ingest")]
     pub group_id: String,
+    /// Turn authentication off: every HTTP request and Kafka record is served without a token.
+    /// Only for local experiments; a warning is logged at every start.
+    #[arg(long, env = "ESK_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// How long a token lookup is cached, in seconds: a revoked token stops working at most
+    /// this long after `esk token revoke`.
+    #[arg(long, env = "ESK_AUTH_CACHE_SECS", default_value_t = 5)]
+    pub auth_cache_secs: u64,
     /// Apply schema migrations at start-up.
     #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
 }
 
 impl IngestConfig {
+    /// Whether the HTTP address is a loopback one (an unresolvable one counts as not).
+    pub(crate) fn listens_on_loopback(&self) -> bool {
+        use std::net::ToSocketAddrs;
+        self.http_addr
+            .to_socket_addrs()
+            .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+            .unwrap_or(false)
+    }
+
     /// Session settings of every ingest connection.
     pub(crate) fn session_settings(&self) -> Vec<(&'static str, String)> {
         vec![

@@ -4,6 +4,9 @@
 //! Request (JSON, `schema_version` 1): `{"schema_version": 1, "request_id": str?, "reply_to":
 //! str?, "stream_id": str, "expected_version": ..., "append_id": uuid?, "events": [...]}`.
 //! The result is keyed by `reply_to` (else the request's key) and carries `request_id`.
+//! The record's `authorization` header carries `Bearer <token>`, checked as over HTTP: without
+//! a valid token or the append scope the result is a rejection (`unauthorized`, `forbidden`)
+//! and nothing is written.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,12 +14,14 @@ use std::time::Duration;
 use esk_model::event::Append;
 use esk_model::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
 use esk_model::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
+use esk_runtime::scope::Need;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Auth, AuthError};
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::offsets::OffsetTracker;
@@ -41,6 +46,7 @@ struct Shared {
     appends_topic: String,
     tracker: Mutex<OffsetTracker>,
     pipeline: Pipeline,
+    auth: Arc<Auth>,
     metrics: Arc<IngestMetrics>,
     shutdown: CancellationToken,
     /// Requests consumed and not yet answered; bounded so an outage cannot pile them up (I6).
@@ -53,6 +59,7 @@ pub(crate) fn consumer_loop(
     config: &IngestConfig,
     pipeline: Pipeline,
     producer: FutureProducer,
+    auth: Arc<Auth>,
     metrics: Arc<IngestMetrics>,
     shutdown: CancellationToken,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, rdkafka::error::KafkaError> {
@@ -67,6 +74,7 @@ pub(crate) fn consumer_loop(
         appends_topic: config.common.topics.appends.clone(),
         tracker: Mutex::new(OffsetTracker::default()),
         pipeline,
+        auth,
         metrics,
         shutdown,
         in_flight: Arc::new(Semaphore::new(config.max_kafka_in_flight.max(1))),
@@ -126,11 +134,32 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             tracker.begin(context.partition, context.offset);
         }
         let decoded = decode_request(message.payload(), &limits, &mut context);
+        let authorization = authorization(&message);
         drop(message);
+        // The caller first: a request without a valid token is refused whatever it holds.
+        let caller = loop {
+            match shared.auth.authenticate(authorization.as_deref()).await {
+                // Not an outcome: wait for the token store (this pauses consumption).
+                Err(AuthError::Unavailable) => tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                },
+                caller => break caller,
+            }
+        };
+        let decoded = match caller {
+            Err(e) => Err(Refusal::Auth(e)),
+            Ok(principal) => decoded.map_err(Refusal::Invalid).and_then(|append| {
+                principal
+                    .require(Need::Append(&append.stream_id))
+                    .map_err(Refusal::Auth)?;
+                Ok(append)
+            }),
+        };
         match decoded {
-            Err(invalid) => {
-                shared.metrics.invalid(invalid.code());
-                let result = rejection_result(&context, &invalid);
+            Err(refusal) => {
+                shared.metrics.invalid(refusal.code());
+                let result = refusal_result(&context, &refusal);
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     respond(shared, context, result).await;
@@ -213,11 +242,49 @@ fn base_result(context: &RequestContext, outcome: Outcome) -> AppendResult {
     }
 }
 
-fn rejection_result(context: &RequestContext, invalid: &InvalidAppend) -> AppendResult {
+/// Why a request is refused before it reaches the pipeline.
+#[derive(Debug)]
+enum Refusal {
+    /// Undecodable or invalid.
+    Invalid(InvalidAppend),
+    /// No valid token, or no append scope for the stream.
+    Auth(AuthError),
+}
+
+impl Refusal {
+    fn code(&self) -> &'static str {
+        match self {
+            Refusal::Invalid(invalid) => invalid.code(),
+            Refusal::Auth(auth) => auth.code(),
+        }
+    }
+}
+
+/// The record's `authorization` header, if it has one.
+fn authorization(message: &impl Message) -> Option<Vec<u8>> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case("authorization"))
+        .and_then(|h| h.value.map(<[u8]>::to_vec))
+        // A header without a value is a malformed token, not a missing one.
+        .or_else(|| {
+            headers
+                .iter()
+                .any(|h| h.key.eq_ignore_ascii_case("authorization"))
+                .then(Vec::new)
+        })
+}
+
+fn refusal_result(context: &RequestContext, refusal: &Refusal) -> AppendResult {
     let mut result = base_result(context, Outcome::Rejected);
+    let (code, message) = match refusal {
+        Refusal::Invalid(invalid) => (invalid.code(), invalid.to_string()),
+        Refusal::Auth(auth) => (auth.code(), auth.message()),
+    };
     result.error = Some(esk_model::wire::ErrorBody {
-        code: invalid.code().into(),
-        message: invalid.to_string(),
+        code: code.into(),
+        message,
         actual_version: None,
     });
     result

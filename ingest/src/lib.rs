@@ -4,6 +4,7 @@
 
 mod api;
 mod attempt;
+mod auth;
 mod config;
 mod decide;
 mod event_claims;
@@ -45,6 +46,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     if config.migrate {
         esk_runtime::db::migrate(&pool).await?;
     }
+    let auth = Arc::new(authenticator(&config, &pool));
     let ingest_log = ingest_log::IngestLog::new(&config)?;
     let producer = ingest_log.producer().clone();
     let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
@@ -65,6 +67,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
             &config,
             pipeline.clone(),
             producer,
+            auth.clone(),
             metrics.clone(),
             shutdown.clone(),
         )?;
@@ -78,6 +81,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     let app = openapi::app(
         api::AppState {
             pipeline,
+            auth: auth.clone(),
             limits: config.limits.clone(),
             metrics,
             max_body_bytes: config.max_body_bytes,
@@ -85,6 +89,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
         },
         reads::ReadState {
             pool: read_pool,
+            auth,
             waits,
             max_page_bytes: config.max_page_bytes.max(1),
         },
@@ -109,4 +114,24 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     telemetry.health.set_ready(true);
     supervisor.run_until_stopped().await?;
     Ok(())
+}
+
+/// Tokens checked against `pool`, or, with `--insecure-no-auth`, nothing checked and a warning
+/// at every start (louder when the API is reachable from other hosts).
+fn authenticator(config: &IngestConfig, pool: &sqlx::PgPool) -> auth::Auth {
+    if !config.insecure_no_auth {
+        return auth::Auth::on(
+            pool.clone(),
+            std::time::Duration::from_secs(config.auth_cache_secs),
+        );
+    }
+    if config.listens_on_loopback() {
+        tracing::warn!(addr = %config.http_addr,
+            "AUTHENTICATION IS OFF (--insecure-no-auth): any local process may append and read");
+    } else {
+        tracing::error!(addr = %config.http_addr,
+            "AUTHENTICATION IS OFF (--insecure-no-auth) ON A NON-LOOPBACK ADDRESS: anyone who \
+             can reach this address may append and read every stream; remove the flag");
+    }
+    auth::Auth::off()
 }

@@ -24,9 +24,33 @@ use crate::reads::{self, ReadState};
         (name = "streams", description = "Appends, reads and waits"),
         (name = "telemetry", description = "Metrics, health and readiness"),
         (name = "meta", description = "This document"),
-    )
+    ),
+    modifiers(&BearerScheme)
 )]
 struct ApiDoc;
+
+/// Declares the `bearer` security scheme the routes name: `Authorization: Bearer <token>`,
+/// a token from `esk token create` (docs/security.md).
+#[derive(Debug)]
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `esk token create`; scopes append:<pattern>, read:<pattern>, admin",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The whole HTTP app: appends, reads, telemetry and `/openapi.json`, with JSON fallbacks.
 pub(crate) fn app(
@@ -146,6 +170,38 @@ mod tests {
             "HealthReport",
         ] {
             assert!(schemas.get(name).is_some(), "{name} is missing");
+        }
+    }
+
+    #[test]
+    fn the_api_routes_need_a_bearer_token_and_the_open_ones_do_not() {
+        let value = serde_json::to_value(document()).expect("the document serializes");
+        assert_eq!(
+            value["components"]["securitySchemes"]["bearer"]["scheme"], "bearer",
+            "the bearer scheme is not declared"
+        );
+        for (path, method, secured) in [
+            ("/streams/{stream_id}/events", "post", true),
+            ("/streams/{stream_id}/events", "get", true),
+            ("/categories/{category}/events", "get", true),
+            ("/wait", "get", true),
+            ("/openapi.json", "get", false),
+            ("/health", "get", false),
+            ("/ready", "get", false),
+            ("/metrics", "get", false),
+        ] {
+            let operation = &value["paths"][path][method];
+            let names_bearer = operation["security"]
+                .as_array()
+                .is_some_and(|list| list.iter().any(|s| s.get("bearer").is_some()));
+            assert_eq!(names_bearer, secured, "{method} {path}");
+            if secured {
+                assert!(
+                    operation["responses"].get("401").is_some()
+                        && operation["responses"].get("403").is_some(),
+                    "{method} {path} does not document 401 and 403"
+                );
+            }
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use esk_model::api::{Direction, PositionedPage, StreamPage, WaitResponse};
@@ -19,8 +19,10 @@ use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::ApiError;
+use crate::api::{authorization, ApiError};
+use crate::auth::{Auth, Principal};
 use crate::wait::{WaitError, WaitHub, WaitTarget};
+use esk_runtime::scope::Need;
 
 const MAX_LIMIT: i64 = 1000;
 const DEFAULT_LIMIT: i64 = 100;
@@ -31,12 +33,21 @@ const MAX_WAIT_MS: u64 = 60_000;
 #[derive(Debug, Clone)]
 pub(crate) struct ReadState {
     pub(crate) pool: PgPool,
+    pub(crate) auth: Arc<Auth>,
     pub(crate) waits: Arc<WaitHub>,
     /// A page stops once its events' payloads reach this many bytes (`next` then continues).
     pub(crate) max_page_bytes: usize,
 }
 
 impl ReadState {
+    /// Who sends these headers, or 401.
+    async fn caller(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+        self.auth
+            .authenticate(authorization(headers))
+            .await
+            .map_err(|e| ApiError::auth(&e))
+    }
+
     /// The events `query` selects, up to the page's byte budget; true when cut short by it.
     async fn page(
         &self,
@@ -54,6 +65,11 @@ pub(crate) fn routes() -> OpenApiRouter<ReadState> {
         .routes(routes!(read_stream))
         .routes(routes!(read_category))
         .routes(routes!(wait))
+}
+
+/// Ok when `caller` may do `need`, else 403.
+fn require(caller: &Principal, need: Need<'_>) -> Result<(), ApiError> {
+    caller.require(need).map_err(|e| ApiError::auth(&e))
 }
 
 /// A path segment, or the JSON error body (axum's own rejection is plain text).
@@ -116,6 +132,7 @@ fn db_error(error: sqlx::Error) -> ApiError {
     get,
     path = "/streams/{stream_id}/events",
     tag = "streams",
+    security(("bearer" = [])),
     params(
         ("stream_id" = String, Path, description = "The stream, or `$all`"),
         ("from" = Option<i64>, Query, description = "First version (a global position for `$all`); default: the start, or the end when backward"),
@@ -126,19 +143,27 @@ fn db_error(error: sqlx::Error) -> ApiError {
         (status = 200, description = "A page of the stream (an empty page when it has no events)", body = StreamPage),
         (status = 200, description = "A page of `$all`", body = PositionedPage),
         (status = 400, description = "An invalid or unknown parameter", body = ErrorEnvelope),
+        (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
+        (status = 403, description = "forbidden: the token has no read scope for this (whether or not it exists)", body = ErrorEnvelope),
         (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
     )
 )]
 async fn read_stream(
     State(state): State<ReadState>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
     let stream_id = segment(path)?;
-    let p = params(query)?;
     if stream_id == "$all" {
-        return read_all(&state, &p).await;
+        require(&caller, Need::ReadAll)?;
+        return read_all(&state, &params(query)?).await;
     }
+    // Before anything about the stream is looked at: a forbidden stream is 403 whether or not
+    // it exists.
+    require(&caller, Need::ReadStream(&stream_id))?;
+    let p = params(query)?;
     reject_unknown(&p, &["from", "limit", "direction"])?;
     let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let from = int_param(&p, "from", 0, i64::MAX)?;
@@ -202,6 +227,7 @@ async fn read_all(state: &ReadState, p: &HashMap<String, String>) -> Result<Resp
     get,
     path = "/categories/{category}/events",
     tag = "streams",
+    security(("bearer" = [])),
     params(
         ("category" = String, Path, description = "The category: the part of a stream id before its first `-`"),
         ("from" = Option<i64>, Query, description = "First global position; default 0"),
@@ -210,19 +236,24 @@ async fn read_all(state: &ReadState, p: &HashMap<String, String>) -> Result<Resp
     responses(
         (status = 200, description = "A page of the category", body = PositionedPage),
         (status = 400, description = "An invalid or unknown parameter", body = ErrorEnvelope),
+        (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
+        (status = 403, description = "forbidden: the token has no read scope for this (whether or not it exists)", body = ErrorEnvelope),
         (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
     )
 )]
 async fn read_category(
     State(state): State<ReadState>,
     path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
     let category = segment(path)?;
-    let p = params(query)?;
-    reject_unknown(&p, &["from", "limit"])?;
     // `Order-*` and `Order` name the same category.
     let category = category.strip_suffix("-*").unwrap_or(&category).to_owned();
+    require(&caller, Need::ReadCategory(&category))?;
+    let p = params(query)?;
+    reject_unknown(&p, &["from", "limit"])?;
     if category.is_empty() || category.contains('-') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -264,6 +295,7 @@ fn positioned_page(
     get,
     path = "/wait",
     tag = "streams",
+    security(("bearer" = [])),
     params(
         ("stream_id" = Option<String>, Query, description = "With `version`: wait for this stream's event"),
         ("version" = Option<i64>, Query, description = "With `stream_id`: the version to wait for"),
@@ -273,10 +305,17 @@ fn positioned_page(
     responses(
         (status = 200, description = "Whether it was indexed within the timeout", body = WaitResponse),
         (status = 400, description = "An invalid or unknown parameter", body = ErrorEnvelope),
+        (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
+        (status = 403, description = "forbidden: the token has no read scope for this (whether or not it exists)", body = ErrorEnvelope),
         (status = 503, description = "Too many waiters, or the store could not be read; retry", body = ErrorEnvelope),
     )
 )]
-async fn wait(State(state): State<ReadState>, query: Params) -> Result<Response, ApiError> {
+async fn wait(
+    State(state): State<ReadState>,
+    headers: HeaderMap,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
     let p = params(query)?;
     reject_unknown(&p, &["stream_id", "version", "position", "timeout_ms"])?;
     let timeout = int_param(&p, "timeout_ms", 0, MAX_WAIT_MS as i64)?.unwrap_or(5000) as u64;
@@ -285,8 +324,14 @@ async fn wait(State(state): State<ReadState>, query: Params) -> Result<Response,
         int_param(&p, "version", 0, i64::MAX)?,
         int_param(&p, "position", 1, i64::MAX)?,
     ) {
-        (Some(stream), Some(version), None) => WaitTarget::Version(stream.clone(), version),
-        (None, None, Some(position)) => WaitTarget::Position(position),
+        (Some(stream), Some(version), None) => {
+            require(&caller, Need::ReadStream(stream))?;
+            WaitTarget::Version(stream.clone(), version)
+        }
+        (None, None, Some(position)) => {
+            require(&caller, Need::ReadAll)?;
+            WaitTarget::Position(position)
+        }
         _ => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

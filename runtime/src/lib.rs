@@ -10,6 +10,8 @@ pub mod kafka;
 pub mod partition_cursor;
 pub mod records;
 pub mod retry;
+pub mod scope;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tokens;

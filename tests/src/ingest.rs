@@ -57,17 +57,33 @@ impl Reply {
 }
 
 impl Client {
-    /// A client for the process's HTTP address.
+    /// A client for the process's HTTP address, sending the token it was started with.
     pub fn new(process: &Process) -> Self {
-        Self::for_url(&process.http)
+        Self::with_token(&process.http, process.token.as_deref())
     }
 
-    /// A client for a base URL.
+    /// A client for a base URL, without a token.
     pub fn for_url(base: &str) -> Self {
+        Self::with_token(base, None)
+    }
+
+    /// A client for a base URL sending `token` (`Authorization: Bearer`) with every request.
+    pub fn with_token(base: &str, token: Option<&str>) -> Self {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut api = esk_client::Client::builder(base);
+        if let Some(token) = token {
+            if let Ok(value) = reqwest::header::HeaderValue::try_from(format!("Bearer {token}")) {
+                headers.insert(reqwest::header::AUTHORIZATION, value);
+            }
+            api = api.token(token);
+        }
         Client {
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap_or_default(),
             base: base.to_owned(),
-            api: esk_client::Client::new(base).map_err(Arc::new),
+            api: api.build().map_err(Arc::new),
         }
     }
 

@@ -53,6 +53,8 @@ pub struct TestContext {
     pub topics: Topics,
     /// The broker.
     pub brokers: String,
+    /// An admin token of the test's database (`ESK_TOKEN` in [`TestContext::env`]).
+    pub token: String,
 }
 
 impl TestContext {
@@ -79,12 +81,20 @@ impl TestContext {
         let database_url = create_database(&format!("{database_prefix}{unique}")).await?;
         let pool = esk_runtime::db::connect(&database_url, 8).await?;
         esk_runtime::db::migrate(&pool).await?;
+        let token = esk_runtime::tokens::create(
+            &pool,
+            "test-admin",
+            &[esk_runtime::scope::Scope::Admin],
+            None,
+        )
+        .await?;
         let context = TestContext {
             name: unique.clone(),
             database_url,
             pool,
             topics: Topics::with_prefix(&format!("t-{unique}-")),
             brokers: brokers(),
+            token,
         };
         if topics {
             let all = context.topics.all();
@@ -110,6 +120,11 @@ impl TestContext {
             ("ESK_TOPIC_EVENTS".into(), self.topics.events.clone()),
             ("ESK_INGEST_GROUP".into(), format!("{}-ingest", self.name)),
             ("ESK_INDEXER_GROUP".into(), format!("{}-indexer", self.name)),
+            // The CLI, loadgen and the harness's clients send it.
+            ("ESK_TOKEN".into(), self.token.clone()),
+            // Tests that predate authentication talk raw HTTP and Kafka without a token;
+            // `tests/tests/auth.rs` turns it on with ESK_INSECURE_NO_AUTH=false.
+            ("ESK_INSECURE_NO_AUTH".into(), "true".into()),
         ]
     }
 }

@@ -13,6 +13,8 @@ pub struct Process {
     pub http: String,
     /// Where its output goes.
     pub log: PathBuf,
+    /// The bearer token its clients send (`ESK_TOKEN` in the environment it was started with).
+    pub token: Option<String>,
 }
 
 /// The directory of the workspace's binaries (next to the test executable's `deps/`).
@@ -89,6 +91,11 @@ impl Process {
         Ok(Process {
             child,
             http: format!("http://127.0.0.1:{port}"),
+            token: env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "ESK_TOKEN")
+                .map(|(_, v)| v.clone()),
             log,
         })
     }

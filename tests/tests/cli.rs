@@ -631,3 +631,111 @@ async fn projection_commands_list_status_rebuild_and_dead_letters() -> anyhow::R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn token_commands_create_list_revoke_and_the_cli_sends_the_token() -> anyhow::Result<()> {
+    let ctx = TestContext::new("cli_tokens").await?;
+    let ingest = ingest::spawn(
+        &ctx,
+        &[
+            ("ESK_INGEST_KAFKA_APPENDS", "false"),
+            ("ESK_INSECURE_NO_AUTH", "false"),
+            ("ESK_AUTH_CACHE_SECS", "0"),
+        ],
+    )
+    .await?;
+    let url = ingest.http.as_str();
+    // The harness's environment without its admin token.
+    let bare: Vec<(String, String)> = ctx
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k != "ESK_TOKEN")
+        .collect();
+    let with_token = |token: &str| {
+        let mut env = bare.clone();
+        env.push(("ESK_TOKEN".into(), token.to_owned()));
+        env
+    };
+
+    let created = esk(
+        &bare,
+        &[
+            "token",
+            "create",
+            "--name",
+            "billing",
+            "--allow",
+            "append:Order-*",
+            "--allow",
+            "read:Order-*",
+            "--expires",
+            "90d",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(created.code, 0, "{created:?}");
+    let token = created.stdout.trim().to_owned();
+    assert!(token.starts_with("esk_") && token.len() >= 68, "{token}");
+    // Only its hash is stored.
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT token_hash FROM api_tokens WHERE name = 'billing'")
+            .fetch_one(&ctx.pool)
+            .await?;
+    assert_eq!(stored, esk_runtime::tokens::hash(&token).to_vec());
+
+    let append = |stream: &'static str| {
+        vec![
+            "append", stream, "--type", "T", "--data", "{}", "--url", url,
+        ]
+    };
+    let run = esk(&with_token(&token), &append("Order-1"), None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = esk(&bare, &append("Order-1"), None).await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("unauthorized"), "{run:?}");
+    let run = esk(&with_token(&token), &append("User-1"), None).await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("forbidden"), "{run:?}");
+
+    let listed = esk(&bare, &["token", "list", "--json"], None).await?;
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let list = listed.json()?;
+    assert_eq!(list[0]["name"], "billing");
+    assert_eq!(list[0]["valid"], true);
+    assert_eq!(list[0]["scopes"], json!(["append:Order-*", "read:Order-*"]));
+    assert!(!listed.stdout.contains(&token), "list shows the token");
+
+    // Refusals: a taken name, a bad scope, no scope, an unknown name to revoke.
+    for args in [
+        &["token", "create", "--name", "billing", "--allow", "admin"][..],
+        &["token", "create", "--name", "x", "--allow", "write:*"],
+        &["token", "create", "--name", "x"],
+        &[
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--allow",
+            "admin",
+            "--expires",
+            "soon",
+        ],
+        &["token", "revoke", "nobody"],
+    ] {
+        let run = esk(&bare, args, None).await?;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+    }
+
+    let run = esk(&bare, &["token", "revoke", "billing"], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = esk(&with_token(&token), &append("Order-1"), None).await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("unauthorized"), "{run:?}");
+    let list = esk(&bare, &["token", "list", "--json"], None)
+        .await?
+        .json()?;
+    assert_eq!(list[0]["valid"], false);
+    assert!(list[0]["revoked_at"].is_string());
+    Ok(())
+}

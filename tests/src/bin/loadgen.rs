@@ -57,6 +57,9 @@ struct Args {
     /// Base URL of the ingest HTTP API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// Bearer token sent with every request (`esk token create`).
+    #[arg(long, env = "ESK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Concurrent writers, each with its own streams.
     #[arg(long, default_value_t = 16)]
     writers: usize,
@@ -202,13 +205,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let warmup = Duration::try_from_secs_f64(args.warmup_seconds).context("--warmup-seconds")?;
     let lanes = args.in_flight.max(1);
     // One client for every writer: they share its connections.
-    let client = Client::builder(&args.url)
+    let mut builder = Client::builder(&args.url)
         .pool_max_idle_per_host(args.writers * lanes)
         .tcp_nodelay(true)
         .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(REQUEST_TIMEOUT)
-        .build()
-        .context("building the HTTP client")?;
+        .connect_timeout(REQUEST_TIMEOUT);
+    if let Some(token) = &args.token {
+        builder = builder.token(token);
+    }
+    let client = builder.build().context("building the HTTP client")?;
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let payload = Arc::new(event_payloads(args.batch));
 
