@@ -66,7 +66,7 @@ pub async fn spawn(
     Process::spawn(
         "projector",
         &env_for(ctx, config, extra),
-        "ESK_PROJECTOR_HTTP_ADDR",
+        crate::process::PROJECTOR,
         &[],
     )
     .await
@@ -81,7 +81,7 @@ pub async fn command(
 ) -> anyhow::Result<std::process::Output> {
     let mut command = tokio::process::Command::new(bin_dir()?.join("projector"));
     command.args(args).envs(env_for(ctx, config, &[]));
-    command.env("ESK_PROJECTOR_HTTP_ADDR", "127.0.0.1:0");
+    command.env("ESK_PROJECTOR_ADMIN_ADDR", "127.0.0.1:0");
     Ok(command.output().await?)
 }
 
