@@ -498,6 +498,8 @@ async fn doctor_checks_the_stack() -> anyhow::Result<()> {
             "--json",
             "--url",
             &ingest.http,
+            "--ingest-admin-url",
+            &ingest.admin,
             "--indexer-url",
             &closed,
         ],
