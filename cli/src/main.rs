@@ -42,7 +42,7 @@ struct Cli {
 /// Flags every subcommand accepts.
 #[derive(Debug, Args)]
 struct Global {
-    /// Ingest's HTTP API (append, read, tail; doctor checks its /health).
+    /// Ingest's HTTP API (append, read, tail).
     #[arg(
         long,
         env = "ESK_URL",
@@ -141,7 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             )
             .await
         }
-        Command::Doctor(args) => doctor::run(&cli.common, &cli.global.url, &out, args).await,
+        Command::Doctor(args) => doctor::run(&cli.common, &out, args).await,
         Command::Projection(args) => {
             // Logged as the projector logs them (a rebuild's progress lines, its warnings).
             esk_runtime::telemetry::init_tracing(cli.common.log_format);

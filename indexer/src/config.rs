@@ -13,9 +13,10 @@ use esk_runtime::config::CommonConfig;
 pub struct IndexerConfig {
     #[command(flatten)]
     pub common: CommonConfig,
-    /// Listen address for /metrics and /health.
-    #[arg(long, env = "ESK_INDEXER_HTTP_ADDR", default_value = "127.0.0.1:9101")]
-    pub http_addr: String,
+    /// Admin listen address: /metrics, /health and /ready. Loopback by default; widen it only
+    /// for a scraper on a trusted network.
+    #[arg(long, env = "ESK_INDEXER_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
+    pub admin_addr: String,
     /// Consumer group on ingest-log.
     #[arg(long, env = "ESK_INDEXER_GROUP", default_value = "esk-indexer")]
     pub group_id: String,
@@ -56,4 +57,21 @@ pub struct IndexerConfig {
     /// Apply schema migrations at start-up.
     #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_admin_listener_binds_loopback_by_default() {
+        let command = IndexerConfig::command();
+        let admin: Option<std::net::SocketAddr> = command
+            .get_arguments()
+            .find(|a| a.get_id() == "admin_addr")
+            .and_then(|a| a.get_default_values().first()?.to_str()?.parse().ok());
+        assert!(admin.is_some_and(|a| a.ip().is_loopback()), "{admin:?}");
+    }
 }

@@ -50,10 +50,10 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
     ));
 
     let server = telemetry
-        .serve(&config.http_addr, shutdown.clone())
+        .serve(&config.admin_addr, shutdown.clone())
         .await
         .map_err(|source| RunError::Listen {
-            addr: config.http_addr.clone(),
+            addr: config.admin_addr.clone(),
             source,
         })?;
 
@@ -102,7 +102,7 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
     supervisor.spawn("lag monitor", lag.run(shutdown.clone()));
     supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
     telemetry.health.set_ready(true);
-    tracing::info!(addr = %config.http_addr, "indexer running");
+    tracing::info!(addr = %config.admin_addr, "indexer running");
     supervisor.run_until_stopped().await?;
     Ok(())
 }

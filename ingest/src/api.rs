@@ -37,7 +37,7 @@ pub(crate) struct AppState {
 }
 
 /// The append route and the OpenAPI document's route, documented, behind load shedding (the
-/// caller adds the state, the read and telemetry routes, and the JSON fallbacks).
+/// caller adds the state, the read routes and the JSON fallbacks).
 pub(crate) fn routes(max_concurrency: usize) -> OpenApiRouter<AppState> {
     // Shed load beyond the concurrency limit instead of queueing bodies in memory (I6).
     let shed = tower::ServiceBuilder::new()

@@ -19,9 +19,13 @@ pub struct IngestConfig {
     pub limits: Limits,
     #[command(flatten)]
     pub server: ServerLimits,
-    /// HTTP listen address (API, /metrics, /health).
+    /// HTTP listen address of the API (appends, reads, /openapi.json; nothing else).
     #[arg(long, env = "ESK_INGEST_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// Admin listen address: /metrics, /health and /ready, never on the API's port. Loopback
+    /// by default; widen it only for a scraper on a trusted network.
+    #[arg(long, env = "ESK_INGEST_ADMIN_ADDR", default_value = "127.0.0.1:9180")]
+    pub admin_addr: String,
     /// Batching workers, each with its own Postgres transaction in flight; streams are sharded
     /// across them so one stream's appends stay in arrival order.
     #[arg(long, env = "ESK_INGEST_WORKERS", default_value_t = 2)]
@@ -113,5 +117,26 @@ impl IngestConfig {
                 format!("{}ms", self.delivery_timeout_ms + 15_000),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The default of the flag `id`, as an address.
+    fn default_addr(id: &str) -> Option<std::net::SocketAddr> {
+        let command = IngestConfig::command();
+        let arg = command.get_arguments().find(|a| a.get_id() == id)?;
+        arg.get_default_values().first()?.to_str()?.parse().ok()
+    }
+
+    #[test]
+    fn the_admin_listener_binds_loopback_by_default_apart_from_the_api() {
+        let admin = default_addr("admin_addr");
+        assert!(admin.is_some_and(|a| a.ip().is_loopback()), "{admin:?}");
+        assert_ne!(admin, default_addr("http_addr"));
     }
 }

@@ -94,7 +94,6 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
             max_page_bytes: config.max_page_bytes.max(1),
         },
         config.max_http_concurrency,
-        &telemetry,
     );
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
@@ -102,7 +101,17 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
             addr: config.http_addr.clone(),
             source,
         })?;
-    tracing::info!(addr = %config.http_addr, "ingest listening");
+    // Metrics and health on their own (loopback by default) port: the API's port, open to
+    // producers, tells them nothing about the process.
+    let admin = telemetry
+        .serve(&config.admin_addr, shutdown.clone())
+        .await
+        .map_err(|source| RunError::Listen {
+            addr: config.admin_addr.clone(),
+            source,
+        })?;
+    supervisor.watch("admin server", admin);
+    tracing::info!(addr = %config.http_addr, admin = %config.admin_addr, "ingest listening");
     let stop = shutdown.clone();
     let refused = telemetry.refused_connections.clone();
     let limits = config.server.clone();

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use axum::{Extension, Router};
-use esk_runtime::telemetry::Telemetry;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -22,7 +21,6 @@ use crate::reads::{self, ReadState};
     ),
     tags(
         (name = "streams", description = "Appends, reads and waits"),
-        (name = "telemetry", description = "Metrics, health and readiness"),
         (name = "meta", description = "This document"),
     ),
     modifiers(&BearerScheme)
@@ -52,17 +50,12 @@ impl utoipa::Modify for BearerScheme {
     }
 }
 
-/// The whole HTTP app: appends, reads, telemetry and `/openapi.json`, with JSON fallbacks.
-pub(crate) fn app(
-    app_state: AppState,
-    read_state: ReadState,
-    max_concurrency: usize,
-    telemetry: &Telemetry,
-) -> Router {
+/// The whole API app: appends, reads and `/openapi.json`, with JSON fallbacks. Metrics and
+/// health are not here: they are served on the admin listener.
+pub(crate) fn app(app_state: AppState, read_state: ReadState, max_concurrency: usize) -> Router {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes(max_concurrency).with_state(app_state))
         .merge(reads::routes().with_state(read_state))
-        .merge(telemetry.routes())
         .split_for_parts();
     api::with_json_fallbacks(router).layer(Extension(Arc::new(document)))
 }
@@ -78,7 +71,6 @@ mod tests {
         let mut document = ApiDoc::openapi();
         document.merge(api::routes(1).into_openapi());
         document.merge(reads::routes().into_openapi());
-        document.merge(Telemetry::new("test").routes().into_openapi());
         document
     }
 
@@ -130,9 +122,6 @@ mod tests {
             "get /categories/{category}/events",
             "get /wait",
             "get /openapi.json",
-            "get /metrics",
-            "get /health",
-            "get /ready",
         ]
         .into_iter()
         .map(str::to_owned)
@@ -167,7 +156,6 @@ mod tests {
             "WaitResponse",
             "ErrorEnvelope",
             "ExpectedVersion",
-            "HealthReport",
         ] {
             assert!(schemas.get(name).is_some(), "{name} is missing");
         }

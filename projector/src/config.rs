@@ -33,13 +33,14 @@ impl ProjectorConfig {
 /// Knobs shared by every projection.
 #[derive(Debug, Clone, Args)]
 pub struct Tuning {
-    /// Listen address for /metrics and /health.
+    /// Admin listen address: /metrics, /health and /ready. Loopback by default; widen it only
+    /// for a scraper on a trusted network.
     #[arg(
         long,
-        env = "ESK_PROJECTOR_HTTP_ADDR",
+        env = "ESK_PROJECTOR_ADMIN_ADDR",
         default_value = "127.0.0.1:9102"
     )]
-    pub http_addr: String,
+    pub admin_addr: String,
     /// Events queued per projection; partitions pause when it is full. Keep it well above the
     /// batch: pausing drops the client's prefetched records, which are then fetched again.
     #[arg(long, env = "ESK_PROJECTOR_QUEUE", default_value_t = 20000)]
@@ -92,5 +93,20 @@ impl Tuning {
             tuning: Tuning,
         }
         EnvironmentOnly::try_parse_from(["projector"]).map(|parsed| parsed.tuning)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_listener_binds_loopback_by_default() {
+        let command = Tuning::augment_args(clap::Command::new("projector"));
+        let admin: Option<std::net::SocketAddr> = command
+            .get_arguments()
+            .find(|a| a.get_id() == "admin_addr")
+            .and_then(|a| a.get_default_values().first()?.to_str()?.parse().ok());
+        assert!(admin.is_some_and(|a| a.ip().is_loopback()), "{admin:?}");
     }
 }

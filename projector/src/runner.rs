@@ -53,7 +53,7 @@ pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result
     let metrics = Arc::new(ProjectorMetrics::new(&telemetry.registry));
     let pool = connections::open_database(&config).await?;
     let server = telemetry
-        .serve(&config.tuning.http_addr, shutdown.clone())
+        .serve(&config.tuning.admin_addr, shutdown.clone())
         .await?;
     let partitions = connections::canonical_partitions(&config).await?;
     let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
@@ -84,7 +84,7 @@ pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result
         monitor_lag(pool.clone(), specs, metrics, shutdown.clone()),
     );
     telemetry.health.set_ready(true);
-    tracing::info!(addr = %config.tuning.http_addr, "projector running");
+    tracing::info!(addr = %config.tuning.admin_addr, "projector running");
     supervisor.run_until_stopped().await?;
     Ok(())
 }

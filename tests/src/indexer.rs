@@ -19,7 +19,7 @@ pub async fn spawn(ctx: &TestContext, extra_env: &[(&str, &str)]) -> anyhow::Res
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    Process::spawn("indexer", &env, "ESK_INDEXER_HTTP_ADDR", &[]).await
+    Process::spawn("indexer", &env, crate::process::INDEXER, &[]).await
 }
 
 /// Rows in `events`.
@@ -174,7 +174,7 @@ pub async fn check_canonical_topic(
 
 /// Scrapes a process's `/metrics` into name{labels} → value.
 pub async fn metrics(process: &Process) -> anyhow::Result<HashMap<String, f64>> {
-    let text = reqwest::get(format!("{}/metrics", process.http))
+    let text = reqwest::get(format!("{}/metrics", process.admin))
         .await?
         .text()
         .await?;

@@ -18,7 +18,7 @@ pub async fn spawn(ctx: &TestContext, extra_env: &[(&str, &str)]) -> anyhow::Res
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    Process::spawn("ingest", &env, "ESK_INGEST_HTTP_ADDR", &[]).await
+    Process::spawn("ingest", &env, crate::process::INGEST, &[]).await
 }
 
 /// A new event with a random id.

@@ -9,13 +9,41 @@ use std::time::Duration;
 #[derive(Debug)]
 pub struct Process {
     child: Child,
-    /// Its HTTP base URL (`http://127.0.0.1:PORT`).
+    /// Its API's base URL (`http://127.0.0.1:PORT`); for a process without an API (indexer,
+    /// projector), its admin URL.
     pub http: String,
+    /// Its admin listener's base URL (`/metrics`, `/health`, `/ready`).
+    pub admin: String,
     /// Where its output goes.
     pub log: PathBuf,
     /// The bearer token its clients send (`ESK_TOKEN` in the environment it was started with).
     pub token: Option<String>,
 }
+
+/// The environment variables a binary takes its listen addresses from.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// The admin listener (`/metrics`, `/health`, `/ready`).
+    pub admin: &'static str,
+    /// The API listener, for a binary that has one.
+    pub api: Option<&'static str>,
+}
+
+/// Ingest: its API and its admin listener.
+pub const INGEST: Listen = Listen {
+    admin: "ESK_INGEST_ADMIN_ADDR",
+    api: Some("ESK_INGEST_HTTP_ADDR"),
+};
+/// The indexer: an admin listener only.
+pub const INDEXER: Listen = Listen {
+    admin: "ESK_INDEXER_ADMIN_ADDR",
+    api: None,
+};
+/// The projector: an admin listener only.
+pub const PROJECTOR: Listen = Listen {
+    admin: "ESK_PROJECTOR_ADMIN_ADDR",
+    api: None,
+};
 
 /// The directory of the workspace's binaries (next to the test executable's `deps/`).
 pub fn bin_dir() -> anyhow::Result<PathBuf> {
@@ -38,12 +66,12 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Process {
-    /// Starts `binary` with `env` and an HTTP address in `addr_var`; waits until `/health`
-    /// answers.
+    /// Starts `binary` with `env` and free addresses in the variables of `listen`; waits until
+    /// `/health` answers on the admin address.
     pub async fn spawn(
         binary: &str,
         env: &[(String, String)],
-        addr_var: &str,
+        listen: Listen,
         args: &[&str],
     ) -> anyhow::Result<Self> {
         let path = bin_dir()?.join(binary);
@@ -52,45 +80,53 @@ impl Process {
             "{} is not built: run `cargo build --workspace` first",
             path.display()
         );
-        let port = free_port()?;
-        let log = std::env::temp_dir().join(format!("esk-{binary}-{port}.log"));
+        let log = std::env::temp_dir().join(format!("esk-{binary}-{}.log", free_port()?));
         // The caller's RUST_LOG (else info) wins over one in `env`.
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
         let mut env = env.to_vec();
         env.push(("RUST_LOG".into(), rust_log));
-        let mut process = Self::start(&path, &env, addr_var, port, args, log)?;
+        let mut process = Self::start(&path, &env, listen, args, log)?;
         process.wait_healthy(Duration::from_secs(60)).await?;
         Ok(process)
     }
 
     /// Starts the binary at `path` without waiting for it: `env` on top of this process's
-    /// environment, then `127.0.0.1:port` in `addr_var`; stdout and stderr into `log`
-    /// (truncated).
+    /// environment, then a free `127.0.0.1` address in each variable of `listen`; stdout and
+    /// stderr into `log` (truncated).
     pub fn start(
         path: &Path,
         env: &[(String, String)],
-        addr_var: &str,
-        port: u16,
+        listen: Listen,
         args: &[&str],
         log: PathBuf,
     ) -> anyhow::Result<Self> {
+        let admin = format!("127.0.0.1:{}", free_port()?);
+        let api = match listen.api {
+            Some(var) => Some((var, format!("127.0.0.1:{}", free_port()?))),
+            None => None,
+        };
         let file = std::fs::File::create(&log)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", log.display()))?;
         let mut command = Command::new(path);
         command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            // The address it is looked for at wins over one in `env`.
-            .env(addr_var, format!("127.0.0.1:{port}"))
+            // The addresses it is looked for at win over those in `env`.
+            .env(listen.admin, &admin)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
+        if let Some((var, addr)) = &api {
+            command.env(var, addr);
+        }
         let child = command
             .spawn()
             .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", path.display()))?;
+        let admin = format!("http://{admin}");
         Ok(Process {
             child,
-            http: format!("http://127.0.0.1:{port}"),
+            http: api.map_or_else(|| admin.clone(), |(_, addr)| format!("http://{addr}")),
+            admin,
             token: env
                 .iter()
                 .rev()
@@ -100,7 +136,7 @@ impl Process {
         })
     }
 
-    /// Waits until `/health` answers 200.
+    /// Waits until `/health` answers 200 on the admin address.
     pub async fn wait_healthy(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -111,7 +147,7 @@ impl Process {
                     self.log_text()
                 );
             }
-            if let Ok(r) = client.get(format!("{}/health", self.http)).send().await {
+            if let Ok(r) = client.get(format!("{}/health", self.admin)).send().await {
                 if r.status().is_success() {
                     return Ok(());
                 }

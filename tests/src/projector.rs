@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
@@ -24,8 +24,54 @@ pub fn write_config(ctx: &TestContext, toml: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Writes a projections file with one webhook projection, `name`, posting to `url`; `extra`
-/// adds lines of TOML to it (`category = "Hook"\n`, `timeout_ms = 1000\n`).
+/// The secret [`write_webhook_config`] gives its projection.
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret-0123456789abcdef";
+
+/// How old a signature's timestamp may be before a receiver refuses it, in seconds.
+pub const SIGNATURE_TOLERANCE_SECS: i64 = 300;
+
+/// Checks an `esk-signature` header (`t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`) as a
+/// receiver should: the HMAC with `secret`, compared in constant time, and a timestamp at most
+/// `tolerance_secs` from `now` (a replayed old request is refused).
+pub fn verify_signature(
+    secret: &[u8],
+    header: &str,
+    body: &[u8],
+    now: i64,
+    tolerance_secs: i64,
+) -> Result<(), String> {
+    use hmac::Mac;
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
+            Some(("v1", v)) => signatures.push(v),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or("no timestamp")?;
+    if (now - timestamp).abs() > tolerance_secs {
+        return Err(format!("timestamp {timestamp} is too far from {now}"));
+    }
+    for signature in signatures {
+        let Ok(expected) = hex::decode(signature) else {
+            continue;
+        };
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)
+            .map_err(|e| format!("bad key: {e}"))?;
+        mac.update(format!("{timestamp}.").as_bytes());
+        mac.update(body);
+        if mac.verify_slice(&expected).is_ok() {
+            return Ok(());
+        }
+    }
+    Err("no v1 signature matches".into())
+}
+
+/// Writes a projections file with one webhook projection, `name`, posting to `url` and signing
+/// with [`WEBHOOK_SECRET`]; `extra` adds lines of TOML to it (`category = "Hook"\n`,
+/// `timeout_ms = 1000\n`).
 pub fn write_webhook_config(
     ctx: &TestContext,
     name: &str,
@@ -35,7 +81,8 @@ pub fn write_webhook_config(
     write_config(
         ctx,
         &format!(
-            "[[projection]]\nname = \"{name}\"\nhandler = \"webhook\"\nurl = \"{url}\"\n{extra}"
+            "[[projection]]\nname = \"{name}\"\nhandler = \"webhook\"\nurl = \"{url}\"\n\
+             secret = \"{WEBHOOK_SECRET}\"\n{extra}"
         ),
     )
 }
@@ -66,7 +113,7 @@ pub async fn spawn(
     Process::spawn(
         "projector",
         &env_for(ctx, config, extra),
-        "ESK_PROJECTOR_HTTP_ADDR",
+        crate::process::PROJECTOR,
         &[],
     )
     .await
@@ -81,7 +128,7 @@ pub async fn command(
 ) -> anyhow::Result<std::process::Output> {
     let mut command = tokio::process::Command::new(bin_dir()?.join("projector"));
     command.args(args).envs(env_for(ctx, config, &[]));
-    command.env("ESK_PROJECTOR_HTTP_ADDR", "127.0.0.1:0");
+    command.env("ESK_PROJECTOR_ADMIN_ADDR", "127.0.0.1:0");
     Ok(command.output().await?)
 }
 
@@ -102,6 +149,14 @@ pub struct Receiver {
     pub poison_type: Option<String>,
     /// Sleep this long before answering.
     pub delay: Duration,
+    /// Verify each request's `esk-signature` with this secret; answer 401 if it does not.
+    pub verify_secret: Option<String>,
+    /// Requests whose signature did not verify (answered 401).
+    pub bad_signatures: usize,
+    /// Answer every request with a 307 redirect to this URL.
+    pub redirect_to: Option<String>,
+    /// The `esk-signature` header of every acknowledged request, in the order of `bodies`.
+    pub signatures: Vec<String>,
 }
 
 /// A running webhook receiver.
@@ -185,7 +240,49 @@ impl Webhook {
     }
 }
 
-async fn receive(State(state): State<Arc<Mutex<Receiver>>>, raw: Bytes) -> StatusCode {
+async fn receive(
+    State(state): State<Arc<Mutex<Receiver>>>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let redirect = state.lock().ok().and_then(|s| s.redirect_to.clone());
+    if let Some(target) = redirect {
+        if let Ok(mut s) = state.lock() {
+            s.requests += 1;
+        }
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, target)],
+        )
+            .into_response();
+    }
+    answer(&state, &headers, raw).await.into_response()
+}
+
+async fn answer(state: &Arc<Mutex<Receiver>>, headers: &HeaderMap, raw: Bytes) -> StatusCode {
+    let secret = state.lock().ok().and_then(|s| s.verify_secret.clone());
+    if let Some(secret) = secret {
+        let header = headers
+            .get("esk-signature")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let now = chrono::Utc::now().timestamp();
+        let verified = verify_signature(
+            secret.as_bytes(),
+            header,
+            &raw,
+            now,
+            SIGNATURE_TOLERANCE_SECS,
+        );
+        if verified.is_err() {
+            if let Ok(mut s) = state.lock() {
+                s.requests += 1;
+                s.bad_signatures += 1;
+            }
+            return StatusCode::UNAUTHORIZED;
+        }
+    }
     let Ok(body) = serde_json::from_slice::<Value>(&raw) else {
         return StatusCode::BAD_REQUEST;
     };
@@ -215,5 +312,11 @@ async fn receive(State(state): State<Arc<Mutex<Receiver>>>, raw: Bytes) -> Statu
     }
     s.events.extend(events);
     s.bodies.push(raw);
+    let signature = headers
+        .get("esk-signature")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    s.signatures.push(signature);
     StatusCode::OK
 }

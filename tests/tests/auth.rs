@@ -239,10 +239,15 @@ async fn bad_credentials_over_http_get_typed_errors_and_write_nothing() -> anyho
             "{request:?}: {status} {body}"
         );
     }
-    // The open routes stay open.
-    for path in ["/openapi.json", "/health", "/ready", "/metrics"] {
-        let status = reqwest::get(format!("{base}{path}")).await?.status();
-        assert_eq!(status.as_u16(), 200, "{path}");
+    // The open routes stay open: the document on the API port, telemetry on the admin port.
+    for url in [
+        format!("{base}/openapi.json"),
+        format!("{}/health", ingest_process.admin),
+        format!("{}/ready", ingest_process.admin),
+        format!("{}/metrics", ingest_process.admin),
+    ] {
+        let status = reqwest::get(&url).await?.status();
+        assert_eq!(status.as_u16(), 200, "{url}");
     }
     Ok(())
 }
@@ -387,9 +392,13 @@ async fn ingest_on(
     all.push(("ESK_INGEST_KAFKA_APPENDS".into(), "false".into()));
     let path = esk_tests::process::bin_dir()?.join("ingest");
     let log = std::env::temp_dir().join(format!("esk-ingest-auth-{port}.log"));
-    // The harness's address variable is one ingest ignores, so ours stays.
-    let mut process =
-        esk_tests::process::Process::start(&path, &all, "ESK_TEST_UNUSED_ADDR", port, &[], log)?;
+    // The harness picks the admin address; the API address is ours (on `host`).
+    let listen = esk_tests::process::Listen {
+        admin: "ESK_INGEST_ADMIN_ADDR",
+        api: None,
+    };
+    let mut process = esk_tests::process::Process::start(&path, &all, listen, &[], log)?;
+    process.http = format!("http://127.0.0.1:{port}");
     process.wait_healthy(Duration::from_secs(60)).await?;
     Ok(process)
 }

@@ -443,8 +443,10 @@ async fn doctor_checks_the_stack() -> anyhow::Result<()> {
     let urls = [
         "--url",
         ingest.http.as_str(),
+        "--ingest-admin-url",
+        ingest.admin.as_str(),
         "--indexer-url",
-        indexer.http.as_str(),
+        indexer.admin.as_str(),
     ];
     let run = esk(&env, &[&["doctor", "--json"][..], &urls].concat(), None).await?;
     assert_eq!(run.code, 0, "{run:?}");
@@ -496,6 +498,8 @@ async fn doctor_checks_the_stack() -> anyhow::Result<()> {
             "--json",
             "--url",
             &ingest.http,
+            "--ingest-admin-url",
+            &ingest.admin,
             "--indexer-url",
             &closed,
         ],

@@ -90,9 +90,9 @@ async fn every_metric_the_dashboard_and_alerts_query_is_exported() -> anyhow::Re
     }
     wait_indexed(&ctx, 10, Duration::from_secs(60)).await?;
     let urls = vec![
-        ingest_process.http.clone(),
-        indexer_process.http.clone(),
-        projector_process.http.clone(),
+        ingest_process.admin.clone(),
+        indexer_process.admin.clone(),
+        projector_process.admin.clone(),
     ];
     let missing = eventually(Duration::from_secs(30), || async {
         let have = exported(&urls).await.ok()?;

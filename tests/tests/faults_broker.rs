@@ -182,7 +182,7 @@ async fn survives_a_broker_kill_9_and_restart_with_durable_storage() -> anyhow::
     );
 
     for process in [&ingest_process, &indexer_process] {
-        let health = reqwest::get(format!("{}/health", process.http)).await?;
+        let health = reqwest::get(format!("{}/health", process.admin)).await?;
         assert!(health.status().is_success(), "{}", process.log_text());
     }
     Ok(())

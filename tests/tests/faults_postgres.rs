@@ -47,7 +47,7 @@ async fn survives_a_postgres_restart_mid_load() -> anyhow::Result<()> {
     assert!(started_after > started_before, "Postgres really restarted");
     wait_indexed(&ctx, accepted, Duration::from_secs(90)).await?;
     check_table(&ctx).await?;
-    let health = reqwest::get(format!("{}/health", indexer_process.http)).await?;
+    let health = reqwest::get(format!("{}/health", indexer_process.admin)).await?;
     assert!(health.status().is_success(), "no partition halted");
     let metrics = indexer::metrics(&indexer_process).await?;
     assert_eq!(

@@ -294,7 +294,7 @@ async fn two_indexers_and_a_rebalance_lose_and_double_nothing() -> anyhow::Resul
             Some(0.0),
             "no false alarm"
         );
-        let health = reqwest::get(format!("{}/health", process.http)).await?;
+        let health = reqwest::get(format!("{}/health", process.admin)).await?;
         assert!(health.status().is_success());
     }
     let both_indexed = [&first, &second]

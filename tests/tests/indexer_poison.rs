@@ -57,7 +57,7 @@ async fn quarantine(
 }
 
 async fn health(process: &esk_tests::process::Process) -> anyhow::Result<(u16, String)> {
-    let response = reqwest::get(format!("{}/health", process.http)).await?;
+    let response = reqwest::get(format!("{}/health", process.admin)).await?;
     Ok((response.status().as_u16(), response.text().await?))
 }
 

@@ -54,7 +54,7 @@ async fn a_stalled_index_loop_turns_health_unhealthy_until_it_moves() -> anyhow:
         )
         .await?;
     assert_eq!(reply.status, 201);
-    let health_url = format!("{}/health", indexer_process.http);
+    let health_url = format!("{}/health", indexer_process.admin);
     let unhealthy = eventually(Duration::from_secs(30), || async {
         let response = reqwest::get(&health_url).await.ok()?;
         let status = response.status().as_u16();

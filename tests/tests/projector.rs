@@ -412,7 +412,7 @@ async fn dead_letters(ctx: &TestContext, projection: &str) -> anyhow::Result<Vec
 
 /// `/health` status code and body.
 async fn health(process: &esk_tests::process::Process) -> anyhow::Result<(u16, serde_json::Value)> {
-    let response = reqwest::get(format!("{}/health", process.http)).await?;
+    let response = reqwest::get(format!("{}/health", process.admin)).await?;
     let status = response.status().as_u16();
     Ok((status, response.json().await.unwrap_or_default()))
 }

@@ -21,7 +21,14 @@ the four topics present, a service that answers /health with \"unhealthy\".
 Warnings (exit 0): a service that cannot be reached, the publisher far behind, no indexer
 offsets yet.")]
 pub(crate) struct DoctorArgs {
-    /// The indexer's HTTP address (`/health`, `/metrics`).
+    /// Ingest's admin listener (`/health`, `/metrics`; not its API address).
+    #[arg(
+        long,
+        env = "ESK_INGEST_ADMIN_URL",
+        default_value = "http://127.0.0.1:9180"
+    )]
+    ingest_admin_url: String,
+    /// The indexer's admin listener (`/health`, `/metrics`).
     #[arg(long, env = "ESK_INDEXER_URL", default_value = "http://127.0.0.1:9101")]
     indexer_url: String,
 }
@@ -106,14 +113,13 @@ struct Report {
 
 pub(crate) async fn run(
     common: &CommonConfig,
-    ingest_url: &str,
     out: &Output,
     args: DoctorArgs,
 ) -> anyhow::Result<()> {
     let (pg, kafka, http) = tokio::join!(
         postgres::check(&common.database_url, &common.topics.ingest_log),
         broker::check(&common.kafka_brokers, &common.topics),
-        services::check(ingest_url, &args.indexer_url),
+        services::check(&args.ingest_admin_url, &args.indexer_url),
     );
     let sections = vec![pg, kafka, http];
     let failures = sections.iter().map(|s| s.count(Status::Fail)).sum();

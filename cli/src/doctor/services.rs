@@ -1,4 +1,4 @@
-//! Service checks: `/health` of ingest and the indexer. Unreachable is a warning (the doctor
+//! Service checks: `/health` on the admin listeners of ingest and the indexer. Unreachable is a warning (the doctor
 //! may run where the services do not); a service that says it is unhealthy is a problem.
 
 use std::time::Duration;
@@ -10,7 +10,7 @@ use crate::exit::root_cause;
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub(super) async fn check(ingest_url: &str, indexer_url: &str) -> Section {
+pub(super) async fn check(ingest_admin_url: &str, indexer_url: &str) -> Section {
     let mut section = Section::new("Services", "/health");
     let client = reqwest::Client::builder()
         .timeout(HEALTH_TIMEOUT)
@@ -23,9 +23,12 @@ pub(super) async fn check(ingest_url: &str, indexer_url: &str) -> Section {
             return section;
         }
     };
-    let (ingest, indexer) = tokio::join!(probe(&client, ingest_url), probe(&client, indexer_url));
+    let (ingest, indexer) = tokio::join!(
+        probe(&client, ingest_admin_url),
+        probe(&client, indexer_url)
+    );
     for (name, url, (status, detail)) in [
-        ("ingest", ingest_url, ingest),
+        ("ingest", ingest_admin_url, ingest),
         ("indexer", indexer_url, indexer),
     ] {
         section.add(name, status, format!("{url}: {detail}"));

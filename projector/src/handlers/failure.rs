@@ -24,6 +24,15 @@ pub(crate) enum Cause {
     Request { url: String, error: reqwest::Error },
     #[error("POST {url} answered {status}")]
     Status { url: String, status: StatusCode },
+    #[error(
+        "POST {url} answered {status}, a redirect to {location:?}: redirects are not followed, \
+         configure the final URL"
+    )]
+    Redirect {
+        url: String,
+        status: StatusCode,
+        location: String,
+    },
     #[error("postgres{}: {}", sqlstate(.0), .0)]
     Database(sqlx::Error),
     #[error("produce to {topic}: {error}")]
@@ -58,6 +67,16 @@ impl HandlerError {
         } else {
             HandlerError::Rejected(cause)
         }
+    }
+
+    /// A redirect: not followed (it could lead the events anywhere), a verdict on the URL like
+    /// other 3xx answers.
+    pub(crate) fn redirect(url: &str, status: StatusCode, location: String) -> Self {
+        HandlerError::Rejected(Cause::Redirect {
+            url: url.to_owned(),
+            status,
+            location,
+        })
     }
 
     /// A SQL handler's statement failed.
@@ -157,6 +176,15 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn a_redirect_is_a_rejection_that_says_so() {
+        let error = HandlerError::redirect("https://h/a", StatusCode::FOUND, "https://x/b".into());
+        assert!(!error.is_transient());
+        let text = error.to_string();
+        assert!(text.contains("redirects are not followed"), "{text}");
+        assert!(text.contains("https://x/b"), "{text}");
     }
 
     #[test]

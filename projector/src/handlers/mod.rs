@@ -3,10 +3,9 @@
 //! classified once ([`HandlerError`]) as transient or rejected.
 
 pub(crate) mod failure;
+pub(crate) mod signature;
 pub(crate) mod topic;
 pub(crate) mod webhook;
-
-use std::time::Duration;
 
 pub(crate) use failure::HandlerError;
 
@@ -64,11 +63,9 @@ impl Handler {
                 sql_projections::registered(sql)
                     .ok_or_else(|| HandlerSetupError::UnknownSql(sql.clone()))?,
             ),
-            HandlerSpec::Webhook { url, timeout_ms } => Handler::Webhook(webhook::Webhook::new(
-                &spec.name,
-                url,
-                Duration::from_millis(*timeout_ms),
-            )?),
+            HandlerSpec::Webhook(settings) => {
+                Handler::Webhook(webhook::Webhook::new(&spec.name, settings)?)
+            }
             HandlerSpec::Topic { topic } => {
                 Handler::Topic(topic::TopicForwarder::new(brokers, topic)?)
             }

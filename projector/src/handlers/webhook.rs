@@ -1,5 +1,6 @@
 //! Webhook handler: POSTs batches as `{"projection": name, "events": [...]}` (canonical event
-//! envelopes, with `event_id` for deduplication). Any 2xx is an acknowledgement; see
+//! envelopes, with `event_id` for deduplication), signed in the `esk-signature` header
+//! ([`signature`](super::signature)). Any 2xx is an acknowledgement; see
 //! [`HandlerError::status`] for what the other answers mean. Payloads go out byte for byte as
 //! they were committed: the body is serialized from the envelopes, never re-parsed.
 
@@ -10,8 +11,9 @@ use reqwest::header::CONTENT_TYPE;
 use serde::Serialize;
 
 use crate::event::ProjectedEvent;
+use crate::projections_file::{Secret, WebhookSpec};
 
-use super::{HandlerError, HandlerSetupError};
+use super::{signature, HandlerError, HandlerSetupError};
 
 /// A webhook receiver of one projection.
 #[derive(Debug)]
@@ -19,6 +21,7 @@ pub(crate) struct Webhook {
     client: reqwest::Client,
     url: String,
     projection: String,
+    secret: Secret,
 }
 
 /// The request body.
@@ -29,12 +32,10 @@ struct Body<'a> {
 }
 
 impl Webhook {
-    /// A webhook for `projection` that POSTs to `url`, each request within `timeout`.
-    pub(crate) fn new(
-        projection: &str,
-        url: &str,
-        timeout: Duration,
-    ) -> Result<Self, HandlerSetupError> {
+    /// A webhook for `projection` as `settings` declare it (checked when the file was loaded).
+    pub(crate) fn new(projection: &str, settings: &WebhookSpec) -> Result<Self, HandlerSetupError> {
+        let url = settings.url.as_str();
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
         // A malformed URL is a configuration error, found at start rather than on every event.
         reqwest::Url::parse(url).map_err(|e| HandlerSetupError::InvalidUrl {
             url: url.to_owned(),
@@ -49,6 +50,7 @@ impl Webhook {
                 .map_err(HandlerSetupError::HttpClient)?,
             url: url.to_owned(),
             projection: projection.to_owned(),
+            secret: settings.secret.clone(),
         })
     }
 
@@ -59,10 +61,14 @@ impl Webhook {
             events: events.iter().map(|e| &e.event).collect(),
         })
         .map_err(HandlerError::encode)?;
+        // Signed at each attempt, so a retry carries a fresh timestamp.
+        let signed =
+            signature::header_value(self.secret.expose(), chrono::Utc::now().timestamp(), &body);
         let response = self
             .client
             .post(&self.url)
             .header(CONTENT_TYPE, "application/json")
+            .header(signature::HEADER, signed)
             .body(body)
             .send()
             .await
@@ -70,6 +76,14 @@ impl Webhook {
         let status = response.status();
         if status.is_success() {
             Ok(())
+        } else if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            Err(HandlerError::redirect(&self.url, status, location))
         } else {
             Err(HandlerError::status(&self.url, status))
         }

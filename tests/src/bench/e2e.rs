@@ -114,7 +114,7 @@ impl Bench {
             "ingest",
             &self.settings.binary("ingest"),
             &with(&[("ESK_INGEST_GROUP", &format!("{run_id}-{variant}-ingest"))]),
-            "ESK_INGEST_HTTP_ADDR",
+            crate::process::INGEST,
             log("ingest"),
         )?;
         let mut indexer = Service::start(
@@ -124,7 +124,7 @@ impl Bench {
                 ("ESK_INDEXER_GROUP", &format!("{run_id}-{variant}-indexer")),
                 ("ESK_PUBLISH", "true"),
             ]),
-            "ESK_INDEXER_HTTP_ADDR",
+            crate::process::INDEXER,
             log("indexer"),
         )?;
         let mut projector = if variant == "e2e-core" {
@@ -135,7 +135,7 @@ impl Bench {
                 "projector",
                 &self.settings.binary("projector"),
                 &with(&[("ESK_PROJECTOR_GROUP_PREFIX", &prefix)]),
-                "ESK_PROJECTOR_HTTP_ADDR",
+                crate::process::PROJECTOR,
                 log("projector"),
             )?)
         };

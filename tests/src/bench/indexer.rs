@@ -63,7 +63,7 @@ impl Bench {
             "indexer",
             &self.settings.binary("indexer"),
             &env,
-            "ESK_INDEXER_HTTP_ADDR",
+            crate::process::INDEXER,
             log,
         )?;
         say(&format!(
@@ -138,7 +138,7 @@ impl Bench {
             ("ESK_DATABASE_URL", &indexed.database_url),
             ("ESK_KAFKA_BROKERS", &self.settings.brokers),
             ("ESK_TOPIC_EVENTS", &indexed.events_topic),
-            ("ESK_PROJECTOR_HTTP_ADDR", "127.0.0.1:0"),
+            ("ESK_PROJECTOR_ADMIN_ADDR", "127.0.0.1:0"),
             ("RUST_LOG", "warn"),
         ]);
         let args = ["rebuild".to_owned(), "counts".to_owned()];

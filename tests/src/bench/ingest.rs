@@ -22,7 +22,7 @@ impl Bench {
             "ingest",
             &self.settings.binary("ingest"),
             &env,
-            "ESK_INGEST_HTTP_ADDR",
+            crate::process::INGEST,
             log,
         )?;
         say(&format!(

@@ -10,7 +10,7 @@ use anyhow::{bail, Context};
 
 use super::prometheus::Scrape;
 use super::say;
-use crate::process::{free_port, Process};
+use crate::process::{Listen, Process};
 
 /// How long a service may take to answer `/health`.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,22 +28,27 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// Starts `binary` with `env` on a free port given in `addr_var`, its output in `log`.
+    /// Starts `binary` with `env` on free ports given in the variables of `listen`, its output
+    /// in `log`.
     pub(crate) fn start(
         name: &'static str,
         binary: &Path,
         env: &[(String, String)],
-        addr_var: &str,
+        listen: Listen,
         log: PathBuf,
     ) -> anyhow::Result<Self> {
-        let port = free_port()?;
-        let process = Process::start(binary, env, addr_var, port, &[], log)?;
+        let process = Process::start(binary, env, listen, &[], log)?;
         Ok(Service { name, process })
     }
 
-    /// Its base URL.
+    /// Its base URL (the API's, for ingest).
     pub(crate) fn url(&self) -> &str {
         &self.process.http
+    }
+
+    /// Its admin listener's base URL (`/metrics`, `/health`).
+    pub(crate) fn admin_url(&self) -> &str {
+        &self.process.admin
     }
 
     /// Its log.
@@ -58,7 +63,7 @@ impl Service {
             .timeout(Duration::from_secs(2))
             .build()?;
         let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
-        let health = format!("{}/health", self.url());
+        let health = format!("{}/health", self.admin_url());
         loop {
             if let Ok(reply) = client.get(&health).send().await {
                 if reply.status().is_success() {
@@ -108,7 +113,7 @@ impl Service {
 
     /// Its `/metrics` now (empty if the scrape failed, as said on stderr).
     pub(crate) async fn scrape(&self) -> Scrape {
-        scrape(self.url()).await
+        scrape(self.admin_url()).await
     }
 }
 
