@@ -62,6 +62,8 @@ pub(crate) struct ApiError {
     retry_after: Option<u32>,
     /// Close the connection after answering (the rest of the request is not read).
     close: bool,
+    /// What went wrong inside, for the log only: a 5xx body carries an error id instead.
+    detail: Option<String>,
 }
 
 impl ApiError {
@@ -75,12 +77,19 @@ impl ApiError {
             },
             retry_after: None,
             close: false,
+            detail: None,
         }
     }
 
     /// Asks for the connection to be closed after the answer.
     fn closing(mut self) -> Self {
         self.close = true;
+        self
+    }
+
+    /// Records the cause of a failure for the log (never sent: see [`IntoResponse`]).
+    pub(crate) fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string());
         self
     }
 
@@ -101,7 +110,29 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.status.is_server_error() {
+            // The cause may quote a URL, a host or a database message: it goes to the log, and
+            // the client gets an id to quote that finds it there.
+            let error_id = uuid::Uuid::new_v4();
+            let detail = self.detail.as_deref().map(esk_runtime::redact::redact_text);
+            match &detail {
+                Some(detail) => tracing::warn!(
+                    %error_id,
+                    code = %self.body.code,
+                    status = self.status.as_u16(),
+                    %detail,
+                    "request failed"
+                ),
+                None => tracing::debug!(
+                    %error_id,
+                    code = %self.body.code,
+                    status = self.status.as_u16(),
+                    "request refused"
+                ),
+            }
+            self.body.message = format!("{} (error id {error_id})", self.body.message);
+        }
         let mut response = (self.status, Json(ErrorEnvelope { error: self.body })).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -257,12 +288,14 @@ async fn append(
             body: rejection.to_error_body(),
             retry_after: None,
             close: false,
+            detail: None,
         }),
         Err(unavailable) => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             body: unavailable.to_error_body(),
             retry_after: Some(1),
             close: false,
+            detail: Some(unavailable.message),
         }),
     }
 }

@@ -51,8 +51,7 @@ pub fn redact_url(url: &str) -> String {
             let (userinfo, host) = authority.split_at(at);
             match userinfo.split_once(':') {
                 Some((user, _password)) => format!("{user}:{REDACTED}{host}"),
-                // A lone userinfo may be a token (`https://TOKEN@host`): hide it too.
-                None if !userinfo.is_empty() => format!("{REDACTED}{host}"),
+                // A user name alone is no secret (and doctor shows whom it logs in as).
                 None => authority.to_string(),
             }
         }
@@ -114,7 +113,7 @@ mod tests {
             redact_url("https://user:pw@hooks.example/x?token=t&a=1#f"),
             "https://user:***@hooks.example/x?token=***&a=1#f"
         );
-        assert_eq!(redact_url("https://tok@h/p"), "https://***@h/p");
+        assert_eq!(redact_url("postgres://esk@h/db"), "postgres://esk@h/db");
         assert_eq!(redact_url("http://h:80/p?q=1"), "http://h:80/p?q=1");
         assert_eq!(redact_url("127.0.0.1:9092"), "127.0.0.1:9092");
         assert_eq!(redact_url("a/b?API-Key=k"), "a/b?API-Key=***");
