@@ -129,18 +129,19 @@ pub(crate) fn setup_sql(roles: &RoleNames, passwords: &[(String, String)]) -> St
     };
     let _ = writeln!(sql, "-- esk roles: {}", roles.all().join(", "));
     for role in roles.all() {
+        // A new role has none of the attributes beyond LOGIN (Postgres' defaults); an existing
+        // one that has any is refused rather than altered (only a superuser could).
         let _ = writeln!(
             sql,
-            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {}) THEN \
-             CREATE ROLE {}; END IF; END $$;",
-            literal(role),
-            ident(role)
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) THEN \
+             CREATE ROLE {role}; \
+             ELSIF EXISTS (SELECT FROM pg_roles WHERE rolname = {name} AND (rolsuper \
+             OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls)) THEN \
+             RAISE EXCEPTION 'role % exists with more than LOGIN', {name}; END IF; END $$;",
+            name = literal(role),
+            role = ident(role)
         );
-        let _ = write!(
-            sql,
-            "ALTER ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS",
-            ident(role)
-        );
+        let _ = write!(sql, "ALTER ROLE {} LOGIN", ident(role));
         match password_of(role) {
             Some(password) => {
                 let _ = writeln!(sql, " PASSWORD {};", literal(password));

@@ -4,7 +4,8 @@
 //! appending, or the schema.
 //!
 //! Creating roles needs CREATEROLE: the test connects as `ESK_TEST_ADMIN_DATABASE_URL` (a URL
-//! of any database of the cluster) when set, else as the stack's user. Roles are cluster-wide:
+//! of any database of the cluster) when set, else as the stack's user (`deploy/local/stack`
+//! gives it CREATEROLE). Roles are cluster-wide:
 //! this run's are named `lp_{random}_*` and dropped at the end with its database; checks
 //! return errors rather than panic, so that cleanup always runs.
 
