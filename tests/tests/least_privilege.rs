@@ -120,6 +120,22 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
     anyhow::ensure!(again.status.success(), "setup --roles is idempotent");
     anyhow::ensure!(!String::from_utf8_lossy(&again.stdout).contains("generated password"));
 
+    // --print-sql reviews before running: it prints the statements and connects to nothing.
+    let printed = tokio::process::Command::new(bin_dir()?.join("esk"))
+        .args(["setup", "--print-sql", "--role-prefix", prefix])
+        .env("ESK_DATABASE_URL", "postgres://nobody:x@127.0.0.1:1/none")
+        .env("ESK_KAFKA_BROKERS", "127.0.0.1:1")
+        .env("ESK_INGEST_PASSWORD", password("ingest"))
+        .output()
+        .await?;
+    let sql = String::from_utf8_lossy(&printed.stdout);
+    anyhow::ensure!(
+        printed.status.success()
+            && sql.contains(&format!("CREATE ROLE \"{}\"", role("indexer")))
+            && sql.contains(&format!("PASSWORD '{}'", password("ingest"))),
+        "setup --print-sql prints the roles' SQL: {printed:?}"
+    );
+
     let url_of = |name: &str, pw: &str| with_user(&ctx.database_url, &role(name), pw);
     let readonly_url = url_of("readonly", &readonly_password)?;
     let readonly = PgPoolOptions::new()
