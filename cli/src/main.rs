@@ -10,6 +10,7 @@ mod indexer;
 mod output;
 mod projection;
 mod read;
+mod roles;
 mod setup;
 mod source;
 mod tail;

@@ -142,6 +142,8 @@ pub(crate) fn error_line(message: impl std::fmt::Display) {
     } else {
         "esk:".to_owned()
     };
+    // An error may quote a URL with its credentials.
+    let message = esk_runtime::redact::redact_text(&message.to_string());
     eprintln!("{prefix} {message}");
 }
 

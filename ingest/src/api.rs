@@ -67,6 +67,8 @@ pub(crate) struct ApiError {
     close: bool,
     /// Add `WWW-Authenticate: Bearer` (a 401).
     challenge: bool,
+    /// What went wrong inside, for the log only: a 5xx body carries an error id instead.
+    detail: Option<String>,
 }
 
 impl ApiError {
@@ -81,6 +83,7 @@ impl ApiError {
             retry_after: None,
             close: false,
             challenge: false,
+            detail: None,
         }
     }
 
@@ -105,6 +108,12 @@ impl ApiError {
         self
     }
 
+    /// Records the cause of a failure for the log (never sent: see [`IntoResponse`]).
+    pub(crate) fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
+        self.detail = Some(detail.to_string());
+        self
+    }
+
     /// Adds a `Retry-After` header (seconds).
     pub(crate) fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after = Some(seconds);
@@ -122,7 +131,29 @@ impl ApiError {
 }
 
 impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn into_response(mut self) -> Response {
+        if self.status.is_server_error() {
+            // The cause may quote a URL, a host or a database message: it goes to the log, and
+            // the client gets an id to quote that finds it there.
+            let error_id = uuid::Uuid::new_v4();
+            let detail = self.detail.as_deref().map(esk_runtime::redact::redact_text);
+            match &detail {
+                Some(detail) => tracing::warn!(
+                    %error_id,
+                    code = %self.body.code,
+                    status = self.status.as_u16(),
+                    %detail,
+                    "request failed"
+                ),
+                None => tracing::debug!(
+                    %error_id,
+                    code = %self.body.code,
+                    status = self.status.as_u16(),
+                    "request refused"
+                ),
+            }
+            self.body.message = format!("{} (error id {error_id})", self.body.message);
+        }
         let mut response = (self.status, Json(ErrorEnvelope { error: self.body })).into_response();
         if let Some(seconds) = self.retry_after {
             response
@@ -295,6 +326,7 @@ async fn append(
             retry_after: None,
             close: false,
             challenge: false,
+            detail: None,
         }),
         Err(unavailable) => Err(ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -302,6 +334,7 @@ async fn append(
             retry_after: Some(1),
             close: false,
             challenge: false,
+            detail: Some(unavailable.message),
         }),
     }
 }

@@ -108,12 +108,18 @@ pub(crate) struct Unavailable {
 }
 
 impl Unavailable {
+    /// The error object clients see: the cause (`message`) stays in the log, where the error
+    /// id of an HTTP answer finds it.
     pub(crate) fn to_error_body(&self) -> ErrorBody {
+        let cause = match self.code {
+            "commit_outcome_unknown" => "the commit's outcome is not known",
+            "overloaded" => "ingest is at capacity",
+            _ => "the store is unavailable",
+        };
         ErrorBody {
             code: self.code.into(),
             message: format!(
-                "{}; all of the append or none of it was written: retry with the same append id",
-                self.message
+                "{cause}; all of the append or none of it was written: retry with the same append id"
             ),
             actual_version: None,
         }

@@ -117,12 +117,12 @@ fn reject_unknown(p: &HashMap<String, String>, known: &[&str]) -> Result<(), Api
 }
 
 fn db_error(error: sqlx::Error) -> ApiError {
-    tracing::warn!(%error, "read failed");
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
         "the store could not be read; retry",
     )
+    .with_detail(format_args!("read failed: {error}"))
 }
 
 /// Reads a stream by version, forward or backward; `$all` as the stream id reads every event by

@@ -30,7 +30,8 @@ pub(crate) async fn store(
     .bind(event.source.map(|(p, _)| p))
     .bind(event.source.map(|(_, o)| o))
     .bind(payload)
-    .bind(error)
+    // Whatever a handler's error quotes, a credential never lands in the table.
+    .bind(esk_runtime::redact::redact_text(error))
     .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
     .execute(conn)
     .await?;
@@ -63,7 +64,10 @@ pub(crate) async fn store_undecodable(
     .bind(record.partition)
     .bind(record.offset)
     .bind(record.payload)
-    .bind(format!("undecodable canonical record: {}", record.error))
+    .bind(esk_runtime::redact::redact_text(&format!(
+        "undecodable canonical record: {}",
+        record.error
+    )))
     .execute(conn)
     .await?;
     Ok(())
@@ -140,7 +144,7 @@ pub(crate) async fn record_failed_replay(
 ) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE dead_letters SET attempts = attempts + 1, error = $2 WHERE id = $1")
         .bind(id)
-        .bind(error)
+        .bind(esk_runtime::redact::redact_text(error))
         .execute(pool)
         .await?;
     Ok(())

@@ -10,6 +10,7 @@ pub struct CommonConfig {
     #[arg(
         long,
         env = "ESK_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgres://esk:esk@127.0.0.1:5433/esk"
     )]
     pub database_url: String,

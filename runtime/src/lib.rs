@@ -9,6 +9,7 @@ pub mod internal_event;
 pub mod kafka;
 pub mod partition_cursor;
 pub mod records;
+pub mod redact;
 pub mod retry;
 pub mod scope;
 pub mod service;

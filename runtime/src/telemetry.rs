@@ -20,12 +20,48 @@ use crate::config::LogFormat;
 pub fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(RedactingStdout);
     // A second call (tests start several processes' logic in one) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Standard output with every URL's credentials redacted ([`crate::redact::redact_text`]):
+/// whatever a log line quotes (an error that names a webhook or the database URL), no
+/// password or token reaches the log.
+#[derive(Debug, Clone, Copy)]
+struct RedactingStdout;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStdout {
+    type Writer = Redacting<std::io::Stdout>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Redacting(std::io::stdout())
+    }
+}
+
+/// A writer that redacts each write: the fmt layer writes one whole event per call.
+#[derive(Debug)]
+struct Redacting<W>(W);
+
+impl<W: std::io::Write> std::io::Write for Redacting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !buf.windows(3).any(|w| w == b"://") {
+            return self.0.write(buf);
+        }
+        let text = String::from_utf8_lossy(buf);
+        self.0
+            .write_all(crate::redact::redact_text(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Liveness and readiness of a process, with the reasons it is unhealthy. Each problem has a
@@ -55,6 +91,8 @@ impl Health {
     /// Makes the process unhealthy for `key` with `problem` (replacing an earlier problem of
     /// the same key) until [`Health::clear_problem`].
     pub fn set_problem(&self, key: &str, problem: String) {
+        // /health is unauthenticated: a problem quoting a URL loses its credentials here.
+        let problem = crate::redact::redact_text(&problem);
         if let Ok(mut problems) = self.problems.lock() {
             match problems.iter_mut().find(|(k, _)| k == key) {
                 Some(entry) => entry.1 = problem,
@@ -323,4 +361,39 @@ pub async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    #[test]
+    fn log_lines_lose_url_credentials() -> std::io::Result<()> {
+        let mut writer = Redacting(Vec::new());
+        writer.write_all(
+            b"WARN connect to postgres://esk:hunter2@db/esk?password=hunter2 failed\n",
+        )?;
+        writer.write_all(b"INFO nothing to hide\n")?;
+        let written = String::from_utf8_lossy(&writer.0).to_string();
+        assert!(!written.contains("hunter2"), "{written}");
+        assert!(
+            written.contains("postgres://esk:***@db/esk?password=***"),
+            "{written}"
+        );
+        assert!(written.ends_with("INFO nothing to hide\n"), "{written}");
+        Ok(())
+    }
+
+    #[test]
+    fn health_problems_lose_url_credentials() {
+        let health = Health::default();
+        health.set_problem(
+            "hook",
+            "POST https://u:hunter2@h/x?token=hunter2 failed".into(),
+        );
+        let problems = health.problems().join(" ");
+        assert!(!problems.contains("hunter2"), "{problems}");
+    }
 }

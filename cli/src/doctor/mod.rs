@@ -65,7 +65,7 @@ impl Section {
     fn new(name: &'static str, target: impl Into<String>) -> Self {
         Section {
             name,
-            target: target.into(),
+            target: redact(&target.into()),
             checks: Vec::new(),
         }
     }
@@ -74,7 +74,8 @@ impl Section {
         self.checks.push(Check {
             name: name.into(),
             status,
-            detail: detail.into(),
+            // Error messages may quote a URL with its credentials.
+            detail: esk_runtime::redact::redact_text(&detail.into()),
             value: None,
         });
     }
@@ -199,20 +200,9 @@ fn render(out: &Output, report: &Report) -> anyhow::Result<()> {
     out.line(summary)
 }
 
-/// The URL without its password.
+/// The URL without its password or secret query parameters.
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let hidden = if userinfo.contains(':') { ":***" } else { "" };
-            format!("{scheme}://{user}{hidden}@{host}{tail}")
-        }
-        None => url.to_owned(),
-    }
+    esk_runtime::redact::redact_url(url)
 }
 
 #[cfg(test)]
@@ -230,5 +220,9 @@ mod tests {
             "postgres://esk@host/db?x=1"
         );
         assert_eq!(redact("not a url"), "not a url");
+        assert_eq!(
+            redact("postgres://esk@host/db?sslmode=require&password=secret"),
+            "postgres://esk@host/db?sslmode=require&password=***"
+        );
     }
 }

@@ -48,10 +48,11 @@ impl HandlerError {
 
     /// A failed request (no answer): connection refused or reset, timeout, TLS. All of them
     /// say the receiver is not there now, none says anything about the events.
+    /// `url` is kept redacted, and the error without its URL: both reach logs and dead letters.
     pub(crate) fn request(url: &str, error: reqwest::Error) -> Self {
         HandlerError::Transient(Cause::Request {
-            url: url.to_owned(),
-            error,
+            url: esk_runtime::redact::redact_url(url),
+            error: error.without_url(),
         })
     }
 
@@ -59,7 +60,7 @@ impl HandlerError {
     /// are not followed) are a verdict on the request.
     pub(crate) fn status(url: &str, status: StatusCode) -> Self {
         let cause = Cause::Status {
-            url: url.to_owned(),
+            url: esk_runtime::redact::redact_url(url),
             status,
         };
         if is_transient_status(status) {

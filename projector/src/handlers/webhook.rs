@@ -38,7 +38,7 @@ impl Webhook {
         let timeout = Duration::from_millis(settings.timeout_ms.max(1));
         // A malformed URL is a configuration error, found at start rather than on every event.
         reqwest::Url::parse(url).map_err(|e| HandlerSetupError::InvalidUrl {
-            url: url.to_owned(),
+            url: esk_runtime::redact::redact_url(url),
             reason: e.to_string(),
         })?;
         Ok(Webhook {
