@@ -159,8 +159,11 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
     let config = projector::write_config(
         ctx,
         &format!(
-            "[[projection]]\nname = \"rejected\"\nhandler = \"webhook\"\nurl = \"{}\"\n\n\
-             [[projection]]\nname = \"unreachable\"\nhandler = \"webhook\"\nurl = \"{}\"\n",
+            // The signing secret is the sentinel too: it must not show either.
+            "[[projection]]\nname = \"rejected\"\nhandler = \"webhook\"\nurl = \"{}\"\n\
+             secret = \"{sentinel}\"\n\n\
+             [[projection]]\nname = \"unreachable\"\nhandler = \"webhook\"\nurl = \"{}\"\n\
+             secret = \"{sentinel}\"\n",
             secret_url(&rejecting.url),
             secret_url(&format!("http://127.0.0.1:{closed_port}/hook")),
         ),
