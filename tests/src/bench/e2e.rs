@@ -199,7 +199,7 @@ impl Bench {
             STREAM_EVENTS.to_string(),
         ];
         all.extend_from_slice(args);
-        run(&self.settings.binary("loadgen"), &all, &[]).await
+        run(&self.settings.binary("loadgen"), &all, &self.loadgen_env()).await
     }
 
     /// loadgen for `ESK_BENCH_SECONDS`, then until everything accepted is indexed (and

@@ -47,7 +47,7 @@ impl Bench {
         say(&format!(
             "loadgen: {seconds}s (after a warm-up), {ANCHOR_CLIENTS} writers, batch {ANCHOR_BATCH}"
         ));
-        let plain = run(&loadgen, &args, &[]).await?;
+        let plain = run(&loadgen, &args, &self.loadgen_env()).await?;
         if !plain.status.success() {
             self.fail(&format!("loadgen exited with {}", plain.status));
         }
@@ -57,7 +57,7 @@ impl Bench {
             "loadgen: the same, with {in_flight} appends in flight per writer"
         ));
         args.extend(["--in-flight".to_owned(), in_flight.to_string()]);
-        let pipelined = run(&loadgen, &args, &[]).await?;
+        let pipelined = run(&loadgen, &args, &self.loadgen_env()).await?;
         if !pipelined.status.success() {
             self.fail(&format!(
                 "loadgen (in flight) exited with {}",

@@ -58,6 +58,8 @@
 //! - `ESK_STATE_DIR` the local stack's state dir [<repo root>/.stack]
 //! - `ESK_PARTITIONS` partitions of the bench topics [6]
 //! - `ESK_BENCH_KEEP_TOPICS` 1 = keep the bench topics on the broker afterwards [0]
+//! - `ESK_BENCH_AUTH` on = ingest checks bearer tokens (each bench database gets an admin
+//!   token, which loadgen sends); off = ingest runs with `--insecure-no-auth` [on]
 //! - `ESK_DATABASE_URL`, `ESK_KAFKA_BROKERS`: the stack's (from its env file)
 //!
 //! Databases it (re)creates and leaves for inspection: esk_bench_anchor, esk_bench_ingest,
@@ -126,6 +128,8 @@ pub struct Bench {
     /// The copy anchor's line, once it ran.
     anchor_copy: Option<Line>,
     started: Instant,
+    /// The bearer token of the newest bench database (auth on), which loadgen sends.
+    token: Option<String>,
 }
 
 impl Bench {
@@ -144,6 +148,7 @@ impl Bench {
             anchor_database_url,
             topics: BenchTopics::default(),
             failed: false,
+            token: None,
             anchor_copy: None,
             started,
         })
@@ -288,7 +293,26 @@ impl Bench {
         env.extend(topics::env(&topics));
         database::recreate(&self.admin, name).await?;
         self.esk_setup(name, tag, &env).await?;
+        self.token = None;
+        if self.settings.auth {
+            let pool = database::connect(&url).await?;
+            let scopes = vec!["admin".parse::<esk_runtime::scope::Scope>()?];
+            let token = esk_runtime::tokens::create(&pool, "bench", &scopes, None).await?;
+            pool.close().await;
+            env.push(("ESK_TOKEN".to_owned(), token.clone()));
+            self.token = Some(token);
+        } else {
+            env.push(("ESK_INSECURE_NO_AUTH".to_owned(), "true".to_owned()));
+        }
         Ok((url, topics, env))
+    }
+
+    /// The environment loadgen needs besides its arguments: the token, when auth is on.
+    fn loadgen_env(&self) -> Vec<(String, String)> {
+        self.token
+            .iter()
+            .map(|token| ("ESK_TOKEN".to_owned(), token.clone()))
+            .collect()
     }
 }
 

@@ -69,6 +69,9 @@ pub struct Settings {
     pub(crate) bin_dir: PathBuf,
     /// Prefix of this run's topics and consumer groups (`bench-<unix seconds>`).
     pub(crate) run_id: String,
+    /// Whether ingest checks bearer tokens (`ESK_BENCH_AUTH`, on by default, like a
+    /// deployment); `off` runs it with `--insecure-no-auth`, for the cost of the check.
+    pub(crate) auth: bool,
 }
 
 impl Settings {
@@ -137,6 +140,11 @@ impl Settings {
             brokers: var("ESK_KAFKA_BROKERS").unwrap_or_else(|| "127.0.0.1:9092".into()),
             bin_dir: crate::process::bin_dir()?,
             run_id: format!("bench-{unix}"),
+            auth: match var("ESK_BENCH_AUTH").as_deref() {
+                None | Some("on") => true,
+                Some("off") => false,
+                Some(other) => bail!("ESK_BENCH_AUTH must be on or off, got '{other}'"),
+            },
         })
     }
 
