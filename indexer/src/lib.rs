@@ -52,10 +52,7 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
     let server = telemetry
         .serve(&config.admin_addr, shutdown.clone())
         .await
-        .map_err(|source| RunError::Listen {
-            addr: config.admin_addr.clone(),
-            source,
-        })?;
+        .map_err(RunError::listen(&config.admin_addr))?;
 
     let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
     supervisor.watch("telemetry server", server);

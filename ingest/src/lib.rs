@@ -97,19 +97,13 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     );
     let listener = tokio::net::TcpListener::bind(&config.http_addr)
         .await
-        .map_err(|source| RunError::Listen {
-            addr: config.http_addr.clone(),
-            source,
-        })?;
+        .map_err(RunError::listen(&config.http_addr))?;
     // Metrics and health on their own (loopback by default) port: the API's port, open to
     // producers, tells them nothing about the process.
     let admin = telemetry
         .serve(&config.admin_addr, shutdown.clone())
         .await
-        .map_err(|source| RunError::Listen {
-            addr: config.admin_addr.clone(),
-            source,
-        })?;
+        .map_err(RunError::listen(&config.admin_addr))?;
     supervisor.watch("admin server", admin);
     tracing::info!(addr = %config.http_addr, admin = %config.admin_addr, "ingest listening");
     let stop = shutdown.clone();

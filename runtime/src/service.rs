@@ -30,6 +30,16 @@ pub enum RunError {
     Stopped(#[from] SupervisorError),
 }
 
+impl RunError {
+    /// The error of binding `addr`, for `map_err` on a listener's bind.
+    pub fn listen(addr: &str) -> impl FnOnce(std::io::Error) -> RunError + '_ {
+        move |source| RunError::Listen {
+            addr: addr.to_owned(),
+            source,
+        }
+    }
+}
+
 /// Cancels `shutdown` on Ctrl-C or SIGTERM (a binary's wiring; libraries are stopped through
 /// the token they are given).
 pub fn cancel_on_signal(shutdown: CancellationToken) {

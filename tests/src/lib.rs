@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod load;
 pub mod process;
 pub mod projector;
+pub mod roles;
 pub mod soak;
 
 #[cfg(feature = "testcontainers")]

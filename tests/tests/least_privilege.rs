@@ -14,9 +14,10 @@ use std::time::Duration;
 use esk_tests::indexer::{self, wait_indexed};
 use esk_tests::ingest::{self, Client};
 use esk_tests::process::bin_dir;
-use esk_tests::{base_database_url, eventually, projector, TestContext};
+use esk_tests::roles::{admin_url, drop_everything, with_database};
+use esk_tests::{eventually, projector, TestContext};
 use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 
 /// The statements no runtime role may run, each refused with SQLSTATE 42501.
 const FORBIDDEN: &[&str] = &[
@@ -31,18 +32,6 @@ const FORBIDDEN: &[&str] = &[
 
 const HTTP_ONLY: &[(&str, &str)] = &[("ESK_INGEST_KAFKA_APPENDS", "false")];
 
-/// `url` pointing at database `name` (its query string kept).
-fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let (prefix, _) = base
-        .rsplit_once('/')
-        .ok_or_else(|| anyhow::anyhow!("database url has no database name"))?;
-    Ok(format!("{prefix}/{name}{query}"))
-}
-
 /// `url` logging in as `user` with `password`.
 fn with_user(url: &str, user: &str, password: &str) -> anyhow::Result<String> {
     let (scheme, rest) = url
@@ -50,10 +39,6 @@ fn with_user(url: &str, user: &str, password: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("not a URL"))?;
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
     Ok(format!("{scheme}://{user}:{password}@{host}"))
-}
-
-fn admin_url() -> String {
-    std::env::var("ESK_TEST_ADMIN_DATABASE_URL").unwrap_or_else(|_| base_database_url())
 }
 
 #[tokio::test]
@@ -255,25 +240,5 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
         );
     }
     readonly.close().await;
-    Ok(())
-}
-
-/// Drops the test's database and its roles (cluster-wide, so never left behind).
-async fn drop_everything(prefix: &str, database: &str) -> anyhow::Result<()> {
-    let admin: PgPool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url())
-        .await?;
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    ))
-    .execute(&admin)
-    .await?;
-    for name in ["ingest", "indexer", "projector", "readonly", "owner"] {
-        sqlx::query(&format!("DROP ROLE IF EXISTS \"{prefix}_{name}\""))
-            .execute(&admin)
-            .await?;
-    }
-    admin.close().await;
     Ok(())
 }

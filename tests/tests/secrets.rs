@@ -13,27 +13,12 @@ use std::time::Duration;
 use esk_tests::ingest::{self, Client};
 use esk_tests::process::bin_dir;
 use esk_tests::projector::{self, Receiver, Webhook};
-use esk_tests::{base_database_url, eventually, indexer, TestContext};
+use esk_tests::roles::{admin_url, drop_everything, with_database};
+use esk_tests::{eventually, indexer, TestContext};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 const HTTP_ONLY: &[(&str, &str)] = &[("ESK_INGEST_KAFKA_APPENDS", "false")];
-
-fn admin_url() -> String {
-    std::env::var("ESK_TEST_ADMIN_DATABASE_URL").unwrap_or_else(|_| base_database_url())
-}
-
-/// `url` pointing at database `name` (its query string kept).
-fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let (prefix, _) = base
-        .rsplit_once('/')
-        .ok_or_else(|| anyhow::anyhow!("database url has no database name"))?;
-    Ok(format!("{prefix}/{name}{query}"))
-}
 
 /// The `host:port/database` part of `url`.
 fn host_and_database(url: &str) -> anyhow::Result<&str> {
@@ -326,25 +311,5 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
         names_redacted_url,
         "the dead letters name the webhook by its redacted URL"
     );
-    Ok(())
-}
-
-/// Drops the test's database and its roles.
-async fn drop_everything(prefix: &str, database: &str) -> anyhow::Result<()> {
-    let admin: PgPool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&admin_url())
-        .await?;
-    sqlx::query(&format!(
-        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    ))
-    .execute(&admin)
-    .await?;
-    for name in ["ingest", "indexer", "projector", "readonly", "owner"] {
-        sqlx::query(&format!("DROP ROLE IF EXISTS \"{prefix}_{name}\""))
-            .execute(&admin)
-            .await?;
-    }
-    admin.close().await;
     Ok(())
 }

@@ -1,0 +1,46 @@
+//! What the tests of Postgres roles share (`least_privilege`, `secrets`): a connection allowed
+//! to create roles, database URLs for another database, and cleaning up, since roles are
+//! cluster-wide and must never be left behind.
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::base_database_url;
+
+/// A URL allowed to create databases and roles: `ESK_TEST_ADMIN_DATABASE_URL`, else the stack's
+/// own user (the local stack gives it CREATEROLE).
+pub fn admin_url() -> String {
+    std::env::var("ESK_TEST_ADMIN_DATABASE_URL").unwrap_or_else(|_| base_database_url())
+}
+
+/// `url` pointing at database `name` (its query string kept).
+pub fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("database url has no database name"))?;
+    Ok(format!("{prefix}/{name}{query}"))
+}
+
+/// Drops `database` and the roles `esk setup --roles --role-prefix <prefix>` creates.
+pub async fn drop_everything(prefix: &str, database: &str) -> anyhow::Result<()> {
+    let admin: PgPool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url())
+        .await?;
+    sqlx::query(&format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    ))
+    .execute(&admin)
+    .await?;
+    for name in ["ingest", "indexer", "projector", "readonly", "owner"] {
+        sqlx::query(&format!("DROP ROLE IF EXISTS \"{prefix}_{name}\""))
+            .execute(&admin)
+            .await?;
+    }
+    admin.close().await;
+    Ok(())
+}
