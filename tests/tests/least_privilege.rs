@@ -14,7 +14,7 @@ use std::time::Duration;
 use esk_tests::indexer::{self, wait_indexed};
 use esk_tests::ingest::{self, Client};
 use esk_tests::process::bin_dir;
-use esk_tests::roles::{admin_url, drop_everything, with_database};
+use esk_tests::roles::{admin_url, run_then_drop, with_database};
 use esk_tests::{eventually, projector, TestContext};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection};
@@ -44,16 +44,11 @@ fn with_user(url: &str, user: &str, password: &str) -> anyhow::Result<String> {
 #[tokio::test]
 async fn each_process_runs_under_its_own_role_and_none_may_rewrite_events() -> anyhow::Result<()> {
     let ctx = TestContext::new("least_priv").await?;
-    let prefix = format!("lp_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let database = ctx
-        .database_url
-        .rsplit_once('/')
-        .map(|(_, name)| name.to_string())
-        .ok_or_else(|| anyhow::anyhow!("no database name"))?;
-    let outcome = run(&ctx, &prefix, &database).await;
-    let cleanup = drop_everything(&prefix, &database).await;
-    outcome?;
-    cleanup
+    run_then_drop(&ctx, "lp", |prefix, database| {
+        let ctx = &ctx;
+        async move { run(ctx, &prefix, &database).await }
+    })
+    .await
 }
 
 async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<()> {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use esk_tests::ingest::{self, Client};
 use esk_tests::process::bin_dir;
 use esk_tests::projector::{self, Receiver, Webhook};
-use esk_tests::roles::{admin_url, drop_everything, with_database};
+use esk_tests::roles::{admin_url, run_then_drop, with_database};
 use esk_tests::{eventually, indexer, TestContext};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -53,16 +53,11 @@ impl Outputs {
 #[tokio::test]
 async fn a_sentinel_secret_appears_in_no_output() -> anyhow::Result<()> {
     let ctx = TestContext::new("secrets").await?;
-    let prefix = format!("sec_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let database = ctx
-        .database_url
-        .rsplit_once('/')
-        .map(|(_, name)| name.to_string())
-        .ok_or_else(|| anyhow::anyhow!("no database name"))?;
-    let outcome = run(&ctx, &prefix, &database).await;
-    let cleanup = drop_everything(&prefix, &database).await;
-    outcome?;
-    cleanup
+    run_then_drop(&ctx, "sec", |prefix, database| {
+        let ctx = &ctx;
+        async move { run(ctx, &prefix, &database).await }
+    })
+    .await
 }
 
 async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<()> {
