@@ -4,13 +4,43 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// An idempotent producer on the test broker.
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     Ok(esk_runtime::kafka::producer_config(brokers).create()?)
+}
+
+/// The `authorization` header an append request over Kafka carries its bearer token in.
+pub fn bearer_headers(token: &str) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: "authorization",
+        value: Some(format!("Bearer {token}").as_bytes()),
+    })
+}
+
+/// Produces an append request to `topic` (the appends topic) with `token` in its
+/// `authorization` header and waits for its delivery.
+pub async fn produce_append(
+    producer: &FutureProducer,
+    topic: &str,
+    token: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<(i32, i64)> {
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(bearer_headers(token)),
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|d| (d.partition, d.offset))
+        .map_err(|(e, _)| anyhow::anyhow!("produce to {topic} failed: {e}"))
 }
 
 /// Produces one record and waits for its delivery.

@@ -121,13 +121,34 @@ impl TestContext {
             ("ESK_TOPIC_EVENTS".into(), self.topics.events.clone()),
             ("ESK_INGEST_GROUP".into(), format!("{}-ingest", self.name)),
             ("ESK_INDEXER_GROUP".into(), format!("{}-indexer", self.name)),
-            // The CLI, loadgen and the harness's clients send it.
+            // The CLI, loadgen and the harness's clients send it; ingest checks it, as deployed.
             ("ESK_TOKEN".into(), self.token.clone()),
-            // Tests that predate authentication talk raw HTTP and Kafka without a token;
-            // `tests/tests/auth.rs` turns it on with ESK_INSECURE_NO_AUTH=false.
-            ("ESK_INSECURE_NO_AUTH".into(), "true".into()),
+            ("ESK_INSECURE_NO_AUTH".into(), "false".into()),
         ]
     }
+
+    /// A plain HTTP client that sends this test's admin token with every request, for tests
+    /// that build their requests by hand.
+    pub fn http(&self) -> anyhow::Result<reqwest::Client> {
+        bearer_client(&self.token)
+    }
+
+    /// The `authorization` header a Kafka append request carries this test's admin token in.
+    pub fn kafka_auth(&self) -> rdkafka::message::OwnedHeaders {
+        kafka::bearer_headers(&self.token)
+    }
+}
+
+/// A plain HTTP client sending `Authorization: Bearer <token>` with every request.
+pub fn bearer_client(token: &str) -> anyhow::Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Creates a fresh database next to the base one and returns its URL.

@@ -503,6 +503,8 @@ struct Shared {
     started: Instant,
     history: History,
     http: reqwest::Client,
+    /// The `authorization` header of every append request it produces.
+    kafka_auth: rdkafka::message::OwnedHeaders,
     ingest_urls: Arc<RwLock<Vec<Option<String>>>>,
     producer: FutureProducer,
     appends_topic: String,
@@ -707,7 +709,8 @@ impl Shared {
             .send(
                 FutureRecord::to(&self.appends_topic)
                     .key(stream)
-                    .payload(&payload),
+                    .payload(&payload)
+                    .headers(self.kafka_auth.clone()),
                 Duration::from_secs(30),
             )
             .await;
@@ -1234,7 +1237,8 @@ pub async fn run(config: SoakConfig) -> anyhow::Result<SoakReport> {
         config: config.clone(),
         started: Instant::now(),
         history: History::default(),
-        http: reqwest::Client::new(),
+        http: ctx.http()?,
+        kafka_auth: ctx.kafka_auth(),
         ingest_urls: cluster.ingest_urls.clone(),
         producer: kafka::producer(&ctx.brokers)?,
         appends_topic: ctx.topics.appends.clone(),

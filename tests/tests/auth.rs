@@ -14,11 +14,8 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use serde_json::{json, Value};
 
-/// Auth on, and a revocation noticed within a second.
-const AUTH_ON: &[(&str, &str)] = &[
-    ("ESK_INSECURE_NO_AUTH", "false"),
-    ("ESK_AUTH_CACHE_SECS", "1"),
-];
+/// Auth on (the harness's default), and a revocation noticed within a second.
+const AUTH_ON: &[(&str, &str)] = &[("ESK_AUTH_CACHE_SECS", "1")];
 
 fn scopes(list: &[&str]) -> anyhow::Result<Vec<Scope>> {
     list.iter()

@@ -55,7 +55,8 @@ async fn records_the_broker_refuses_are_rejected_not_retried_for_ever() -> anyho
         .send(
             FutureRecord::to(&ctx.topics.appends)
                 .key("Big-2")
-                .payload(request.as_bytes()),
+                .payload(request.as_bytes())
+                .headers(ctx.kafka_auth()),
             Duration::from_secs(30),
         )
         .await
@@ -63,7 +64,14 @@ async fn records_the_broker_refuses_are_rejected_not_retried_for_ever() -> anyho
     let small = json!({"schema_version": 1, "request_id": "small", "stream_id": "Big-2",
         "expected_version": "any", "events": [ingest::event("T")]})
     .to_string();
-    kafka::produce(&producer, &ctx.topics.appends, "Big-2", small.as_bytes()).await?;
+    kafka::produce_append(
+        &producer,
+        &ctx.topics.appends,
+        &ctx.token,
+        "Big-2",
+        small.as_bytes(),
+    )
+    .await?;
     let results = kafka::read_topic(
         &ctx.brokers,
         &ctx.topics.append_results,

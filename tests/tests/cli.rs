@@ -643,7 +643,6 @@ async fn token_commands_create_list_revoke_and_the_cli_sends_the_token() -> anyh
         &ctx,
         &[
             ("ESK_INGEST_KAFKA_APPENDS", "false"),
-            ("ESK_INSECURE_NO_AUTH", "false"),
             ("ESK_AUTH_CACHE_SECS", "0"),
         ],
     )

@@ -49,9 +49,10 @@ async fn payloads_are_stored_read_and_published_exactly_as_sent() -> anyhow::Res
         exact_event(Uuid::new_v4())
     );
     let producer = kafka::producer(&ctx.brokers)?;
-    kafka::produce(
+    kafka::produce_append(
         &producer,
         &ctx.topics.appends,
+        &ctx.token,
         "Exact-kafka",
         request.as_bytes(),
     )
@@ -70,7 +71,7 @@ async fn payloads_are_stored_read_and_published_exactly_as_sent() -> anyhow::Res
     }
 
     let expected_fragment = format!(r#""data":{DATA},"metadata":{METADATA}"#);
-    let http = reqwest::Client::new();
+    let http = ctx.http()?;
     for stream in ["Exact-http", "Exact-kafka"] {
         let text = http
             .get(format!("{}/streams/{stream}/events", ingest_process.http))
@@ -166,7 +167,7 @@ async fn storage_hostile_input_is_refused_over_http_and_kafka_with_nothing_writt
         ("wrong content type with a 200 KB body", "/streams/H-1/events".into(), vec![("content-type", b"text/plain".to_vec())], vec![b'x'; 200 * 1024], 415, "unsupported_media_type"),
         ("no content type", "/streams/H-1/events".into(), vec![], ok_body(), 415, "unsupported_media_type"),
     ];
-    let http = reqwest::Client::new();
+    let http = ctx.http()?;
     for (what, path, headers, body, status, code) in cases {
         let mut request = http
             .post(format!("{}{path}", ingest_process.http))
@@ -211,7 +212,9 @@ async fn storage_hostile_input_is_refused_over_http_and_kafka_with_nothing_writt
     ];
     let producer = kafka::producer(&ctx.brokers)?;
     for (key, payload, _) in &kafka_cases {
-        let mut record = FutureRecord::<str, [u8]>::to(&ctx.topics.appends).key(key);
+        let mut record = FutureRecord::<str, [u8]>::to(&ctx.topics.appends)
+            .key(key)
+            .headers(ctx.kafka_auth());
         if let Some(payload) = payload {
             record = record.payload(payload);
         }

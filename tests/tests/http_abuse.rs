@@ -68,12 +68,13 @@ async fn slow_headers_are_disconnected_and_slow_bodies_get_408() -> anyhow::Resu
     );
 
     // A body that stops half way: 408 with the JSON error body, and nothing written.
+    // (With a token: a request without one is refused before its body is read.)
     let mut stream = TcpStream::connect(&addr).await?;
-    stream
-        .write_all(
-            b"POST /streams/Slow-2/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{\"expected_version\":",
-        )
-        .await?;
+    let head = format!(
+        "POST /streams/Slow-2/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"expected_version\":",
+        ctx.token
+    );
+    stream.write_all(head.as_bytes()).await?;
     let (response, was_closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
     assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     assert!(response.contains("\"request_timeout\""), "{response}");

@@ -428,7 +428,8 @@ async fn canonical_records_have_the_envelope_and_headers() -> anyhow::Result<()>
         .await?;
     assert_eq!(r.status, 201);
     // A correlation id given as an HTTP header travels in the metadata of events without one.
-    let traced = reqwest::Client::new()
+    let traced = ctx
+        .http()?
         .post(format!("{}/streams/Env-2/events", ingest_process.http))
         .header("content-type", "application/json")
         .header("x-correlation-id", "from-header")

@@ -683,7 +683,7 @@ async fn overload_is_refused_with_503_and_retry_after_and_writes_nothing_partial
         ],
     )
     .await?;
-    let http = reqwest::Client::new();
+    let http = ctx.http()?;
     let mut requests = Vec::new();
     for i in 0..200 {
         let http = http.clone();

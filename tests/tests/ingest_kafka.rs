@@ -35,7 +35,7 @@ async fn kafka_requests_get_one_outcome_each_and_redeliveries_are_idempotent() -
         ("Kaf-1", serde_json::to_vec(&stale)?),
     ];
     for (key, payload) in &requests {
-        kafka::produce(&producer, &ctx.topics.appends, key, payload).await?;
+        kafka::produce_append(&producer, &ctx.topics.appends, &ctx.token, key, payload).await?;
         // Sequential, so the redeliveries come after the originals were decided.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

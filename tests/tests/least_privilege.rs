@@ -149,8 +149,6 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
     let mut ingest_env: Vec<(&str, &str)> =
         ingest_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     ingest_env.extend_from_slice(HTTP_ONLY);
-    // With authentication on: the ingest role looks tokens up as well.
-    ingest_env.push(("ESK_INSECURE_NO_AUTH", "false"));
     let ingest_process = ingest::spawn(ctx, &ingest_env).await?;
     let indexer_env = as_role(&indexer_url);
     let indexer_env: Vec<(&str, &str)> =

@@ -10,6 +10,11 @@
 //!     flight per writer
 //!   - `{"bench": "ingest-vs-seed", "ratio_events_per_s": ..}` and
 //!     `{"bench": "ingest-in-flight-vs-seed", "ratio_events_per_s": ..}`
+//! - `auth`: ingest with authentication on and off, alternating over 3 rounds on fresh
+//!   databases, loadgen with 16 writers and `ESK_BENCH_INGEST_IN_FLIGHT` in flight each:
+//!   - `{"bench": "ingest-auth-on", ...}` and `{"bench": "ingest-auth-off", ...}` per run
+//!   - `{"bench": "auth-on-vs-off", "ratio_events_per_s": .., "cost_percent": ..,
+//!     "on_events_per_s": [..], "off_events_per_s": [..]}` over the sums of the runs
 //! - `indexer`:
 //!   - `{"bench": "indexer", "events": N, "seconds": .., "events_per_s": ..,
 //!     "steady_events_per_s": .., "first_row_s": ..}` the indexer alone on an ingest-log that
@@ -46,7 +51,7 @@
 //! Environment (defaults in brackets):
 //! - `ESK_BENCH_SECONDS` measured seconds per benchmark [15]
 //! - `ESK_BENCH_WHICH` benchmarks to run, comma or space separated: ingest, indexer, projector,
-//!   e2e, e2e-core, lag [all of them]
+//!   auth, e2e, e2e-core, lag [all of them]
 //! - `ESK_BENCH_INDEXER_EVENTS` events in ingest-log for the indexer benchmark [1000000]
 //! - `ESK_BENCH_E2E_WRITERS` loadgen writers of the end-to-end benchmark [16, like the anchor]
 //! - `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight per writer in the second ingest run [32]
@@ -68,6 +73,7 @@
 //! to its own executable (`deploy/local/bench` builds them).
 
 mod anchors;
+mod auth;
 mod database;
 mod e2e;
 mod indexer;
@@ -158,6 +164,7 @@ impl Bench {
     /// a failure.
     pub async fn run(&mut self) -> anyhow::Result<()> {
         let wants = |b| self.settings.wants(b);
+        let auth = wants(Benchmark::Auth);
         let (ingest, indexer, projector) = (
             wants(Benchmark::Ingest),
             wants(Benchmark::Indexer),
@@ -181,6 +188,9 @@ impl Bench {
                 );
                 emit(&ratio.to_text());
             }
+        }
+        if auth {
+            self.auth_cost().await?;
         }
         let mut indexed = None;
         if indexer {
@@ -281,6 +291,17 @@ impl Bench {
         name: &str,
         tag: &str,
     ) -> anyhow::Result<(String, esk_runtime::config::Topics, Vec<(String, String)>)> {
+        self.fresh_store_with_auth(name, tag, self.settings.auth)
+            .await
+    }
+
+    /// Like [`Bench::fresh_store`], with ingest checking tokens (`auth`) or not.
+    async fn fresh_store_with_auth(
+        &mut self,
+        name: &str,
+        tag: &str,
+        auth: bool,
+    ) -> anyhow::Result<(String, esk_runtime::config::Topics, Vec<(String, String)>)> {
         let url = database::url_for(&self.settings.admin_database_url, name)?;
         let topics = self.topics.make(&self.settings.run_id, tag);
         let mut env = vec![
@@ -294,7 +315,7 @@ impl Bench {
         database::recreate(&self.admin, name).await?;
         self.esk_setup(name, tag, &env).await?;
         self.token = None;
-        if self.settings.auth {
+        if auth {
             let pool = database::connect(&url).await?;
             let scopes = vec!["admin".parse::<esk_runtime::scope::Scope>()?];
             let token = esk_runtime::tokens::create(&pool, "bench", &scopes, None).await?;

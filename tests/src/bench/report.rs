@@ -177,6 +177,25 @@ pub(crate) fn ratio(name: &str, ours: &Line, anchor: &Line, fields: &[&str]) -> 
     line
 }
 
+/// `{"bench": "auth-on-vs-off", ...}`: the sum of the authenticated runs' rates over the sum of
+/// the unauthenticated ones', and what that costs in percent.
+pub(crate) fn auth_cost(on: &[f64], off: &[f64]) -> Line {
+    let (on_sum, off_sum): (f64, f64) = (on.iter().sum(), off.iter().sum());
+    let ratio = (off_sum > 0.0).then(|| on_sum / off_sum);
+    let mut line = Line::bench("auth-on-vs-off");
+    line.set("ratio_events_per_s", ratio.map(|r| round(r, 3)))
+        .set("cost_percent", ratio.map(|r| round((1.0 - r) * 100.0, 1)))
+        .set(
+            "on_events_per_s",
+            on.iter().map(|r| round(*r, 0)).collect::<Vec<_>>(),
+        )
+        .set(
+            "off_events_per_s",
+            off.iter().map(|r| round(*r, 0)).collect::<Vec<_>>(),
+        );
+    line
+}
+
 /// `{"bench":name}` followed by the keys of `result` and `extra`.
 pub(crate) fn wrap(name: &str, result: &Line, extra: &Line) -> Line {
     let mut line = Line::bench(name);
@@ -234,5 +253,18 @@ mod tests {
         assert_eq!(line.value("attempt_count"), Value::from(2));
         assert_eq!(line.value("batch_appends_avg"), Value::from(4.5));
         assert_eq!(line.value("append_latency_avg_ms"), Value::Null);
+    }
+
+    #[test]
+    fn auth_cost_over_the_sums() {
+        let line = auth_cost(&[950.0, 1000.0], &[1000.0, 1000.0]);
+        assert_eq!(
+            line.to_text(),
+            r#"{"bench": "auth-on-vs-off", "ratio_events_per_s": 0.975, "cost_percent": 2.5, "on_events_per_s": [950.0, 1000.0], "off_events_per_s": [1000.0, 1000.0]}"#
+        );
+        assert_eq!(
+            auth_cost(&[1.0], &[]).value("ratio_events_per_s"),
+            Value::Null
+        );
     }
 }

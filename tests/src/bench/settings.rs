@@ -10,6 +10,7 @@ use super::say;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Benchmark {
     Ingest,
+    Auth,
     Indexer,
     Projector,
     E2eCore,
@@ -19,8 +20,9 @@ pub(crate) enum Benchmark {
 
 impl Benchmark {
     /// All of them, in the order they run.
-    const ALL: [Benchmark; 6] = [
+    const ALL: [Benchmark; 7] = [
         Benchmark::Ingest,
+        Benchmark::Auth,
         Benchmark::Indexer,
         Benchmark::Projector,
         Benchmark::E2eCore,
@@ -31,6 +33,7 @@ impl Benchmark {
     fn name(self) -> &'static str {
         match self {
             Benchmark::Ingest => "ingest",
+            Benchmark::Auth => "auth",
             Benchmark::Indexer => "indexer",
             Benchmark::Projector => "projector",
             Benchmark::E2eCore => "e2e-core",

@@ -1,0 +1,101 @@
+//! auth: what checking bearer tokens costs ingest. The same loadgen run against ingest with
+//! authentication on (each append carries an admin token) and off (`--insecure-no-auth`),
+//! alternating on/off and off/on over [`ROUNDS`] rounds so drift on a noisy machine falls on
+//! both sides, each run on a fresh database and fresh topics.
+
+use anyhow::Context;
+
+use super::line::Line;
+use super::services::{run, Service};
+use super::{emit, env_of, report, say, Bench, ANCHOR_BATCH, ANCHOR_CLIENTS};
+
+/// Runs of each side.
+const ROUNDS: usize = 3;
+
+impl Bench {
+    /// Prints one line per run (`ingest-auth-on`, `ingest-auth-off`) and then
+    /// `{"bench": "auth-on-vs-off", "ratio_events_per_s": on/off, ...}` over the sums.
+    pub(crate) async fn auth_cost(&mut self) -> anyhow::Result<()> {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for auth in order {
+                let line = self.ingest_run(round, auth).await?;
+                let name = if auth {
+                    "ingest-auth-on"
+                } else {
+                    "ingest-auth-off"
+                };
+                emit(&report::wrap(name, &line, &Line::default()).to_text());
+                let rate = line
+                    .number("events_per_s")
+                    .context("loadgen printed no events_per_s")?;
+                if auth {
+                    on.push(rate);
+                } else {
+                    off.push(rate);
+                }
+            }
+        }
+        emit(&report::auth_cost(&on, &off).to_text());
+        Ok(())
+    }
+
+    /// One loadgen run (16 writers, `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight each: the
+    /// most requests per second, where a per-request check weighs most) against a fresh
+    /// ingest with authentication `auth`.
+    async fn ingest_run(&mut self, round: usize, auth: bool) -> anyhow::Result<Line> {
+        let side = if auth { "on" } else { "off" };
+        let tag = format!("auth-{round}-{side}");
+        let (_, _, mut env) = self
+            .fresh_store_with_auth("esk_bench_auth", &tag, auth)
+            .await?;
+        env.extend(env_of(&[
+            (
+                "ESK_INGEST_GROUP",
+                &format!("{}-{tag}", self.settings.run_id),
+            ),
+            ("RUST_LOG", "warn"),
+        ]));
+        let log = self.settings.state_dir.join("bench-auth.log");
+        let mut ingest = Service::start(
+            "ingest",
+            &self.settings.binary("ingest"),
+            &env,
+            crate::process::INGEST,
+            log,
+        )?;
+        ingest.wait_healthy().await?;
+        let in_flight = self.settings.ingest_in_flight;
+        say(&format!(
+            "auth {side} (round {}/{ROUNDS}): loadgen {}s, {ANCHOR_CLIENTS} writers, {in_flight} in flight each",
+            round + 1,
+            self.settings.seconds
+        ));
+        let args = [
+            "--url".to_owned(),
+            ingest.url().to_owned(),
+            "--seconds".into(),
+            self.settings.seconds.clone(),
+            "--writers".into(),
+            ANCHOR_CLIENTS.to_string(),
+            "--batch".into(),
+            ANCHOR_BATCH.to_string(),
+            "--in-flight".into(),
+            in_flight.to_string(),
+        ];
+        let output = run(&self.settings.binary("loadgen"), &args, &self.loadgen_env()).await?;
+        if !output.status.success() {
+            self.fail(&format!("loadgen exited with {}", output.status));
+        }
+        if !ingest.check_alive() {
+            self.failed = true;
+        }
+        ingest.stop().await?;
+        Line::parse(&output.last_line.context("loadgen printed no result")?)
+    }
+}
