@@ -1,6 +1,7 @@
 //! `esk token create|list|revoke`: the bearer tokens of the HTTP and Kafka APIs, managed in
 //! Postgres (`esk_runtime::tokens`). A token is printed once, at creation.
 
+use anyhow::Context;
 use chrono::{DateTime, Duration, Utc};
 use clap::{Args, Subcommand};
 use comfy_table::Color;
@@ -33,6 +34,17 @@ enum Action {
         /// Lifetime, as a number and a unit: 90d, 12h, 30m, 45s [default: no expiry].
         #[arg(long, value_parser = parse_lifetime)]
         expires: Option<Duration>,
+        /// Answer this token's Kafka appends on a topic of its own instead of the shared
+        /// append-results, so Kafka ACLs can keep its outcomes from other producers. The topic
+        /// is created on the broker (if missing) before the token exists.
+        #[arg(long)]
+        results_topic: Option<String>,
+        /// Partitions of a results topic it creates.
+        #[arg(long, env = "ESK_PARTITIONS", default_value_t = 6)]
+        partitions: i32,
+        /// Replicas of a results topic it creates (use 3 or more in production).
+        #[arg(long, env = "ESK_REPLICATION", default_value_t = 1)]
+        replication: i32,
     },
     /// List the tokens (never the tokens themselves).
     List,
@@ -74,6 +86,7 @@ struct Listed {
     created_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+    results_topic: Option<String>,
     valid: bool,
 }
 
@@ -83,6 +96,7 @@ struct Created<'a> {
     name: &'a str,
     token: &'a str,
     expires_at: Option<DateTime<Utc>>,
+    results_topic: Option<&'a str>,
 }
 
 pub(crate) async fn run(
@@ -96,16 +110,40 @@ pub(crate) async fn run(
             name,
             scopes,
             expires,
+            results_topic,
+            partitions,
+            replication,
         } => {
             let expires_at = expires.map(|lifetime| Utc::now() + lifetime);
-            let token = tokens::create(&pool, &name, &scopes, expires_at)
+            if let Some(topic) = &results_topic {
+                if !tokens::is_valid_topic_name(topic) {
+                    return Err(refusal(TokenError::InvalidTopic(topic.clone())));
+                }
+                esk_runtime::kafka::create_topics(
+                    &common.kafka_brokers,
+                    &[topic.as_str()],
+                    partitions,
+                    replication,
+                )
                 .await
-                .map_err(refusal)?;
+                .with_context(|| {
+                    format!("creating results topic {topic} on {}", common.kafka_brokers)
+                })?;
+                crate::output::note(format!("results topic {topic} ready"));
+            }
+            let new = tokens::NewToken {
+                name: &name,
+                scopes: &scopes,
+                expires_at,
+                results_topic: results_topic.as_deref(),
+            };
+            let token = tokens::create_with(&pool, &new).await.map_err(refusal)?;
             if out.json {
                 return out.document(&Created {
                     name: &name,
                     token: &token,
                     expires_at,
+                    results_topic: results_topic.as_deref(),
                 });
             }
             // The token alone on stdout, so `ESK_TOKEN=$(esk token create …)` works.
@@ -123,12 +161,23 @@ pub(crate) async fn run(
                     created_at: t.created_at,
                     expires_at: t.expires_at,
                     revoked_at: t.revoked_at,
+                    results_topic: t.results_topic,
                 })
                 .collect();
             if out.json {
                 return out.document(&listed);
             }
-            let mut table = out.table(&["name", "scopes", "created", "expires", "state"], 1);
+            let mut table = out.table(
+                &[
+                    "name",
+                    "scopes",
+                    "created",
+                    "expires",
+                    "results topic",
+                    "state",
+                ],
+                1,
+            );
             for t in &listed {
                 let state = match (t.revoked_at, t.valid) {
                     (Some(_), _) => out.cell("revoked", Color::Red),
@@ -142,6 +191,10 @@ pub(crate) async fn run(
                     out.cell(
                         t.expires_at
                             .map_or("never".into(), |at| at.format("%Y-%m-%d %H:%M").to_string()),
+                        Color::Reset,
+                    ),
+                    out.cell(
+                        t.results_topic.as_deref().unwrap_or("(shared)"),
                         Color::Reset,
                     ),
                     state,

@@ -126,6 +126,14 @@ impl Auth {
 }
 
 impl Principal {
+    /// The topic this principal's Kafka appends are answered on, when it has one of its own.
+    pub(crate) fn results_topic(&self) -> Option<&str> {
+        match self {
+            Principal::Anyone => None,
+            Principal::Token(record) => record.results_topic.as_deref(),
+        }
+    }
+
     /// Ok when this principal may do `need`.
     pub(crate) fn require(&self, need: Need<'_>) -> Result<(), AuthError> {
         match self {
@@ -229,6 +237,7 @@ mod tests {
             created_at: now,
             expires_at: Some(now + chrono::Duration::seconds(expires_in)),
             revoked_at: revoked.then_some(now),
+            results_topic: None,
         })
     }
 

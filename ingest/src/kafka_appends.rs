@@ -3,11 +3,14 @@
 //!
 //! Request (JSON, `schema_version` 1): `{"schema_version": 1, "request_id": str?, "reply_to":
 //! str?, "stream_id": str, "expected_version": ..., "append_id": uuid?, "events": [...]}`.
-//! The result is keyed by `reply_to` (else the request's key) and carries `request_id`.
+//! The result is keyed by `reply_to` (else the request's key) and carries `request_id`; it goes
+//! to the caller's own results topic when its token has one, else to the shared topic.
 //! The record's `authorization` header carries `Bearer <token>`, checked as over HTTP: without
 //! a valid token or the append scope the result is a rejection (`unauthorized`, `forbidden`)
 //! and nothing is written.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use esk_model::event::Append;
 use esk_model::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
 use esk_model::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
 use esk_runtime::scope::Need;
+use esk_runtime::supervisor::{Progress, Watchdog};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -36,6 +40,8 @@ struct RequestContext {
     request_id: Option<String>,
     reply_key: Option<Vec<u8>>,
     stream_id: Option<String>,
+    /// The caller's own results topic (`esk token create --results-topic`), else the shared one.
+    results_topic: Option<String>,
 }
 
 /// Everything the per-request tasks share.
@@ -51,12 +57,63 @@ struct Shared {
     shutdown: CancellationToken,
     /// Requests consumed and not yet answered; bounded so an outage cannot pile them up (I6).
     in_flight: Arc<Semaphore>,
+    /// Results that cannot be delivered, per topic, for `/health`.
+    deliveries: DeliveryWatch,
+}
+
+/// Watches result deliveries per results topic: a topic whose results have failed to be
+/// delivered for longer than the stall limit (a deleted per-token topic, a broker refusing it)
+/// makes `/health` unhealthy, naming the topic, even while other topics' results flow.
+struct DeliveryWatch {
+    watchdog: Watchdog,
+    topics: Mutex<HashMap<String, Arc<TopicDeliveries>>>,
+}
+
+/// One results topic's deliveries.
+struct TopicDeliveries {
+    progress: Arc<Progress>,
+    /// Results being retried after a failed delivery.
+    failing: AtomicUsize,
+}
+
+impl DeliveryWatch {
+    /// The watch of `topic`, registered with the watchdog the first time.
+    fn topic(&self, topic: &str) -> Option<Arc<TopicDeliveries>> {
+        let mut topics = self.topics.lock().ok()?;
+        let entry = topics.entry(topic.to_owned()).or_insert_with(|| {
+            Arc::new(TopicDeliveries {
+                progress: self.watchdog.register(format!("results to {topic}")),
+                failing: AtomicUsize::new(0),
+            })
+        });
+        Some(entry.clone())
+    }
+}
+
+impl TopicDeliveries {
+    /// A delivery failed; `first`: the first failure of this result.
+    fn failed(&self, first: bool, error: &impl std::fmt::Display) {
+        if first {
+            self.failing.fetch_add(1, Ordering::SeqCst);
+        }
+        self.progress.busy();
+        self.progress.blocked_by(error);
+    }
+
+    /// A result was delivered; `had_failed`: after failures of its own.
+    fn delivered(&self, had_failed: bool) {
+        self.progress.progressed();
+        if had_failed && self.failing.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.progress.idle();
+        }
+    }
 }
 
 /// Subscribes to the appends topic and returns the consuming loop, for the caller to run
 /// supervised.
 pub(crate) fn consumer_loop(
     config: &IngestConfig,
+    watchdog: &Watchdog,
     pipeline: Pipeline,
     producer: FutureProducer,
     auth: Arc<Auth>,
@@ -78,6 +135,10 @@ pub(crate) fn consumer_loop(
         metrics,
         shutdown,
         in_flight: Arc::new(Semaphore::new(config.max_kafka_in_flight.max(1))),
+        deliveries: DeliveryWatch {
+            watchdog: watchdog.clone(),
+            topics: Mutex::default(),
+        },
     });
     Ok(consume(shared, config.limits.clone()))
 }
@@ -129,6 +190,7 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             request_id: None,
             reply_key: message.key().map(<[u8]>::to_vec),
             stream_id: None,
+            results_topic: None,
         };
         if let Ok(mut tracker) = shared.tracker.lock() {
             tracker.begin(context.partition, context.offset);
@@ -149,12 +211,15 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
         };
         let decoded = match caller {
             Err(e) => Err(Refusal::Auth(e)),
-            Ok(principal) => decoded.map_err(Refusal::Invalid).and_then(|append| {
-                principal
-                    .require(Need::Append(&append.stream_id))
-                    .map_err(Refusal::Auth)?;
-                Ok(append)
-            }),
+            Ok(principal) => {
+                context.results_topic = principal.results_topic().map(str::to_owned);
+                decoded.map_err(Refusal::Invalid).and_then(|append| {
+                    principal
+                        .require(Need::Append(&append.stream_id))
+                        .map_err(Refusal::Auth)?;
+                    Ok(append)
+                })
+            }
         };
         match decoded {
             Err(refusal) => {
@@ -351,15 +416,32 @@ async fn respond(shared: Arc<Shared>, context: RequestContext, result: AppendRes
         }
     };
     let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(100));
+    let topic = context
+        .results_topic
+        .as_deref()
+        .unwrap_or(&shared.results_topic);
+    let mut failures = 0usize;
     loop {
-        let mut record = FutureRecord::<[u8], [u8]>::to(&shared.results_topic).payload(&payload);
+        let mut record = FutureRecord::<[u8], [u8]>::to(topic).payload(&payload);
         if let Some(key) = &context.reply_key {
             record = record.key(key.as_slice());
         }
         match shared.producer.send(record, Duration::from_secs(30)).await {
-            Ok(_) => break,
+            Ok(_) => {
+                if let Some(watch) = shared.deliveries.topic(topic) {
+                    watch.delivered(failures > 0);
+                }
+                break;
+            }
             Err((error, _)) => {
-                tracing::warn!(%error, "cannot deliver an append result; retrying");
+                tracing::warn!(%error, topic, "cannot deliver an append result; retrying");
+                if let Some(watch) = shared.deliveries.topic(topic) {
+                    watch.failed(
+                        failures == 0,
+                        &format_args!("cannot deliver to {topic}: {error}"),
+                    );
+                }
+                failures += 1;
                 let delay = backoff
                     .next()
                     .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY);

@@ -61,10 +61,10 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     for (shard, worker) in workers.into_iter().enumerate() {
         supervisor.spawn(format!("append worker {shard}"), worker);
     }
-    supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
     if config.kafka_appends {
         let consumer = kafka_appends::consumer_loop(
             &config,
+            &watchdog,
             pipeline.clone(),
             producer,
             auth.clone(),
@@ -73,6 +73,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
         )?;
         supervisor.spawn("kafka appends consumer", consumer);
     }
+    supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
 
     let read_pool =
         esk_runtime::db::connect(&config.common.database_url, config.pg_read_connections).await?;

@@ -30,6 +30,21 @@ pub struct TokenRecord {
     pub expires_at: Option<DateTime<Utc>>,
     /// When it was revoked, if it was.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The topic ingest answers this token's Kafka appends on, when not the shared one.
+    pub results_topic: Option<String>,
+}
+
+/// A token to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewToken<'a> {
+    /// Its unique name.
+    pub name: &'a str,
+    /// What it may do (at least one scope).
+    pub scopes: &'a [Scope],
+    /// When it stops being valid, if ever.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Its own results topic (see [`TokenRecord::results_topic`]), a valid Kafka topic name.
+    pub results_topic: Option<&'a str>,
 }
 
 impl TokenRecord {
@@ -48,6 +63,9 @@ pub enum TokenError {
     /// A token needs at least one scope.
     #[error("a token needs at least one scope (--allow)")]
     NoScope,
+    /// The results topic is not a name Kafka accepts.
+    #[error("{0:?} is not a Kafka topic name (1 to 249 of a-z, A-Z, 0-9, '.', '_', '-'; not '.' or '..')")]
+    InvalidTopic(String),
     /// The name is empty or already taken.
     #[error("a token named {0:?} already exists (names stay taken after revocation; rotate by creating a new name)")]
     NameTaken(String),
@@ -74,13 +92,47 @@ fn generate() -> Result<String, TokenError> {
     Ok(format!("{TOKEN_PREFIX}{}", hex::encode(bytes)))
 }
 
-/// Creates a token and returns it; this is the only time it can be seen.
+/// Whether Kafka accepts `name` as a topic name.
+pub fn is_valid_topic_name(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Creates a token answered on the shared results topic and returns it; this is the only time
+/// it can be seen.
 pub async fn create(
     pool: &PgPool,
     name: &str,
     scopes: &[Scope],
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<String, TokenError> {
+    create_with(
+        pool,
+        &NewToken {
+            name,
+            scopes,
+            expires_at,
+            results_topic: None,
+        },
+    )
+    .await
+}
+
+/// Creates `new` and returns the token; this is the only time it can be seen.
+pub async fn create_with(pool: &PgPool, new: &NewToken<'_>) -> Result<String, TokenError> {
+    let NewToken {
+        name,
+        scopes,
+        expires_at,
+        results_topic,
+    } = *new;
+    if let Some(topic) = results_topic.filter(|t| !is_valid_topic_name(t)) {
+        return Err(TokenError::InvalidTopic(topic.to_owned()));
+    }
     if scopes.is_empty() {
         return Err(TokenError::NoScope);
     }
@@ -90,13 +142,15 @@ pub async fn create(
     let token = generate()?;
     let texts: Vec<String> = scopes.iter().map(ToString::to_string).collect();
     let inserted = sqlx::query(
-        "INSERT INTO api_tokens (name, token_hash, scopes, expires_at) VALUES ($1, $2, $3, $4)
+        "INSERT INTO api_tokens (name, token_hash, scopes, expires_at, results_topic)
+         VALUES ($1, $2, $3, $4, $5)
          ON CONFLICT (name) DO NOTHING",
     )
     .bind(name)
     .bind(hash(&token).as_slice())
     .bind(&texts)
     .bind(expires_at)
+    .bind(results_topic)
     .execute(pool)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -111,10 +165,11 @@ type Row = (
     DateTime<Utc>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
 );
 
 fn record(
-    (name, scopes, created_at, expires_at, revoked_at): Row,
+    (name, scopes, created_at, expires_at, revoked_at, results_topic): Row,
 ) -> Result<TokenRecord, TokenError> {
     Ok(TokenRecord {
         name,
@@ -125,13 +180,15 @@ fn record(
         created_at,
         expires_at,
         revoked_at,
+        results_topic,
     })
 }
 
 /// Every token, by name.
 pub async fn list(pool: &PgPool) -> Result<Vec<TokenRecord>, TokenError> {
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT name, scopes, created_at, expires_at, revoked_at FROM api_tokens ORDER BY name",
+        "SELECT name, scopes, created_at, expires_at, revoked_at, results_topic
+             FROM api_tokens ORDER BY name",
     )
     .fetch_all(pool)
     .await?;
@@ -160,25 +217,35 @@ type HashedRow = (
     DateTime<Utc>,
     Option<DateTime<Utc>>,
     Option<DateTime<Utc>>,
+    Option<String>,
 );
 
 /// The token with this hash, valid or not; `None` when there is none.
 pub async fn lookup(pool: &PgPool, hash: &TokenHash) -> Result<Option<TokenRecord>, TokenError> {
     let row: Option<HashedRow> = sqlx::query_as(
-        "SELECT token_hash, name, scopes, created_at, expires_at, revoked_at
+        "SELECT token_hash, name, scopes, created_at, expires_at, revoked_at, results_topic
              FROM api_tokens WHERE token_hash = $1",
     )
     .bind(hash.as_slice())
     .fetch_optional(pool)
     .await?;
-    let Some((stored, name, scopes, created_at, expires_at, revoked_at)) = row else {
+    let Some((stored, name, scopes, created_at, expires_at, revoked_at, results_topic)) = row
+    else {
         return Ok(None);
     };
     // The index found it; compare the whole hash in constant time all the same.
     if !bool::from(stored.as_slice().ct_eq(hash.as_slice())) {
         return Ok(None);
     }
-    record((name, scopes, created_at, expires_at, revoked_at)).map(Some)
+    record((
+        name,
+        scopes,
+        created_at,
+        expires_at,
+        revoked_at,
+        results_topic,
+    ))
+    .map(Some)
 }
 
 #[cfg(test)]
@@ -195,5 +262,23 @@ mod tests {
         assert!(a.len() <= MAX_TOKEN_LEN);
         assert_eq!(hash(&a), hash(&a));
         assert_ne!(hash(&a), hash(&b));
+    }
+
+    #[test]
+    fn topic_names_as_kafka_takes_them() {
+        for good in ["billing-results", "a", "A.b_c-9", &"x".repeat(249)] {
+            assert!(is_valid_topic_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "with space",
+            "slash/ed",
+            "ü",
+            &"x".repeat(250),
+        ] {
+            assert!(!is_valid_topic_name(bad), "{bad:?}");
+        }
     }
 }

@@ -742,3 +742,185 @@ async fn token_commands_create_list_revoke_and_the_cli_sends_the_token() -> anyh
     assert!(list[0]["revoked_at"].is_string());
     Ok(())
 }
+
+/// A token created with `--results-topic` gets the outcomes of its Kafka appends on that topic
+/// (created by the command), and only there: the shared `append-results` carries only the other
+/// producers' outcomes. A bad topic name is refused and creates no token.
+#[tokio::test]
+async fn a_token_with_its_own_results_topic_is_answered_only_there() -> anyhow::Result<()> {
+    let ctx = TestContext::new("cli_results_topic").await?;
+    let _ingest = ingest::spawn(&ctx, &[("ESK_AUTH_CACHE_SECS", "0")]).await?;
+    let own_topic = format!("t-{}-billing-results", ctx.name);
+    let env = ctx.env();
+
+    let refused = esk(
+        &env,
+        &[
+            "token",
+            "create",
+            "--name",
+            "bad",
+            "--allow",
+            "append:*",
+            "--results-topic",
+            "not a topic",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("not a Kafka topic name"),
+        "{refused:?}"
+    );
+    let created = esk(
+        &env,
+        &[
+            "token",
+            "create",
+            "--name",
+            "billing",
+            "--allow",
+            "append:Order-*",
+            "--results-topic",
+            &own_topic,
+            "--partitions",
+            "3",
+        ],
+        None,
+    )
+    .await?;
+    assert_eq!(created.code, 0, "{created:?}");
+    assert!(
+        created
+            .stderr
+            .contains(&format!("results topic {own_topic} ready")),
+        "{created:?}"
+    );
+    let billing = created.stdout.trim().to_owned();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM api_tokens ORDER BY name")
+        .fetch_all(&ctx.pool)
+        .await?;
+    assert_eq!(names, ["billing", "test-admin"], "no token named bad");
+    let listed = esk(&env, &["token", "list", "--json"], None)
+        .await?
+        .json()?;
+    let row = listed
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["name"] == "billing"))
+        .ok_or_else(|| anyhow::anyhow!("billing not listed: {listed}"))?;
+    assert_eq!(row["results_topic"], own_topic.as_str());
+
+    let producer = esk_tests::kafka::producer(&ctx.brokers)?;
+    let request = |id: &str, stream: &str| {
+        json!({"schema_version": 1, "request_id": id, "stream_id": stream,
+            "expected_version": "any", "events": [ingest::event("T")]})
+        .to_string()
+    };
+    let sends = [
+        ("billing-ok", "Order-1", &billing),
+        ("billing-forbidden", "User-1", &billing),
+        ("admin-ok", "Order-2", &ctx.token),
+    ];
+    for (id, stream, token) in sends {
+        esk_tests::kafka::produce_append(
+            &producer,
+            &ctx.topics.appends,
+            token,
+            stream,
+            request(id, stream).as_bytes(),
+        )
+        .await?;
+    }
+    let outcomes = |topic: &str, at_least: usize| -> anyhow::Result<Vec<(String, String)>> {
+        // Read past the expected count for a while: a stray result would show up.
+        let records = esk_tests::kafka::read_topic(
+            &ctx.brokers,
+            topic,
+            at_least + 1,
+            Duration::from_secs(20),
+        )?;
+        records
+            .iter()
+            .map(|r| {
+                let v = esk_tests::kafka::json_payload(r)?;
+                let code = v["error"]["code"].as_str().unwrap_or("").to_owned();
+                Ok((v["request_id"].as_str().unwrap_or("").to_owned(), code))
+            })
+            .collect()
+    };
+    let mut own = outcomes(&own_topic, 2)?;
+    own.sort();
+    assert_eq!(
+        own,
+        [
+            ("billing-forbidden".to_owned(), "forbidden".to_owned()),
+            ("billing-ok".to_owned(), String::new()),
+        ]
+    );
+    let shared = outcomes(&ctx.topics.append_results, 1)?;
+    assert_eq!(shared, [("admin-ok".to_owned(), String::new())]);
+    Ok(())
+}
+
+/// A token whose results topic does not exist (created by hand without the CLI, or deleted):
+/// its result goes to that topic once it exists (Tansu, like Apache Kafka's default
+/// `auto.create.topics.enable`, creates a missing topic on first use), never to the shared topic.
+/// (Where the broker refuses, `/health` names the topic after the stall limit: not testable on
+/// Tansu, which always auto-creates.)
+#[tokio::test]
+async fn a_missing_results_topic_never_sends_results_to_the_shared_topic() -> anyhow::Result<()> {
+    let ctx = TestContext::new("cli_results_missing").await?;
+    let missing = format!("t-{}-missing-results", ctx.name);
+    let scopes = ["append:*".parse()?];
+    let token = esk_runtime::tokens::create_with(
+        &ctx.pool,
+        &esk_runtime::tokens::NewToken {
+            name: "orphan",
+            scopes: &scopes,
+            expires_at: None,
+            results_topic: Some(&missing),
+        },
+    )
+    .await?;
+    let _ingest = ingest::spawn(&ctx, &[]).await?;
+    let producer = esk_tests::kafka::producer(&ctx.brokers)?;
+    let request = json!({"schema_version": 1, "request_id": "orphan-1", "stream_id": "Order-1",
+        "expected_version": "any", "events": [ingest::event("T")]})
+    .to_string();
+    esk_tests::kafka::produce_append(
+        &producer,
+        &ctx.topics.appends,
+        &token,
+        "Order-1",
+        request.as_bytes(),
+    )
+    .await?;
+    // A reader assigned before the topic exists sees nothing: wait for it first.
+    let created = esk_tests::eventually(Duration::from_secs(150), || async {
+        let (brokers, topic) = (ctx.brokers.clone(), missing.clone());
+        let count = tokio::task::spawn_blocking(move || {
+            esk_runtime::kafka::partition_count(&brokers, &topic)
+        })
+        .await
+        .ok()?
+        .ok()?;
+        (count > 0).then_some(())
+    })
+    .await;
+    assert!(created.is_some(), "{missing} never appeared");
+    let delivered =
+        esk_tests::kafka::read_topic(&ctx.brokers, &missing, 1, Duration::from_secs(60))?;
+    assert_eq!(delivered.len(), 1, "the result is on the token's topic");
+    let result = esk_tests::kafka::json_payload(&delivered[0])?;
+    assert_eq!(result["request_id"], "orphan-1");
+    assert_eq!(result["outcome"], "accepted");
+    let shared = esk_tests::kafka::read_topic(
+        &ctx.brokers,
+        &ctx.topics.append_results,
+        1,
+        Duration::from_secs(5),
+    )?;
+    assert!(shared.is_empty(), "a result leaked to the shared topic");
+    Ok(())
+}
