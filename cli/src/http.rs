@@ -1,6 +1,7 @@
 //! Ingest's HTTP API through esk-client, and the one place the client's errors become the
 //! CLI's exit codes and messages.
 
+use std::path::Path;
 use std::time::Duration;
 
 use esk_client::{Client, ClientError, StatusCode, TransportKind};
@@ -12,12 +13,17 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client of ingest at `--url` (`http://host:port`), sending `token` if given.
-pub(crate) fn client(base: &str, token: Option<&str>) -> anyhow::Result<Client> {
-    if !base.trim_end_matches('/').starts_with("http://") {
+/// A client of ingest at `--url` (`http://host:port` or `https://host:port`), sending `token`
+/// if given and trusting the CA certificates of `ca_file` besides the public roots.
+pub(crate) fn client(
+    base: &str,
+    token: Option<&str>,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<Client> {
+    let trimmed = base.trim_end_matches('/');
+    if !(trimmed.starts_with("http://") || trimmed.starts_with("https://")) {
         return Err(Failure::usage(format!(
-            "--url must be an http:// URL, got {:?}",
-            base.trim_end_matches('/')
+            "--url must be an http:// or https:// URL, got {trimmed:?}"
         )));
     }
     let mut builder = Client::builder(base)
@@ -26,6 +32,9 @@ pub(crate) fn client(base: &str, token: Option<&str>) -> anyhow::Result<Client> 
         .user_agent(concat!("esk/", env!("CARGO_PKG_VERSION")));
     if let Some(token) = token {
         builder = builder.token(token);
+    }
+    if let Some(ca_file) = ca_file {
+        builder = builder.ca_file(ca_file);
     }
     builder.build().map_err(|e| failure(base, e))
 }
@@ -117,13 +126,27 @@ mod tests {
     }
 
     #[test]
-    fn urls_must_be_http() {
-        let error = client("https://h", None).err();
+    fn urls_must_be_http_or_https() {
+        let error = client("ftp://h", None, None).err();
         assert_eq!(error.as_ref().and_then(classify), Some(Exit::Usage));
         assert_eq!(
             error.map(|e| e.to_string()).as_deref(),
-            Some(r#"--url must be an http:// URL, got "https://h""#)
+            Some(r#"--url must be an http:// or https:// URL, got "ftp://h""#)
         );
-        assert!(client("http://127.0.0.1:8080/", None).is_ok());
+        assert!(client("http://127.0.0.1:8080/", None, None).is_ok());
+        assert!(client("https://127.0.0.1:8443", None, None).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_a_usage_error_naming_it() {
+        let error = client(
+            "https://127.0.0.1:8443",
+            None,
+            Some(Path::new("/nonexistent/esk-ca.pem")),
+        )
+        .err();
+        assert_eq!(error.as_ref().and_then(classify), Some(Exit::Usage));
+        let message = error.map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("/nonexistent/esk-ca.pem"), "{message}");
     }
 }

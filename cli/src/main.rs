@@ -43,7 +43,8 @@ struct Cli {
 /// Flags every subcommand accepts.
 #[derive(Debug, Args)]
 struct Global {
-    /// Ingest's HTTP API (append, read, tail).
+    /// Ingest's HTTP API (append, read, tail): http://host:port, or https://host:port when
+    /// ingest serves TLS.
     #[arg(
         long,
         env = "ESK_URL",
@@ -51,12 +52,23 @@ struct Global {
         global = true
     )]
     url: String,
+    /// PEM file of a CA to trust for an https:// --url (the CA that signed ingest's
+    /// --tls-cert-file), besides the public roots.
+    #[arg(long, env = "ESK_CA_FILE", global = true)]
+    ca_file: Option<std::path::PathBuf>,
     /// Bearer token for ingest's API (append, read, tail), from `esk token create`.
     #[arg(long, env = "ESK_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Machine-readable output: one JSON document (tail: one JSON line per event).
     #[arg(long, global = true)]
     json: bool,
+}
+
+impl Global {
+    /// The client of ingest's API these flags describe.
+    fn client(&self) -> anyhow::Result<esk_client::Client> {
+        http::client(&self.url, self.token.as_deref(), self.ca_file.as_deref())
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,30 +130,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             esk_runtime::telemetry::init_tracing(cli.common.log_format);
             setup::migrate(&cli.common).await
         }
-        Command::Append(args) => {
-            append::run(
-                &http::client(&cli.global.url, cli.global.token.as_deref())?,
-                &out,
-                args,
-            )
-            .await
-        }
-        Command::Read(args) => {
-            read::run(
-                &http::client(&cli.global.url, cli.global.token.as_deref())?,
-                &out,
-                args,
-            )
-            .await
-        }
-        Command::Tail(args) => {
-            tail::run(
-                &http::client(&cli.global.url, cli.global.token.as_deref())?,
-                &out,
-                args,
-            )
-            .await
-        }
+        Command::Append(args) => append::run(&cli.global.client()?, &out, args).await,
+        Command::Read(args) => read::run(&cli.global.client()?, &out, args).await,
+        Command::Tail(args) => tail::run(&cli.global.client()?, &out, args).await,
         Command::Doctor(args) => doctor::run(&cli.common, &out, args).await,
         Command::Projection(args) => {
             // Logged as the projector logs them (a rebuild's progress lines, its warnings).

@@ -23,6 +23,14 @@ pub enum ClientError {
     /// The bearer token given to the client cannot be sent in a header.
     #[error("invalid token: it must be printable ASCII without spaces")]
     InvalidToken,
+    /// The CA file given to the client cannot be read or holds no PEM certificate.
+    #[error("cannot use the CA file {}: {reason}", .path.display())]
+    CaFile {
+        /// The file as given.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The HTTP client could not be set up (for example, TLS initialisation failed).
     #[error("cannot build the HTTP client: {0}")]
     Setup(#[source] reqwest::Error),

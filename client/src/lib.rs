@@ -46,6 +46,7 @@
 
 mod error;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +110,7 @@ pub struct ClientBuilder {
     pool_max_idle_per_host: Option<usize>,
     tcp_nodelay: bool,
     token: Option<String>,
+    ca_file: Option<PathBuf>,
 }
 
 impl ClientBuilder {
@@ -151,7 +153,15 @@ impl ClientBuilder {
         self
     }
 
-    /// The client; fails on a base URL that is not `http(s)://host[:port][/path]`.
+    /// A PEM file of CA certificates to trust for `https://` besides the usual public roots:
+    /// the CA that signed a server's own certificate [default: public roots only].
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// The client; fails on a base URL that is not `http(s)://host[:port][/path]`, or a CA
+    /// file that cannot be read or holds no certificate.
     pub fn build(self) -> Result<Client, ClientError> {
         let base = self.base.trim_end_matches('/');
         let invalid = |reason: String| ClientError::InvalidBaseUrl {
@@ -178,6 +188,11 @@ impl ClientBuilder {
         if let Some(max) = self.pool_max_idle_per_host {
             http = http.pool_max_idle_per_host(max);
         }
+        if let Some(path) = &self.ca_file {
+            for certificate in ca_certificates(path)? {
+                http = http.add_root_certificate(certificate);
+            }
+        }
         if let Some(token) = &self.token {
             if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ClientError::InvalidToken);
@@ -196,6 +211,21 @@ impl ClientBuilder {
             timeout: self.timeout,
         })
     }
+}
+
+/// The certificates of the PEM file at `path`; at least one.
+fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, ClientError> {
+    let refused = |reason: String| ClientError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| refused(e.to_string()))?;
+    let certificates =
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| refused(e.to_string()))?;
+    if certificates.is_empty() {
+        return Err(refused("it holds no PEM certificate".into()));
+    }
+    Ok(certificates)
 }
 
 /// Where a read of one stream starts, how many events a page holds and which way it goes.
@@ -279,6 +309,7 @@ impl Client {
             pool_max_idle_per_host: None,
             tcp_nodelay: true,
             token: None,
+            ca_file: None,
         }
     }
 

@@ -39,6 +39,32 @@ fn base_urls_are_checked() {
 }
 
 #[test]
+fn unusable_ca_files_are_refused_by_name() {
+    let missing = Path::new("/nonexistent/esk-ca.pem");
+    let error = Client::builder("https://127.0.0.1:1")
+        .ca_file(missing)
+        .build();
+    assert!(
+        matches!(&error, Err(ClientError::CaFile { path, .. }) if path == missing),
+        "{error:?}"
+    );
+    assert!(error
+        .err()
+        .is_some_and(|e| e.to_string().contains("/nonexistent/esk-ca.pem")),);
+    let empty =
+        std::env::temp_dir().join(format!("esk-client-empty-ca-{}.pem", std::process::id()));
+    assert!(std::fs::write(&empty, "no certificate here\n").is_ok());
+    let error = Client::builder("https://127.0.0.1:1")
+        .ca_file(&empty)
+        .build();
+    let _ = std::fs::remove_file(&empty);
+    assert!(
+        matches!(error, Err(ClientError::CaFile { .. })),
+        "{error:?}"
+    );
+}
+
+#[test]
 fn encoded_requests_are_the_serialized_request() -> Result<(), Box<dyn std::error::Error>> {
     let request = AppendRequest {
         expected_version: ExpectedVersion::Exact(3.into()),

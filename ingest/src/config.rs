@@ -4,6 +4,7 @@ use clap::Parser;
 use esk_model::validate::Limits;
 use esk_runtime::config::CommonConfig;
 use esk_runtime::http_server::ServerLimits;
+use esk_runtime::tls::TlsArgs;
 
 /// Settings of the `ingest` binary.
 #[derive(Debug, Clone, Parser)]
@@ -22,6 +23,9 @@ pub struct IngestConfig {
     /// HTTP listen address of the API (appends, reads, /openapi.json; nothing else).
     #[arg(long, env = "ESK_INGEST_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_addr: String,
+    /// TLS of the API listener (the admin listener stays plain HTTP on loopback).
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Admin listen address: /metrics, /health and /ready, never on the API's port. Loopback
     /// by default; widen it only for a scraper on a trusted network.
     #[arg(long, env = "ESK_INGEST_ADMIN_ADDR", default_value = "127.0.0.1:9180")]

@@ -36,6 +36,8 @@ pub use config::IngestConfig;
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let telemetry = Telemetry::new("ingest");
     let metrics = Arc::new(metrics::IngestMetrics::new(&telemetry.registry));
+    // Before anything connects: a certificate problem stops the start at once.
+    let tls = config.tls.acceptor()?;
 
     let pool = esk_runtime::db::connect_with_settings(
         &config.common.database_url,
@@ -106,12 +108,13 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
         .await
         .map_err(RunError::listen(&config.admin_addr))?;
     supervisor.watch("admin server", admin);
-    tracing::info!(addr = %config.http_addr, admin = %config.admin_addr, "ingest listening");
+    tracing::info!(addr = %config.http_addr, admin = %config.admin_addr, tls = tls.is_some(),
+        "ingest listening");
     let stop = shutdown.clone();
     let refused = telemetry.refused_connections.clone();
     let limits = config.server.clone();
     supervisor.spawn_fallible("http server", async move {
-        esk_runtime::http_server::serve(listener, app, &limits, refused, stop)
+        esk_runtime::http_server::serve(listener, app, &limits, tls, refused, stop)
             .await
             .map_err(Into::into)
     });

@@ -14,7 +14,9 @@ pub enum DbError {
     /// The connection string does not parse.
     #[error("invalid database url: {0}")]
     InvalidUrl(#[source] sqlx::Error),
-    /// The server could not be reached or refused us.
+    /// The server could not be reached or refused us. A failed TLS handshake (an untrusted
+    /// or mismatched server certificate under `sslmode=verify-full`, a server without TLS
+    /// under `sslmode=require`) is a [`sqlx::Error::Tls`] here.
     #[error("cannot connect to Postgres: {0}")]
     Connect(#[source] sqlx::Error),
     /// A migration failed.
@@ -29,6 +31,10 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError>
 }
 
 /// Like [`connect`], with extra session settings (`lock_timeout`, ...) on every connection.
+///
+/// TLS follows the URL: `sslmode=verify-full&sslrootcert=/path/ca.pem` checks the server's
+/// certificate against that CA and its name against the URL's host; `require` encrypts without
+/// checking; the default, `prefer`, encrypts when the server offers TLS.
 pub async fn connect_with_settings(
     url: &str,
     max_connections: u32,
@@ -44,7 +50,26 @@ pub async fn connect_with_settings(
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
-        .map_err(DbError::Connect)
+        .map_err(|error| DbError::Connect(tls_failure_as_tls(error)))
+}
+
+/// sqlx reports a handshake that rustls refused (an untrusted certificate, a wrong host name)
+/// as an I/O error; it is a TLS one, and a caller should be able to tell it from a server that
+/// is not there.
+fn tls_failure_as_tls(error: sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            match io.into_inner() {
+                Some(inner) => sqlx::Error::Tls(inner),
+                None => sqlx::Error::Io(std::io::ErrorKind::InvalidData.into()),
+            }
+        }
+        other => other,
+    }
 }
 
 /// Applies every pending migration; applying twice is a no-op.
@@ -157,5 +182,17 @@ mod tests {
         }
         assert!(is_transient(&sqlx::Error::PoolTimedOut));
         assert!(!is_transient(&sqlx::Error::RowNotFound));
+    }
+
+    #[test]
+    fn a_refused_certificate_is_a_tls_error() {
+        let refused = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, refused);
+        let error = tls_failure_as_tls(sqlx::Error::Io(io));
+        assert!(matches!(error, sqlx::Error::Tls(_)), "{error:?}");
+        assert!(error.to_string().contains("certificate"), "{error}");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = tls_failure_as_tls(sqlx::Error::Io(refused));
+        assert!(matches!(error, sqlx::Error::Io(_)), "{error:?}");
     }
 }

@@ -2,6 +2,10 @@
 //! `axum::serve` does not bound: a deadline for a request's headers (a client that sends them
 //! slowly is disconnected) and a cap on open connections (connections beyond it are closed at
 //! once instead of queueing). Shutdown stops accepting and lets open requests finish.
+//!
+//! With a [`TlsAcceptor`] the listener speaks HTTPS only. The handshake runs in the
+//! connection's own task, holding one of the capped slots and bounded by the header deadline,
+//! so a client that never finishes it is disconnected like a slow-header one.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 /// How long open requests get to finish after shutdown starts.
@@ -23,7 +28,8 @@ const DRAIN: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Args)]
 pub struct ServerLimits {
     /// A client must send a request's headers within this many milliseconds, else its
-    /// connection is closed (slow-header clients cannot hold connections open).
+    /// connection is closed (slow-header clients cannot hold connections open). Over TLS, the
+    /// handshake before them has the same deadline.
     #[arg(long, env = "ESK_HTTP_HEADER_TIMEOUT_MS", default_value_t = 5_000)]
     pub header_timeout_ms: u64,
     /// Most open connections; one more is closed as soon as it is accepted.
@@ -40,22 +46,25 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled; `refused` counts the connections
-/// closed because the cap was reached.
+/// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled;
+/// `refused` counts the connections closed because the cap was reached.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: &ServerLimits,
+    tls: Option<TlsAcceptor>,
     refused: prometheus::IntCounter,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms.max(1));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms.max(1)));
+        .header_read_timeout(header_timeout);
     builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let accepted = tokio::select! {
@@ -77,14 +86,23 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let connection = Connection {
+            builder: builder.clone(),
+            app: app.clone(),
+            // Taken now, so a shutdown that starts during a TLS handshake still waits for
+            // (and then closes) this connection.
+            watcher: graceful.watcher(),
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            // A client that goes away or times out ends its connection; nothing to report.
-            let _ = connection.await;
+            match tls {
+                None => connection.serve(stream).await,
+                Some(acceptor) => {
+                    if let Some(stream) = handshake(&acceptor, stream, header_timeout).await {
+                        connection.serve(stream).await;
+                    }
+                }
+            }
             drop(slot);
         });
     }
@@ -95,4 +113,49 @@ pub async fn serve(
         tracing::warn!("open HTTP requests did not finish within {DRAIN:?}; closing them");
     }
     Ok(())
+}
+
+/// What one accepted connection is served with.
+struct Connection {
+    builder: Arc<Builder<TokioExecutor>>,
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+}
+
+impl Connection {
+    /// Serves HTTP on `io` until the client leaves, times out or shutdown closes it.
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = TowerToHyperService::new(self.app);
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        // A client that goes away or times out ends its connection; nothing to report.
+        let _ = self.watcher.watch(connection).await;
+    }
+}
+
+/// The TLS stream of `stream`, or `None` (logged at debug) when the client does not complete
+/// a handshake within `deadline`: plain HTTP on the HTTPS port, an untrusted certificate, or
+/// nothing at all.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    deadline: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let peer = stream.peer_addr().ok();
+    match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::debug!(%error, ?peer, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "TLS handshake not finished within {deadline:?}");
+            None
+        }
+    }
 }

@@ -15,4 +15,5 @@ pub mod scope;
 pub mod service;
 pub mod supervisor;
 pub mod telemetry;
+pub mod tls;
 pub mod tokens;

@@ -113,6 +113,15 @@ mod tests {
             redact_url("https://user:pw@hooks.example/x?token=t&a=1#f"),
             "https://user:***@hooks.example/x?token=***&a=1#f"
         );
+        // TLS settings are paths, not secrets: a verify-full URL keeps them.
+        assert_eq!(
+            redact_url(
+                "postgres://esk:s3cret@db:5432/esk?sslmode=verify-full&sslrootcert=/etc/esk/ca.pem\
+                 &sslcert=/etc/esk/c.pem&sslkey=/etc/esk/k.pem&sslpassword=kp"
+            ),
+            "postgres://esk:***@db:5432/esk?sslmode=verify-full&sslrootcert=/etc/esk/ca.pem\
+             &sslcert=/etc/esk/c.pem&sslkey=/etc/esk/k.pem&sslpassword=***"
+        );
         assert_eq!(redact_url("postgres://esk@h/db"), "postgres://esk@h/db");
         assert_eq!(redact_url("http://h:80/p?q=1"), "http://h:80/p?q=1");
         assert_eq!(redact_url("127.0.0.1:9092"), "127.0.0.1:9092");

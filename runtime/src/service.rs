@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::DbError;
 use crate::supervisor::{SupervisorError, EXIT_TASK_ENDED};
+use crate::tls::TlsError;
 
 /// Why a service's `run` returned an error.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +17,9 @@ pub enum RunError {
     /// A Kafka client could not be created or subscribed at start.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The TLS certificate or key of the HTTP listener cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

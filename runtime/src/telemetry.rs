@@ -160,7 +160,7 @@ impl Telemetry {
         let refused = self.refused_connections.clone();
         Ok(tokio::spawn(async move {
             let limits = crate::http_server::ServerLimits::default();
-            crate::http_server::serve(listener, app, &limits, refused, shutdown).await
+            crate::http_server::serve(listener, app, &limits, None, refused, shutdown).await
         }))
     }
 

@@ -16,6 +16,7 @@ pub mod process;
 pub mod projector;
 pub mod roles;
 pub mod soak;
+pub mod tls;
 
 #[cfg(feature = "testcontainers")]
 pub mod containers;
