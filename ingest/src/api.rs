@@ -190,7 +190,7 @@ impl IntoResponse for ApiError {
     responses(
         (status = 201, description = "Accepted", body = AppendResponse),
         (status = 400, description = "Malformed JSON, path or header", body = ErrorEnvelope),
-        (status = 401, description = "unauthorized: no valid bearer token (missing, malformed, unknown, expired or revoked); nothing was written", body = ErrorEnvelope),
+        (status = 401, description = "unauthorized: no valid bearer token (missing, malformed, unknown, expired or revoked, or a JWT that fails verification; the message says which check failed); nothing was written", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no append scope for this stream; nothing was written", body = ErrorEnvelope),
         (status = 408, description = "The body did not arrive in time; nothing was written", body = ErrorEnvelope),
         (status = 409, description = "wrong_expected_version (with actual_version), append_id_reused, append_expired or duplicate_event_id", body = ErrorEnvelope),

@@ -1,24 +1,26 @@
 //! Who is asking and whether they may: the bearer token of an HTTP request or of a Kafka
-//! record's `authorization` header, hashed and looked up through a short-lived cache, and the
-//! scopes a request needs. One SHA-256 and one map lookup per request while the cache is warm.
+//! record's `authorization` header, and the scopes a request needs. A token is one of esk's own
+//! (hashed and looked up in Postgres) or, with a JWKS file set, a JWT from an identity provider
+//! (verified, see [`crate::jwt`]); either answer is cached by the token's SHA-256, so one hash
+//! and one map lookup per request while the cache is warm.
 
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use esk_runtime::scope::{allows, Need};
-use esk_runtime::tokens::{self, TokenHash, TokenRecord, MAX_TOKEN_LEN};
+use esk_runtime::scope::{allows, Need, Scope};
+use esk_runtime::tokens::{self, TokenRecord, MAX_TOKEN_LEN};
 use sqlx::PgPool;
 
-/// Most token lookups cached; beyond it stale entries are dropped (and then all, so a flood of
-/// unknown tokens cannot grow memory).
-const MAX_CACHED: usize = 10_000;
+use crate::credential_cache::CredentialCache;
+use crate::jwt::{is_jwt_shaped, JwtGrant, JwtVerifier, MAX_JWT_LEN};
 
 /// Checks tokens, or lets everything through when auth is off (`--insecure-no-auth`).
 #[derive(Debug)]
 pub(crate) struct Auth {
     store: Option<Store>,
+    /// JWT verification, when a JWKS file is set.
+    jwt: Option<JwtVerifier>,
 }
 
 #[derive(Debug)]
@@ -26,14 +28,8 @@ struct Store {
     pool: PgPool,
     /// How long a lookup is trusted: the bound on how late a revocation applies.
     ttl: Duration,
-    /// Read on every request, written once per token per `ttl`.
-    cache: RwLock<HashMap<TokenHash, Cached>>,
-}
-
-#[derive(Debug, Clone)]
-struct Cached {
-    fetched: Instant,
-    record: Option<Arc<TokenRecord>>,
+    /// The lookups, found or not.
+    cache: CredentialCache<Option<Arc<TokenRecord>>>,
 }
 
 /// Who a request comes from.
@@ -41,8 +37,10 @@ struct Cached {
 pub(crate) enum Principal {
     /// Auth is off: everything is allowed.
     Anyone,
-    /// A valid token.
+    /// A valid esk token.
     Token(Arc<TokenRecord>),
+    /// A verified JWT.
+    Jwt(Arc<JwtGrant>),
 }
 
 /// Why a request is refused.
@@ -79,17 +77,21 @@ impl AuthError {
 impl Auth {
     /// Everything allowed.
     pub(crate) fn off() -> Self {
-        Auth { store: None }
+        Auth {
+            store: None,
+            jwt: None,
+        }
     }
 
-    /// Tokens from `pool`, each lookup trusted for `ttl`.
-    pub(crate) fn on(pool: PgPool, ttl: Duration) -> Self {
+    /// Tokens from `pool`, each lookup trusted for `ttl`; JWTs too when `jwt` is given.
+    pub(crate) fn on(pool: PgPool, ttl: Duration, jwt: Option<JwtVerifier>) -> Self {
         Auth {
             store: Some(Store {
                 pool,
                 ttl,
-                cache: RwLock::new(HashMap::new()),
+                cache: CredentialCache::new(),
             }),
+            jwt,
         }
     }
 
@@ -98,22 +100,27 @@ impl Auth {
         let Some(store) = &self.store else {
             return Ok(Principal::Anyone);
         };
-        let token = bearer(header)?;
-        let hash = tokens::hash(token);
-        let record = match store.cached(&hash) {
-            Some(record) => record,
-            None => {
-                let record = tokens::lookup(&store.pool, &hash)
-                    .await
-                    .map_err(|error| {
-                        tracing::warn!(%error, "token lookup failed");
-                        AuthError::Unavailable
-                    })?
-                    .map(Arc::new);
-                store.remember(hash, record.clone());
-                record
-            }
+        let max_len = if self.jwt.is_some() {
+            MAX_JWT_LEN
+        } else {
+            MAX_TOKEN_LEN
         };
+        let token = bearer(header, max_len)?;
+        if let Some(jwt) = &self.jwt {
+            if is_jwt_shaped(token) {
+                return jwt
+                    .verify(token)
+                    .await
+                    .map(Principal::Jwt)
+                    .inspect_err(|e| {
+                        tracing::debug!(error = %e.message(), "JWT refused");
+                    });
+            }
+            if token.len() > MAX_TOKEN_LEN {
+                return Err(AuthError::Unauthorized(TOO_LONG));
+            }
+        }
+        let record = store.lookup(token).await?;
         let record = record.ok_or(AuthError::Unauthorized("unknown token"))?;
         if record.revoked_at.is_some() {
             return Err(AuthError::Unauthorized("the token was revoked"));
@@ -129,62 +136,70 @@ impl Principal {
     /// The topic this principal's Kafka appends are answered on, when it has one of its own.
     pub(crate) fn results_topic(&self) -> Option<&str> {
         match self {
-            Principal::Anyone => None,
+            // JWTs name no results topic: theirs is the shared one.
+            Principal::Anyone | Principal::Jwt(_) => None,
             Principal::Token(record) => record.results_topic.as_deref(),
         }
     }
 
     /// Ok when this principal may do `need`.
     pub(crate) fn require(&self, need: Need<'_>) -> Result<(), AuthError> {
+        let scopes: &[Scope] = match self {
+            Principal::Anyone => return Ok(()),
+            Principal::Token(record) => &record.scopes,
+            Principal::Jwt(grant) => &grant.scopes,
+        };
+        if allows(scopes, need) {
+            return Ok(());
+        }
+        let need = match need {
+            Need::Append(stream) => format!("appending to {stream:?}"),
+            Need::ReadStream(stream) => format!("reading {stream:?}"),
+            Need::ReadCategory(category) => format!("reading category {category:?}"),
+            Need::ReadAll => "reading every stream (read:*)".into(),
+            Need::Admin => "admin operations".into(),
+        };
+        tracing::debug!(principal = self.name(), %need, "refused: no scope for it");
+        Err(AuthError::Forbidden(need))
+    }
+
+    /// Its name in logs: the token's name, or the JWT's `sub`.
+    pub(crate) fn name(&self) -> &str {
         match self {
-            Principal::Anyone => Ok(()),
-            Principal::Token(record) if allows(&record.scopes, need) => Ok(()),
-            Principal::Token(_) => Err(AuthError::Forbidden(match need {
-                Need::Append(stream) => format!("appending to {stream:?}"),
-                Need::ReadStream(stream) => format!("reading {stream:?}"),
-                Need::ReadCategory(category) => format!("reading category {category:?}"),
-                Need::ReadAll => "reading every stream (read:*)".into(),
-                Need::Admin => "admin operations".into(),
-            })),
+            Principal::Anyone => "anyone",
+            Principal::Token(record) => &record.name,
+            Principal::Jwt(grant) => &grant.subject,
         }
     }
 }
 
 impl Store {
-    fn cached(&self, hash: &TokenHash) -> Option<Option<Arc<TokenRecord>>> {
-        let cache = self.cache.read().ok()?;
-        let entry = cache.get(hash)?;
-        (entry.fetched.elapsed() < self.ttl).then(|| entry.record.clone())
-    }
-
-    fn remember(&self, hash: TokenHash, record: Option<Arc<TokenRecord>>) {
-        let Ok(mut cache) = self.cache.write() else {
-            return;
-        };
-        if cache.len() >= MAX_CACHED {
-            let ttl = self.ttl;
-            cache.retain(|_, entry| entry.fetched.elapsed() < ttl);
-            if cache.len() >= MAX_CACHED {
-                cache.clear();
-            }
+    /// The token's record (`None`: no such token), from the cache or else Postgres.
+    async fn lookup(&self, token: &str) -> Result<Option<Arc<TokenRecord>>, AuthError> {
+        let hash = tokens::hash(token);
+        if let Some(record) = self.cache.get(&hash) {
+            return Ok(record);
         }
-        cache.insert(
-            hash,
-            Cached {
-                fetched: Instant::now(),
-                record,
-            },
-        );
+        let record = tokens::lookup(&self.pool, &hash)
+            .await
+            .map_err(|error| {
+                tracing::warn!(%error, "token lookup failed");
+                AuthError::Unavailable
+            })?
+            .map(Arc::new);
+        self.cache
+            .insert(hash, record.clone(), Instant::now() + self.ttl);
+        Ok(record)
     }
 }
 
-/// The token of a `Bearer` authorization value.
-fn bearer(header: Option<&[u8]>) -> Result<&str, AuthError> {
+const TOO_LONG: &str = "the authorization value is too long";
+
+/// The token of a `Bearer` authorization value of at most `max_len` bytes of token.
+fn bearer(header: Option<&[u8]>, max_len: usize) -> Result<&str, AuthError> {
     let value = header.ok_or(AuthError::Unauthorized("no token"))?;
-    if value.len() > MAX_TOKEN_LEN + "Bearer ".len() {
-        return Err(AuthError::Unauthorized(
-            "the authorization value is too long",
-        ));
+    if value.len() > max_len + "Bearer ".len() {
+        return Err(AuthError::Unauthorized(TOO_LONG));
     }
     let value = std::str::from_utf8(value)
         .map_err(|_| AuthError::Unauthorized("the authorization value is not text"))?;
@@ -209,8 +224,14 @@ mod tests {
 
     #[test]
     fn only_well_formed_bearer_values_yield_a_token() {
-        assert_eq!(bearer(Some(b"Bearer esk_abc")), Ok("esk_abc"));
-        assert_eq!(bearer(Some(b"bearer  esk_abc")), Ok("esk_abc"));
+        assert_eq!(
+            bearer(Some(b"Bearer esk_abc"), MAX_TOKEN_LEN),
+            Ok("esk_abc")
+        );
+        assert_eq!(
+            bearer(Some(b"bearer  esk_abc"), MAX_TOKEN_LEN),
+            Ok("esk_abc")
+        );
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
         for bad in [
             None,
@@ -223,7 +244,7 @@ mod tests {
             Some(long.as_bytes()),
         ] {
             assert!(
-                matches!(bearer(bad), Err(AuthError::Unauthorized(_))),
+                matches!(bearer(bad, MAX_TOKEN_LEN), Err(AuthError::Unauthorized(_))),
                 "{bad:?} was accepted"
             );
         }
@@ -241,13 +262,20 @@ mod tests {
         })
     }
 
+    /// Caches `record` as the lookup of `token`, for the store's ttl.
+    fn remember(store: &Store, token: &str, record: Option<Arc<TokenRecord>>) {
+        store
+            .cache
+            .insert(tokens::hash(token), record, Instant::now() + store.ttl);
+    }
+
     /// Auth whose store cannot be reached: only cached answers can succeed.
     fn unreachable(ttl: Duration) -> Auth {
         let pool = sqlx::postgres::PgPoolOptions::new()
             .acquire_timeout(Duration::from_millis(200))
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .expect("a lazy pool");
-        Auth::on(pool, ttl)
+        Auth::on(pool, ttl, None)
     }
 
     #[tokio::test]
@@ -260,7 +288,7 @@ mod tests {
             ("revoked", Some(record(60, true))),
             ("unknown", None),
         ] {
-            store.remember(tokens::hash(token), cached);
+            remember(store, token, cached);
         }
         let principal = auth
             .authenticate(Some(b"Bearer valid"))
@@ -290,7 +318,7 @@ mod tests {
         // A stale entry is looked up again (and the store is down).
         let stale = unreachable(Duration::ZERO);
         let store = stale.store.as_ref().expect("on");
-        store.remember(tokens::hash("valid"), Some(record(60, false)));
+        remember(store, "valid", Some(record(60, false)));
         assert_eq!(
             stale.authenticate(Some(b"Bearer valid")).await.err(),
             Some(AuthError::Unavailable)
@@ -305,7 +333,7 @@ mod tests {
         let auth = unreachable(Duration::from_secs(600));
         let token = format!("Bearer esk_{}", "ab".repeat(32));
         let store = auth.store.as_ref().expect("on");
-        store.remember(tokens::hash(&token[7..]), Some(record(600, false)));
+        remember(store, &token[7..], Some(record(600, false)));
         let rounds = 100_000u32;
         let started = Instant::now();
         for _ in 0..rounds {
@@ -316,17 +344,6 @@ mod tests {
             assert!(principal.require(Need::Append("Order-1")).is_ok());
         }
         println!("cached check: {:?} each", started.elapsed() / rounds);
-    }
-
-    #[tokio::test]
-    async fn the_cache_stays_bounded() {
-        let auth = unreachable(Duration::from_secs(60));
-        let store = auth.store.as_ref().expect("on");
-        for i in 0..MAX_CACHED + 10 {
-            store.remember(tokens::hash(&i.to_string()), None);
-        }
-        let len = store.cache.read().map(|c| c.len()).unwrap_or(usize::MAX);
-        assert!(len <= MAX_CACHED, "{len} entries");
     }
 
     #[tokio::test]

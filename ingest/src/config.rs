@@ -94,12 +94,56 @@ pub struct IngestConfig {
     #[arg(long, env = "ESK_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
     /// How long a token lookup is cached, in seconds: a revoked token stops working at most
-    /// this long after `esk token revoke`.
+    /// this long after `esk token revoke`. A verified JWT is trusted as long (or until its
+    /// `exp`, if sooner).
     #[arg(long, env = "ESK_AUTH_CACHE_SECS", default_value_t = 5)]
     pub auth_cache_secs: u64,
+    #[command(flatten)]
+    pub jwt: JwtSettings,
     /// Apply schema migrations at start-up.
     #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,
+}
+
+/// JWT verification, for bearer tokens issued by an identity provider; on only when a JWKS file
+/// is given, alongside esk's own tokens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JwtSettings {
+    /// A JSON Web Key Set file (`{"keys": [...]}`) with the identity provider's public keys.
+    /// Setting it turns JWT verification on: a bearer token with two dots is verified as a JWT,
+    /// any other is looked up as an esk token. The file is read again when it changes.
+    #[arg(long = "jwt-jwks-file", env = "ESK_JWT_JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// The `iss` every JWT must carry (required with --jwt-jwks-file).
+    #[arg(long = "jwt-issuer", env = "ESK_JWT_ISSUER")]
+    pub issuer: Option<String>,
+    /// The value the `aud` of every JWT must be or contain (required with --jwt-jwks-file).
+    #[arg(long = "jwt-audience", env = "ESK_JWT_AUDIENCE")]
+    pub audience: Option<String>,
+    /// The claim that holds a JWT's esk scopes: a space-separated string (as OAuth 2's
+    /// `scope`) or an array of strings. Other scopes in it (`openid`, ...) are ignored.
+    #[arg(
+        long = "jwt-scopes-claim",
+        env = "ESK_JWT_SCOPES_CLAIM",
+        default_value = "scope"
+    )]
+    pub scopes_claim: String,
+    /// Clock skew allowed when checking a JWT's `exp` and `nbf`, in seconds.
+    #[arg(
+        long = "jwt-leeway-secs",
+        env = "ESK_JWT_LEEWAY_SECS",
+        default_value_t = 30
+    )]
+    pub leeway_secs: u64,
+    /// How often the JWKS file is checked for a change, in seconds: a key added or removed
+    /// applies at most this long after the file changes (a token with an unknown `kid` also
+    /// triggers a check, at most once a second).
+    #[arg(
+        long = "jwt-jwks-reload-secs",
+        env = "ESK_JWT_JWKS_RELOAD_SECS",
+        default_value_t = 5
+    )]
+    pub jwks_reload_secs: u64,
 }
 
 impl IngestConfig {

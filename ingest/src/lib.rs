@@ -6,10 +6,13 @@ mod api;
 mod attempt;
 mod auth;
 mod config;
+mod credential_cache;
 mod decide;
 mod event_claims;
 mod ingest_log;
 mod internal_events;
+mod jwks;
+mod jwt;
 mod kafka_appends;
 mod ledger;
 mod metrics;
@@ -28,7 +31,7 @@ use esk_runtime::supervisor::{Supervisor, Watchdog};
 use esk_runtime::telemetry::Telemetry;
 use tokio_util::sync::CancellationToken;
 
-pub use config::IngestConfig;
+pub use config::{IngestConfig, JwtSettings};
 
 /// Runs ingest until `shutdown` is cancelled (then drains and returns `Ok`), or until one of its
 /// tasks ends early ([`RunError::Stopped`]). Errors before it is serving are returned as they
@@ -48,7 +51,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     if config.migrate {
         esk_runtime::db::migrate(&pool).await?;
     }
-    let auth = Arc::new(authenticator(&config, &pool));
+    let auth = Arc::new(authenticator(&config, &pool).await?);
     let ingest_log = ingest_log::IngestLog::new(&config)?;
     let producer = ingest_log.producer().clone();
     let mut supervisor = Supervisor::new(shutdown.clone(), telemetry.health.clone());
@@ -123,14 +126,16 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     Ok(())
 }
 
-/// Tokens checked against `pool`, or, with `--insecure-no-auth`, nothing checked and a warning
-/// at every start (louder when the API is reachable from other hosts).
-fn authenticator(config: &IngestConfig, pool: &sqlx::PgPool) -> auth::Auth {
+/// Tokens checked against `pool` (and JWTs, with a JWKS file), or, with `--insecure-no-auth`,
+/// nothing checked and a warning at every start (louder when the API is reachable from other
+/// hosts). JWT settings that cannot be used stop ingest here.
+async fn authenticator(config: &IngestConfig, pool: &sqlx::PgPool) -> Result<auth::Auth, RunError> {
     if !config.insecure_no_auth {
-        return auth::Auth::on(
-            pool.clone(),
-            std::time::Duration::from_secs(config.auth_cache_secs),
-        );
+        let ttl = std::time::Duration::from_secs(config.auth_cache_secs);
+        let jwt = jwt::JwtVerifier::from_settings(&config.jwt, ttl)
+            .await
+            .map_err(|e| RunError::Settings(Box::new(e)))?;
+        return Ok(auth::Auth::on(pool.clone(), ttl, jwt));
     }
     if config.listens_on_loopback() {
         tracing::warn!(addr = %config.http_addr,
@@ -140,5 +145,5 @@ fn authenticator(config: &IngestConfig, pool: &sqlx::PgPool) -> auth::Auth {
             "AUTHENTICATION IS OFF (--insecure-no-auth) ON A NON-LOOPBACK ADDRESS: anyone who \
              can reach this address may append and read every stream; remove the flag");
     }
-    auth::Auth::off()
+    Ok(auth::Auth::off())
 }

@@ -68,6 +68,15 @@ pub struct InvalidScope {
     pub reason: &'static str,
 }
 
+impl Scope {
+    /// Whether `text` is meant as an esk scope, valid or not (`admin`, or `append:`/`read:`
+    /// and anything): what else a token from an identity provider carries (`openid`,
+    /// `profile`, other services' scopes) is not esk's to judge.
+    pub fn is_meant_as_scope(text: &str) -> bool {
+        text == "admin" || text.starts_with("append:") || text.starts_with("read:")
+    }
+}
+
 impl FromStr for Scope {
     type Err = InvalidScope;
 
@@ -172,6 +181,12 @@ mod tests {
             "Admin",
         ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad:?} parsed");
+        }
+        for meant in ["admin", "append:*", "read:", "read:Or*der", "append:x"] {
+            assert!(Scope::is_meant_as_scope(meant), "{meant:?}");
+        }
+        for other in ["openid", "profile", "Admin", "write:*", "email", ""] {
+            assert!(!Scope::is_meant_as_scope(other), "{other:?}");
         }
     }
 

@@ -29,6 +29,10 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// A setting cannot be used (a file it names is unreadable, a required companion setting
+    /// is missing, ...): found at start, before anything runs.
+    #[error("{0}")]
+    Settings(Box<dyn std::error::Error + Send + Sync>),
     /// The service started and then one of its tasks ended before shutdown was asked for.
     #[error(transparent)]
     Stopped(#[from] SupervisorError),
