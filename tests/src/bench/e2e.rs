@@ -10,8 +10,8 @@ use super::line::Line;
 use super::services::{run, Service};
 use super::{emit, env_of, report, say, Bench, ANCHOR_BATCH, DRAIN_TIMEOUT, STREAM_EVENTS};
 
-/// Seconds of load before the lag is measured.
-const LAG_WARMUP_SECONDS: u32 = 5;
+/// Seconds of load before the lag (or the latency curve) is measured.
+pub(crate) const LAG_WARMUP_SECONDS: u32 = 5;
 /// Accepted events so far, from the ledger.
 const ACCEPTED_SQL: &str =
     "SELECT coalesce(sum(event_count), 0) FROM append_ledger WHERE status = 'accepted'";
@@ -33,7 +33,7 @@ pub(crate) struct E2e {
 }
 
 impl E2e {
-    async fn accepted(&self) -> anyhow::Result<i64> {
+    pub(crate) async fn accepted(&self) -> anyhow::Result<i64> {
         database::value(&self.pool, ACCEPTED_SQL).await
     }
 
@@ -52,7 +52,11 @@ impl E2e {
     }
 
     /// Polls until `target` events are projected by both projections (None without projector).
-    async fn projected(&mut self, target: i64, start: Instant) -> anyhow::Result<Option<Poll>> {
+    pub(crate) async fn projected(
+        &mut self,
+        target: i64,
+        start: Instant,
+    ) -> anyhow::Result<Option<Poll>> {
         let Some(projector) = self.projector.as_mut() else {
             return Ok(None);
         };
@@ -69,7 +73,7 @@ impl E2e {
     }
 
     /// Waits until everything accepted so far is indexed and projected (no timing).
-    async fn drain(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn drain(&mut self) -> anyhow::Result<()> {
         let accepted = self.accepted().await?;
         let start = Instant::now();
         if !self.indexed(accepted, start).await?.reached {
@@ -85,11 +89,25 @@ impl E2e {
         Ok(())
     }
 
-    fn projector(&self) -> anyhow::Result<&Service> {
+    pub(crate) fn projector(&self) -> anyhow::Result<&Service> {
         self.projector
             .as_ref()
-            .context("the lag benchmark needs the projector")
+            .context("the lag and curve benchmarks need the projector")
     }
+}
+
+/// loadgen's arguments for `rate` appends per second over `seconds`, measured from the start.
+pub(crate) fn paced(rate: &str, seconds: &str) -> Vec<String> {
+    [
+        "--rate",
+        rate,
+        "--seconds",
+        seconds,
+        "--warmup-seconds",
+        "0",
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 impl Bench {
@@ -182,7 +200,7 @@ impl Bench {
     }
 
     /// Runs loadgen against `e2e`'s ingest with `writers` writers and `args`.
-    async fn loadgen(
+    pub(crate) async fn loadgen(
         &self,
         e2e: &E2e,
         writers: u32,
@@ -262,17 +280,7 @@ impl Bench {
     pub(crate) async fn live_lag(&mut self, e2e: &mut E2e) -> anyhow::Result<()> {
         let (rate, rate_value) = self.settings.lag_rate.clone();
         let writers = self.settings.lag_writers;
-        let paced = |seconds: String| {
-            [
-                "--rate".to_owned(),
-                rate.clone(),
-                "--seconds".into(),
-                seconds,
-            ]
-            .into_iter()
-            .chain(["--warmup-seconds".to_owned(), "0".into()])
-            .collect::<Vec<_>>()
-        };
+        let paced = |seconds: String| paced(&rate, &seconds);
         e2e.drain().await?;
         say(&format!(
             "live lag: warm-up at {rate} appends/s for {LAG_WARMUP_SECONDS}s (not measured)"

@@ -3,12 +3,21 @@
 //! the figures compare as ratios (absolute numbers drift on noisy machines). Prints JSON lines on
 //! stdout (progress goes to stderr):
 //!
-//! - `ingest`:
+//! - `ingest` (the anchors first, on a quiet machine):
 //!   - `{"anchor": "seed-template-2", ...}` the seed's append logic, straight to Postgres
+//!   - `{"anchor": "emmett", ..., "library": "emmett-postgresql-0.42.0", "verified": true}` and
+//!     `{"anchor": "eventsourcing", ...}`: the peer event stores the anchors' README lists
+//!     (`run_emmett.sh`, `run_eventsourcing.sh`: Node's Emmett, Python's `eventsourcing`), same
+//!     workload, each on a fresh database of its own (esk_bench_emmett,
+//!     esk_bench_eventsourcing), checked with `--verify`; the first run installs them into
+//!     `~/.cache/esk-anchors` (npm, pip). One that cannot run (no `node`, no network for the
+//!     install, a failed verification) prints `{"anchor": "emmett", "error": "<why>"}` and the
+//!     run carries on (its ratio is null)
 //!   - `{"bench": "ingest-http", ...}` our ingest, driven over HTTP by loadgen (16 writers);
 //!     then the same line of a second loadgen run with `ESK_BENCH_INGEST_IN_FLIGHT` appends in
 //!     flight per writer
-//!   - `{"bench": "ingest-vs-seed", "ratio_events_per_s": ..}` and
+//!   - `{"bench": "ingest-vs-seed", "ratio_events_per_s": ..}`, `ingest-vs-emmett`,
+//!     `ingest-vs-eventsourcing` (the first loadgen run: the anchors' workload) and
 //!     `{"bench": "ingest-in-flight-vs-seed", "ratio_events_per_s": ..}`
 //! - `auth`: ingest with authentication on and off, alternating over 3 rounds on fresh
 //!   databases, loadgen with 16 writers and `ESK_BENCH_INGEST_IN_FLIGHT` in flight each:
@@ -47,18 +56,37 @@
 //!     p50/p99 of `esk_projector_event_lag_seconds` (acceptance at ingest → applied by a live
 //!     projection) over a run of loadgen at a fixed rate
 //!   - `{"bench": "projector-live-lag-ingest-metrics", ...}` ingest's averages over that run
+//! - `curve` (on the same services as `e2e`, after it and `lag`; about 5 × `ESK_BENCH_SECONDS`
+//!   plus a warm-up and the drains):
+//!   - `{"bench": "latency-curve-max", "source": "end-to-end", "events_per_s": ..}` the maximum
+//!     the steps take fractions of: the `end-to-end` line's `projected_events_per_s` when `e2e`
+//!     ran; otherwise `"source": "closed-loop"`, a loadgen run like `e2e`'s of at most 10 s,
+//!     accepted events over the time until all of them were projected
+//!   - per step, at 10, 25, 50, 75 and 90% of it: `{"bench": "latency-curve", "fraction": 0.1,
+//!     "rate_events_per_s": .., "achieved_events_per_s": .., "append_p50_ms": ..,
+//!     "append_p99_ms": .., "ack_to_projected_p50_ms": .., "ack_to_projected_p99_ms": .., ...}`:
+//!     open-loop load (loadgen `--rate` with `ESK_BENCH_LAG_WRITERS` writers and enough
+//!     appends in flight that answers taking up to 0.5 s do not slow the offered rate down, up
+//!     to as many in all as the closed-loop run had); append latency is loadgen's, acceptance →
+//!     projected is `esk_projector_event_lag_seconds` between scrapes before and after the step
+//!     (interpolated within its buckets: 5, 10, 25, 50, 100, 250 ms, ...). No acceptance →
+//!     indexed figure: the indexer has no histogram of it
+//!   - the curve as a PNG: `ESK_BENCH_CURVE_PNG` [`$ESK_STATE_DIR/latency-curve.png`]
 //!
 //! Environment (defaults in brackets):
 //! - `ESK_BENCH_SECONDS` measured seconds per benchmark [15]
 //! - `ESK_BENCH_WHICH` benchmarks to run, comma or space separated: ingest, indexer, projector,
-//!   auth, e2e, e2e-core, lag [all of them]
+//!   auth, e2e, e2e-core, lag, curve [all of them]
 //! - `ESK_BENCH_INDEXER_EVENTS` events in ingest-log for the indexer benchmark [1000000]
 //! - `ESK_BENCH_E2E_WRITERS` loadgen writers of the end-to-end benchmark [16, like the anchor]
 //! - `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight per writer in the second ingest run [32]
 //! - `ESK_BENCH_E2E_IN_FLIGHT` appends in flight per writer in the end-to-end run [32]
 //! - `ESK_BENCH_LAG_RATE` appends per second (5 events each) of the lag benchmark [400]
 //! - `ESK_BENCH_LAG_WRITERS` loadgen writers of the lag benchmark: enough that the rate is
-//!   reached even when appends are slow (a writer waits for its answer) [64]
+//!   reached even when appends are slow (a writer waits for its answer) [64]; the curve's
+//!   steps use as many, with more appends in flight each when their rate needs them
+//! - `ESK_BENCH_CURVE_PNG` where the latency curve's PNG goes (relative: from the current
+//!   directory) [`$ESK_STATE_DIR/latency-curve.png`]
 //! - `ESK_ANCHORS_DIR` where the anchor scripts live [<repo root>/../shared/anchors]
 //! - `ESK_STATE_DIR` the local stack's state dir [<repo root>/.stack]
 //! - `ESK_PARTITIONS` partitions of the bench topics [6]
@@ -67,18 +95,22 @@
 //!   token, which loadgen sends); off = ingest runs with `--insecure-no-auth` [on]
 //! - `ESK_DATABASE_URL`, `ESK_KAFKA_BROKERS`: the stack's (from its env file)
 //!
-//! Databases it (re)creates and leaves for inspection: esk_bench_anchor, esk_bench_ingest,
-//! esk_bench_indexer, esk_bench_e2e, esk_bench_e2e_core. Service logs:
+//! Databases it (re)creates and leaves for inspection: esk_bench_anchor, esk_bench_emmett,
+//! esk_bench_eventsourcing, esk_bench_ingest, esk_bench_indexer, esk_bench_e2e,
+//! esk_bench_e2e_core. Service logs:
 //! `$ESK_STATE_DIR/bench-*.log`. The services and tools it runs are the release binaries next
 //! to its own executable (`deploy/local/bench` builds them).
 
 mod anchors;
 mod auth;
+mod curve;
 mod database;
 mod e2e;
 mod indexer;
 mod ingest;
 mod line;
+mod peers;
+mod plot;
 mod prometheus;
 mod python;
 mod report;
@@ -170,15 +202,22 @@ impl Bench {
             wants(Benchmark::Indexer),
             wants(Benchmark::Projector),
         );
-        let (e2e_core, e2e, lag) = (
+        let (e2e_core, e2e, lag, curve) = (
             wants(Benchmark::E2eCore),
             wants(Benchmark::E2e),
             wants(Benchmark::Lag),
+            wants(Benchmark::Curve),
         );
         if ingest {
+            // The anchors run on a quiet machine, before our ingest starts.
             let seed = self.anchor_seed().await?;
+            let peers = self.anchor_peers().await;
             let (plain, in_flight) = self.ingest().await?;
             emit(&report::ratio("ingest-vs-seed", &plain, &seed, &["events_per_s"]).to_text());
+            for (peer, line) in &peers {
+                let name = format!("ingest-vs-{}", peer.name);
+                emit(&report::ratio(&name, &plain, line, &["events_per_s"]).to_text());
+            }
             if let Some(in_flight) = in_flight {
                 let ratio = report::ratio(
                     "ingest-in-flight-vs-seed",
@@ -223,15 +262,21 @@ impl Bench {
             emit(&ratio.to_text());
             self.stop_e2e(services).await?;
         }
-        if e2e || lag {
+        if e2e || lag || curve {
             let mut services = self.start_e2e("e2e").await?;
+            let mut end_to_end = None;
             if e2e {
                 let line = self.end_to_end(&mut services, "end-to-end").await?;
                 let ratio = report::ratio("end-to-end-vs-copy", &line, &copy, &["events_per_s"]);
                 emit(&ratio.to_text());
+                end_to_end = Some(line);
             }
             if lag {
                 self.live_lag(&mut services).await?;
+            }
+            if curve {
+                self.latency_curve(&mut services, end_to_end.as_ref())
+                    .await?;
             }
             self.stop_e2e(services).await?;
         }

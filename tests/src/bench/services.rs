@@ -177,6 +177,27 @@ pub(crate) struct Finished {
     pub(crate) last_line: Option<String>,
 }
 
+/// `program` with `args` (and `env` on top of ours): stdin empty, stdout captured, killed when
+/// dropped (so when the bench is interrupted).
+fn command(program: &Path, args: &[String], env: &[(String, String)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// The last non-empty line of `text`.
+fn last_line(text: &str) -> Option<String> {
+    text.lines()
+        .rev()
+        .find(|line| !line.trim().is_empty())
+        .map(str::to_owned)
+}
+
 /// Runs `program` with `args` (and `env` on top of ours) to its end: stdin empty, stdout
 /// captured, stderr passed through. Killed if the bench is interrupted.
 pub(crate) async fn run(
@@ -184,25 +205,88 @@ pub(crate) async fn run(
     args: &[String],
     env: &[(String, String)],
 ) -> anyhow::Result<Finished> {
-    let output = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+    // Not `output()`: it pipes stderr too, and a failing tool's reasons would be lost.
+    let output = command(program, args, env)
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .output()
+        .spawn()
+        .with_context(|| format!("cannot run {}", program.display()))?
+        .wait_with_output()
         .await
-        .with_context(|| format!("cannot run {}", program.display()))?;
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        .with_context(|| format!("running {}", program.display()))?;
     Ok(Finished {
         status: output.status,
-        last_line: stdout
-            .lines()
-            .rev()
-            .find(|line| !line.trim().is_empty())
-            .map(str::to_owned),
+        last_line: last_line(&String::from_utf8_lossy(&output.stdout)),
     })
+}
+
+/// What [`run_keeping_stderr`] saw.
+#[derive(Debug)]
+pub(crate) struct Explained {
+    pub(crate) finished: Finished,
+    /// The last non-empty line it wrote to stderr (why it failed, when it did).
+    pub(crate) last_stderr: Option<String>,
+}
+
+/// [`run`], with stderr passed through line by line and its last line kept, and killed after
+/// `limit`.
+pub(crate) async fn run_keeping_stderr(
+    program: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    limit: Duration,
+) -> anyhow::Result<Explained> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+
+    let mut child = command(program, args, env)
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", program.display()))?;
+    let (Some(mut stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        bail!("{} started without its pipes", program.display());
+    };
+    let read_stdout = async {
+        let mut text = String::new();
+        stdout.read_to_string(&mut text).await.map(|_| text)
+    };
+    let pass_stderr = async {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut last = None;
+        while let Some(line) = lines.next_line().await? {
+            eprintln!("{line}");
+            if !line.trim().is_empty() {
+                last = Some(line);
+            }
+        }
+        Ok::<_, std::io::Error>(last)
+    };
+    let to_end = async {
+        let (text, last_stderr) = tokio::try_join!(read_stdout, pass_stderr)?;
+        let status = child.wait().await?;
+        Ok::<_, std::io::Error>((text, last_stderr, status))
+    };
+    let outcome = tokio::time::timeout(limit, to_end).await;
+    match outcome {
+        Ok(outcome) => {
+            let (text, last_stderr, status) =
+                outcome.with_context(|| format!("running {}", program.display()))?;
+            Ok(Explained {
+                finished: Finished {
+                    status,
+                    last_line: last_line(&text),
+                },
+                last_stderr,
+            })
+        }
+        Err(_) => {
+            // Only the direct child: what it started and left behind ends on its own.
+            let _ = child.start_kill();
+            bail!(
+                "{} did not finish within {}s (killed)",
+                program.display(),
+                limit.as_secs()
+            )
+        }
+    }
 }
 
 /// [`run`], failing unless the command succeeds.
@@ -227,13 +311,9 @@ pub(crate) async fn run_to_stderr(
     args: &[String],
     env: &[(String, String)],
 ) -> anyhow::Result<()> {
-    let status = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
+    let status = command(program, args, env)
         .stdout(Stdio::from(std::io::stderr()))
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .status()
         .await
         .with_context(|| format!("cannot run {}", program.display()))?;
@@ -241,4 +321,34 @@ pub(crate) async fn run_to_stderr(
         bail!("{what} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["-c".into(), script.into()]
+    }
+
+    #[tokio::test]
+    async fn keeps_the_last_stderr_line_of_a_failure() -> anyhow::Result<()> {
+        let script = sh("echo first; echo result; echo progress >&2; echo why >&2; exit 3");
+        let limit = Duration::from_secs(30);
+        let explained = run_keeping_stderr(Path::new("sh"), &script, &[], limit).await?;
+        assert_eq!(explained.finished.status.code(), Some(3));
+        assert_eq!(explained.finished.last_line.as_deref(), Some("result"));
+        assert_eq!(explained.last_stderr.as_deref(), Some("why"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn kills_what_outlives_its_limit() {
+        let started = std::time::Instant::now();
+        let limit = Duration::from_millis(300);
+        let outcome = run_keeping_stderr(Path::new("sh"), &sh("exec sleep 30"), &[], limit).await;
+        let error = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains("did not finish within"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 }

@@ -16,11 +16,12 @@ pub(crate) enum Benchmark {
     E2eCore,
     E2e,
     Lag,
+    Curve,
 }
 
 impl Benchmark {
     /// All of them, in the order they run.
-    const ALL: [Benchmark; 7] = [
+    const ALL: [Benchmark; 8] = [
         Benchmark::Ingest,
         Benchmark::Auth,
         Benchmark::Indexer,
@@ -28,6 +29,7 @@ impl Benchmark {
         Benchmark::E2eCore,
         Benchmark::E2e,
         Benchmark::Lag,
+        Benchmark::Curve,
     ];
 
     fn name(self) -> &'static str {
@@ -39,6 +41,7 @@ impl Benchmark {
             Benchmark::E2eCore => "e2e-core",
             Benchmark::E2e => "e2e",
             Benchmark::Lag => "lag",
+            Benchmark::Curve => "curve",
         }
     }
 
@@ -64,6 +67,9 @@ pub struct Settings {
     pub(crate) state_dir: PathBuf,
     pub(crate) partitions: i32,
     pub(crate) keep_topics: bool,
+    /// Where the latency curve's PNG is written (`ESK_BENCH_CURVE_PNG`, else
+    /// `$ESK_STATE_DIR/latency-curve.png`).
+    pub(crate) curve_png: PathBuf,
     /// The stack's own database: where bench databases are dropped and created from.
     pub(crate) admin_database_url: String,
     pub(crate) brokers: String,
@@ -116,6 +122,10 @@ impl Settings {
             Some(dir) => absolute(Path::new(&dir))?,
             None => root.join(".stack"),
         };
+        let curve_png = match var("ESK_BENCH_CURVE_PNG") {
+            Some(path) => absolute(Path::new(&path))?,
+            None => state_dir.join("latency-curve.png"),
+        };
         let admin_database_url = var("ESK_DATABASE_URL").context(
             "ESK_DATABASE_URL is not set (deploy/local/bench sources the stack's env file)",
         )?;
@@ -135,6 +145,7 @@ impl Settings {
             anchors_dir,
             state_dir,
             partitions: positive("ESK_PARTITIONS", 6)?,
+            curve_png,
             keep_topics: matches!(
                 var("ESK_BENCH_KEEP_TOPICS").as_deref(),
                 Some("1" | "true" | "yes")
@@ -149,6 +160,11 @@ impl Settings {
                 Some(other) => bail!("ESK_BENCH_AUTH must be on or off, got '{other}'"),
             },
         })
+    }
+
+    /// `ESK_BENCH_SECONDS` as a number (checked to be a decimal when read).
+    pub(crate) fn seconds_value(&self) -> f64 {
+        self.seconds.parse().unwrap_or(0.0)
     }
 
     /// Whether `ESK_BENCH_WHICH` asks for `benchmark` (or implies it).
@@ -242,6 +258,10 @@ mod tests {
         assert_eq!(
             parse_which("e2e-core, ingest")?,
             vec![Benchmark::E2eCore, Benchmark::Ingest]
+        );
+        assert_eq!(
+            parse_which("curve lag")?,
+            vec![Benchmark::Curve, Benchmark::Lag]
         );
         assert!(parse_which("ingest,nope").is_err());
         assert!(parse_which(" , ").is_err());
