@@ -36,6 +36,9 @@ pub use config::IngestConfig;
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let telemetry = Telemetry::new("ingest");
     let metrics = Arc::new(metrics::IngestMetrics::new(&telemetry.registry));
+    let kafka = config.common.kafka();
+    esk_runtime::kafka::check_connection_async(&kafka, esk_runtime::kafka::START_CHECK_TIMEOUT)
+        .await?;
 
     let pool = esk_runtime::db::connect_with_settings(
         &config.common.database_url,
@@ -62,6 +65,10 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
         supervisor.spawn(format!("append worker {shard}"), worker);
     }
     supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
+    supervisor.spawn(
+        "kafka security watch",
+        esk_runtime::kafka::watch_connection(kafka, telemetry.health.clone(), shutdown.clone()),
+    );
     if config.kafka_appends {
         let consumer = kafka_appends::consumer_loop(
             &config,

@@ -5,6 +5,7 @@ use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::DbError;
+use crate::kafka::KafkaConnectError;
 use crate::supervisor::{SupervisorError, EXIT_TASK_ENDED};
 
 /// Why a service's `run` returned an error.
@@ -16,6 +17,10 @@ pub enum RunError {
     /// A Kafka client could not be created or subscribed at start.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// The brokers refused the Kafka security settings (or a client could not be created
+    /// with them) at start.
+    #[error(transparent)]
+    KafkaConnect(#[from] KafkaConnectError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

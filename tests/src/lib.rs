@@ -99,9 +99,14 @@ impl TestContext {
         };
         if topics {
             let all = context.topics.all();
-            esk_runtime::kafka::create_topics(&context.brokers, &all, TEST_PARTITIONS, 1).await?;
+            esk_runtime::kafka::create_topics(&context.kafka(), &all, TEST_PARTITIONS, 1).await?;
         }
         Ok(context)
+    }
+
+    /// The test broker as Kafka clients are built from it (plaintext, no properties).
+    pub fn kafka(&self) -> esk_runtime::kafka::KafkaSettings {
+        esk_runtime::kafka::KafkaSettings::new(&self.brokers)
     }
 
     /// The environment that points a spawned binary at this test's database and topics.

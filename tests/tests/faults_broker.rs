@@ -110,7 +110,7 @@ async fn survives_a_broker_kill_9_and_restart_with_durable_storage() -> anyhow::
     std::fs::create_dir_all(&dir)?;
     let mut broker = DurableBroker::start(bin, dir, free_port()?).await?;
     ctx.brokers = format!("127.0.0.1:{}", broker.port);
-    esk_runtime::kafka::create_topics(&ctx.brokers, &ctx.topics.all(), TEST_PARTITIONS, 1).await?;
+    esk_runtime::kafka::create_topics(&ctx.kafka(), &ctx.topics.all(), TEST_PARTITIONS, 1).await?;
 
     let ingest_process = ingest::spawn(&ctx, &[("ESK_INGEST_KAFKA_APPENDS", "false")]).await?;
     let indexer_process = indexer::spawn(&ctx, &[]).await?;
