@@ -4,7 +4,7 @@
 use clap::{Args, ValueEnum};
 
 use crate::kafka::{
-    KafkaProperty, KafkaSettings, PropertiesFile, PropertiesFileParser, PropertyParser,
+    KafkaSettings, PropertiesFile, PropertiesFileParser, PropertyList, PropertyParser,
 };
 
 /// Connection settings and topic names shared by all processes.
@@ -24,18 +24,17 @@ pub struct CommonConfig {
     pub kafka_brokers: String,
 
     /// A librdkafka property for every Kafka client (TLS, SASL, tuning), applied after esk's
-    /// own settings; repeat the flag for more. In the environment variable, entries are
-    /// separated by `;` (a value containing `;` goes in --kafka-properties-file). Values of
-    /// secret properties (sasl.password, ...) are never shown.
+    /// own settings. Repeat the flag, or separate entries by `;` (in the environment variable
+    /// too; a value containing `;` goes in --kafka-properties-file). Values of secret
+    /// properties (sasl.password, ...) are never shown.
     #[arg(
         long = "kafka-property",
         value_name = "KEY=VALUE",
         env = "ESK_KAFKA_PROPERTIES",
         hide_env_values = true,
-        value_delimiter = ';',
         value_parser = PropertyParser
     )]
-    pub kafka_properties: Vec<KafkaProperty>,
+    pub kafka_properties: Vec<PropertyList>,
 
     /// A file of librdkafka properties, one KEY=VALUE a line (`#` starts a comment), applied
     /// before --kafka-property: keeps secrets out of the environment and the command line.
@@ -68,8 +67,13 @@ impl CommonConfig {
             .kafka_properties_file
             .iter()
             .flat_map(|file| file.properties.iter().cloned());
-        KafkaSettings::new(&self.kafka_brokers)
-            .with_properties(from_file.chain(self.kafka_properties.iter().cloned()))
+        KafkaSettings::new(&self.kafka_brokers).with_properties(
+            from_file.chain(
+                self.kafka_properties
+                    .iter()
+                    .flat_map(|list| list.0.iter().cloned()),
+            ),
+        )
     }
 
     /// The stall limit as a duration.

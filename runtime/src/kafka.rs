@@ -23,7 +23,8 @@ pub use connection::{
     KafkaConnectError, SecurityFailure, SecurityWatch, START_CHECK_TIMEOUT,
 };
 pub use properties::{
-    KafkaProperty, PropertiesFile, PropertiesFileParser, PropertyError, PropertyParser,
+    KafkaProperty, PropertiesFile, PropertiesFileParser, PropertyError, PropertyList,
+    PropertyParser,
 };
 pub use settings::{ClientBuilder, KafkaSettings};
 

@@ -7,6 +7,7 @@
 //! - `ESK_KAFKA_BROKERS`: the broker.
 
 pub mod bench;
+pub mod broker;
 pub mod history;
 pub mod indexer;
 pub mod ingest;

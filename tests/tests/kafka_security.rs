@@ -1,5 +1,6 @@
-//! Kafka security settings against the test broker (Tansu, plaintext): a process or command
-//! whose `security.protocol` the broker does not speak stops within seconds saying so, instead of
+//! Kafka security settings against the test broker (Tansu, plaintext) and a private Tansu that
+//! requires SASL (`--authentication`; Tansu 0.6.0 offers SCRAM only): a process or command whose
+//! `security.protocol` or login the broker refuses stops within seconds saying so, instead of
 //! librdkafka retrying for ever; a broker that is merely down at start is still waited for; a
 //! misspelt property is refused before anything starts; and the user's properties reach the
 //! clients, over esk's own settings.
@@ -7,6 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use esk_tests::broker::PrivateBroker;
 use esk_tests::ingest::{self, Client};
 use esk_tests::process::{bin_dir, free_port, Listen, Process, INDEXER, INGEST, PROJECTOR};
 use esk_tests::TestContext;
@@ -78,6 +80,105 @@ async fn every_process_stops_within_seconds_on_a_security_protocol_the_broker_do
             started.elapsed()
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_broker_that_requires_sasl_refuses_a_plaintext_client_and_a_wrong_login_fast(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::without_topics("kafka_sasl").await?;
+    let dir = std::env::temp_dir().join(format!("esk-sasl-broker-{}", ctx.name));
+    std::fs::create_dir_all(&dir)?;
+    let broker = PrivateBroker::start(
+        PrivateBroker::bin()?,
+        dir,
+        free_port()?,
+        &["--authentication"],
+    )
+    .await?;
+    let brokers = broker.brokers();
+    for (properties, why) in [
+        ("", "the broker closed every connection at once"),
+        (
+            "security.protocol=SASL_PLAINTEXT;sasl.mechanism=SCRAM-SHA-512;sasl.username=esk;\
+             sasl.password=wrong",
+            "SASL authentication failed",
+        ),
+    ] {
+        let started = Instant::now();
+        let mut process = start(
+            &ctx,
+            "ingest",
+            INGEST,
+            &[
+                ("ESK_KAFKA_BROKERS", brokers.as_str()),
+                ("ESK_KAFKA_PROPERTIES", properties),
+                HTTP_ONLY,
+            ],
+        )?;
+        let code = process.wait_exit(STOP_WITHIN).await?;
+        let log = process.log_text();
+        assert!(
+            code.is_some_and(|c| c != 0),
+            "{properties}: {code:?}\n{log}"
+        );
+        for expected in [why, "security.protocol=", brokers.as_str()] {
+            assert!(
+                log.contains(expected),
+                "{properties} says `{expected}`:\n{log}"
+            );
+        }
+        assert!(started.elapsed() < STOP_WITHIN, "{:?}", started.elapsed());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_broker_that_starts_requiring_sasl_at_run_time_turns_health_unhealthy_until_it_stops(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::without_topics("kafka_watch").await?;
+    let port = free_port()?;
+    let broker_dir = |n: u32| -> anyhow::Result<std::path::PathBuf> {
+        let dir = std::env::temp_dir().join(format!("esk-watch-broker-{}-{n}", ctx.name));
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    };
+    let bin = PrivateBroker::bin()?;
+    let mut broker = PrivateBroker::start(bin.clone(), broker_dir(1)?, port, &[]).await?;
+    let brokers = broker.brokers();
+    let process =
+        ingest::spawn(&ctx, &[("ESK_KAFKA_BROKERS", brokers.as_str()), HTTP_ONLY]).await?;
+    let health = format!("{}/health", process.admin);
+    let health_is = |unhealthy: bool| {
+        let health = health.clone();
+        async move {
+            let response = reqwest::get(&health).await.ok()?;
+            let status = response.status().as_u16();
+            let body = response.text().await.ok()?;
+            let matches = if unhealthy {
+                status == 503 && body.contains("security.protocol=plaintext")
+            } else {
+                status == 200
+            };
+            matches.then_some(body)
+        }
+    };
+
+    // The same port, now a listener that requires SASL: the watch (every 30 s) reports it.
+    broker.kill9()?;
+    let mut broker =
+        PrivateBroker::start(bin.clone(), broker_dir(2)?, port, &["--authentication"]).await?;
+    let unhealthy = esk_tests::eventually(Duration::from_secs(75), || health_is(true)).await;
+    assert!(
+        unhealthy.is_some_and(|body| body.contains("closed every connection")),
+        "{}",
+        process.log_text()
+    );
+
+    broker.kill9()?;
+    let _broker = PrivateBroker::start(bin, broker_dir(3)?, port, &[]).await?;
+    let healthy = esk_tests::eventually(Duration::from_secs(75), || health_is(false)).await;
+    assert!(healthy.is_some(), "{}", process.log_text());
     Ok(())
 }
 

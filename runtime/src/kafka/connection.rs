@@ -43,8 +43,9 @@ pub enum SecurityFailure {
     Tls,
     /// The broker refused the SASL login (wrong credentials, unsupported mechanism).
     Authentication,
-    /// The connection closed before the broker answered, the way a plaintext client on a TLS
-    /// or SASL listener does.
+    /// The broker closed the connection before it answered, or as soon as it was up: what a
+    /// TLS listener does to a plaintext client, and a SASL listener to a client that does not
+    /// authenticate.
     ProtocolMismatch,
 }
 
@@ -53,9 +54,7 @@ impl std::fmt::Display for SecurityFailure {
         f.write_str(match self {
             SecurityFailure::Tls => "the TLS handshake failed",
             SecurityFailure::Authentication => "SASL authentication failed",
-            SecurityFailure::ProtocolMismatch => {
-                "the broker closed the connection before answering"
-            }
+            SecurityFailure::ProtocolMismatch => "the broker closed every connection at once",
         })
     }
 }
@@ -73,15 +72,26 @@ pub fn security_failure(message: &str) -> Option<SecurityFailure> {
     {
         return Some(SecurityFailure::Authentication);
     }
-    // librdkafka's own hint, given when a connection dies while it asks for API versions.
-    if message.contains("security.protocol") {
+    // librdkafka's own hint, given when a connection dies while it asks for API versions; and
+    // a connection closed as soon as it was up (librdkafka's threshold: 2 s), as a listener
+    // that requires SASL closes a client that does not authenticate.
+    if message.contains("security.protocol")
+        || ms_in_state(message, "UP").is_some_and(|ms| ms < 2000)
+    {
         return Some(SecurityFailure::ProtocolMismatch);
     }
     None
 }
 
+/// The `N` of librdkafka's `(after Nms in state STATE` suffix.
+fn ms_in_state(message: &str, state: &str) -> Option<u64> {
+    let (before, _) = message.rsplit_once(&format!("ms in state {state}"))?;
+    let (_, digits) = before.rsplit_once("(after ")?;
+    digits.parse().ok()
+}
+
 /// The security failures a client reported, the last one with its text and how often it was
-/// seen since the last [`SecurityErrors::take`].
+/// seen in a row (another connection failure, or [`SecurityErrors::take`], starts over).
 #[derive(Debug, Default)]
 struct SecurityErrors {
     last: Mutex<Option<(SecurityFailure, String, u32)>>,
@@ -142,9 +152,12 @@ impl ClientContext for SecurityWatch {
             }
         }
         if fac == "FAIL" {
-            if let Some(failure) = security_failure(message) {
-                self.errors
-                    .record(failure, crate::redact::redact_text(message));
+            match security_failure(message) {
+                Some(failure) => self
+                    .errors
+                    .record(failure, crate::redact::redact_text(message)),
+                // A broker that went down in between: what came before was no mismatch.
+                None => self.errors.take(),
             }
         }
     }
@@ -350,6 +363,16 @@ mod tests {
                 SecurityFailure::Authentication,
             ),
             (
+                "127.0.0.1:19392/bootstrap: Disconnected: connection reset by peer (after 1ms \
+                 in state UP)",
+                SecurityFailure::ProtocolMismatch,
+            ),
+            (
+                "127.0.0.1:19392/bootstrap: Send failed: Broken pipe (after 0ms in state UP, 1 \
+                 identical error(s) suppressed)",
+                SecurityFailure::ProtocolMismatch,
+            ),
+            (
                 "127.0.0.1:9093/bootstrap: Disconnected while requesting ApiVersion: might be \
                  caused by incorrect security.protocol configuration (connecting to a SSL \
                  listener?) or broker version is < 0.10 (see api.version.request) (after 1ms \
@@ -365,6 +388,8 @@ mod tests {
             "kafka.invalid:9092/bootstrap: Failed to resolve 'kafka.invalid:9092': Name or \
              service not known (after 3ms in state CONNECT)",
             "127.0.0.1:9092/1: Disconnected (after 5021ms in state UP)",
+            "127.0.0.1:9092/1: Disconnected (after 600000ms in state UP, 1 identical error(s) \
+             suppressed)",
             "127.0.0.1:9092/bootstrap: Connection setup timed out in state CONNECT (after \
              30029ms in state CONNECT)",
         ] {

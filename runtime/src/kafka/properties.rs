@@ -61,9 +61,6 @@ pub enum PropertyError {
     /// Not `key=value`.
     #[error("expected KEY=VALUE, a librdkafka property such as security.protocol=SASL_SSL")]
     Syntax,
-    /// Nothing between two separators.
-    #[error("an empty entry (separate entries with a single `;`)")]
-    Empty,
     /// esk sets this property itself and depends on its value.
     #[error("`{key}` cannot be set: {why}")]
     Reserved {
@@ -86,9 +83,6 @@ impl KafkaProperty {
     /// Parses `key=value` (the value is everything after the first `=`) and asks librdkafka
     /// whether it knows the key and takes the value.
     pub fn parse(entry: &str) -> Result<Self, PropertyError> {
-        if entry.trim().is_empty() {
-            return Err(PropertyError::Empty);
-        }
         let (key, value) = entry.split_once('=').ok_or(PropertyError::Syntax)?;
         let key = key.trim();
         if key.is_empty() || key.chars().any(char::is_whitespace) {
@@ -204,24 +198,40 @@ impl PropertiesFile {
     }
 }
 
-/// The clap parser of a `key=value` property: its errors name the key, never the value (clap's
-/// own would quote the whole entry, secret included).
+/// The properties of one `--kafka-property` or `ESK_KAFKA_PROPERTIES` value: entries separated
+/// by `;`, empty ones skipped (so an empty variable is no property at all).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropertyList(pub Vec<KafkaProperty>);
+
+impl PropertyList {
+    /// Parses and checks every `;`-separated entry of `text`.
+    pub fn parse(text: &str) -> Result<Self, PropertyError> {
+        text.split(';')
+            .filter(|entry| !entry.trim().is_empty())
+            .map(KafkaProperty::parse)
+            .collect::<Result<_, _>>()
+            .map(PropertyList)
+    }
+}
+
+/// The clap parser of a [`PropertyList`]: its errors name the key, never the value (clap's own
+/// would quote the whole entry, secret included).
 #[derive(Debug, Clone, Copy)]
 pub struct PropertyParser;
 
 impl TypedValueParser for PropertyParser {
-    type Value = KafkaProperty;
+    type Value = PropertyList;
 
     fn parse_ref(
         &self,
         cmd: &clap::Command,
         arg: Option<&clap::Arg>,
         value: &OsStr,
-    ) -> Result<KafkaProperty, clap::Error> {
+    ) -> Result<PropertyList, clap::Error> {
         let text = value
             .to_str()
             .ok_or_else(|| invalid(cmd, arg, "not UTF-8".into()))?;
-        KafkaProperty::parse(text).map_err(|error| invalid(cmd, arg, error.to_string()))
+        PropertyList::parse(text).map_err(|error| invalid(cmd, arg, error.to_string()))
     }
 }
 
@@ -283,7 +293,7 @@ mod tests {
         ));
         assert!(matches!(
             KafkaProperty::parse(""),
-            Err(PropertyError::Empty)
+            Err(PropertyError::Syntax)
         ));
         let unknown = KafkaProperty::parse("no.such.property=1");
         assert!(
@@ -308,6 +318,19 @@ mod tests {
             matches!(&oidc, Err(PropertyError::Rejected { .. })),
             "{oidc:?}"
         );
+    }
+
+    #[test]
+    fn a_list_skips_empty_entries() -> Result<(), PropertyError> {
+        assert_eq!(PropertyList::parse("")?, PropertyList::default());
+        let list = PropertyList::parse(" ;client.id=a;; linger.ms=5;")?;
+        let keys: Vec<&str> = list.0.iter().map(KafkaProperty::key).collect();
+        assert_eq!(keys, ["client.id", "linger.ms"]);
+        assert!(matches!(
+            PropertyList::parse("client.id=a;oops"),
+            Err(PropertyError::Syntax)
+        ));
+        Ok(())
     }
 
     #[test]
