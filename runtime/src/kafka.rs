@@ -20,7 +20,7 @@ use rdkafka::ClientContext;
 
 pub use connection::{
     check_connection, check_connection_async, security_failure, watch_connection,
-    KafkaConnectError, SecurityFailure, SecurityWatch, START_CHECK_TIMEOUT,
+    KafkaConnectError, SecurityFailure, START_CHECK_TIMEOUT,
 };
 pub use properties::{
     KafkaProperty, PropertiesFile, PropertiesFileParser, PropertyError, PropertyList,

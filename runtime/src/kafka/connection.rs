@@ -128,7 +128,7 @@ impl SecurityErrors {
 /// connection failures (`FAIL` lines: librdkafka logs every one, but hands only the severe
 /// ones to the error callback) that are [`SecurityFailure`]s.
 #[derive(Debug, Clone, Default)]
-pub struct SecurityWatch {
+struct SecurityWatch {
     errors: Arc<SecurityErrors>,
 }
 
