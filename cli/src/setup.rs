@@ -80,14 +80,12 @@ pub(crate) async fn setup(common: &CommonConfig, args: &SetupArgs) -> anyhow::Re
         return Ok(());
     }
     let topics = common.topics.all();
-    esk_runtime::kafka::create_topics(
-        &common.kafka_brokers,
-        &topics,
-        args.partitions,
-        args.replication,
-    )
-    .await
-    .with_context(|| format!("creating topics on {}", common.kafka_brokers))?;
+    let kafka = common.kafka();
+    esk_runtime::kafka::check_connection_async(&kafka, esk_runtime::kafka::START_CHECK_TIMEOUT)
+        .await?;
+    esk_runtime::kafka::create_topics(&kafka, &topics, args.partitions, args.replication)
+        .await
+        .with_context(|| format!("creating topics on {}", common.kafka_brokers))?;
     println!("topics ready: {}", topics.join(", "));
     migrate(common).await?;
     if args.roles {

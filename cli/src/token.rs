@@ -120,7 +120,7 @@ pub(crate) async fn run(
                     return Err(refusal(TokenError::InvalidTopic(topic.clone())));
                 }
                 esk_runtime::kafka::create_topics(
-                    &common.kafka_brokers,
+                    &common.kafka(),
                     &[topic.as_str()],
                     partitions,
                     replication,

@@ -62,7 +62,7 @@ impl Indexer {
         progress: Arc<Progress>,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let mut client =
-            esk_runtime::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id);
+            esk_runtime::kafka::consumer_config(&config.common.kafka(), &config.group_id);
         client
             .set("enable.auto.commit", "false")
             // Fewer, fuller fetches: every request costs the broker (on Tansu each small fetch

@@ -13,14 +13,14 @@ use crate::metrics::IndexerMetrics;
 
 pub(crate) struct LagMonitor {
     pub(crate) pool: PgPool,
-    pub(crate) brokers: String,
+    pub(crate) kafka: esk_runtime::kafka::KafkaSettings,
     pub(crate) topic: String,
     pub(crate) metrics: Arc<IndexerMetrics>,
 }
 
 impl LagMonitor {
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let consumer: BaseConsumer = match esk_runtime::kafka::base_config(&self.brokers)
+        let consumer: BaseConsumer = match esk_runtime::kafka::base_config(&self.kafka)
             .set("group.id", "esk-indexer-lag")
             .create()
         {

@@ -38,6 +38,9 @@ pub use quarantine::{request_quarantine, QuarantineError, QuarantineRequest};
 pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
     let telemetry = Telemetry::new("indexer");
     let metrics = Arc::new(metrics::IndexerMetrics::new(&telemetry.registry));
+    let kafka = config.common.kafka();
+    esk_runtime::kafka::check_connection_async(&kafka, esk_runtime::kafka::START_CHECK_TIMEOUT)
+        .await?;
     let pool = esk_runtime::db::connect(&config.common.database_url, config.pg_connections).await?;
     if config.migrate {
         esk_runtime::db::migrate(&pool).await?;
@@ -70,7 +73,7 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
     if config.publish {
         let publisher = publisher::Publisher {
             pool: pool.clone(),
-            producer: esk_runtime::kafka::producer_config(&config.common.kafka_brokers).create()?,
+            producer: esk_runtime::kafka::producer_config(&kafka).create()?,
             topic: config.common.topics.events.clone(),
             batch: config.publish_batch,
             batch_bytes: config.publish_batch_bytes.max(1),
@@ -92,12 +95,16 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
     supervisor.spawn("ledger maintenance", maintenance.run(shutdown.clone()));
     let lag = lag::LagMonitor {
         pool: pool.clone(),
-        brokers: config.common.kafka_brokers.clone(),
+        kafka: kafka.clone(),
         topic: config.common.topics.ingest_log.clone(),
         metrics: metrics.clone(),
     };
     supervisor.spawn("lag monitor", lag.run(shutdown.clone()));
     supervisor.spawn("watchdog", watchdog.run(shutdown.clone()));
+    supervisor.spawn(
+        "kafka security watch",
+        esk_runtime::kafka::watch_connection(kafka, telemetry.health.clone(), shutdown.clone()),
+    );
     telemetry.health.set_ready(true);
     tracing::info!(addr = %config.admin_addr, "indexer running");
     supervisor.run_until_stopped().await?;

@@ -37,7 +37,7 @@ pub(crate) struct Accepted<'a> {
 
 impl IngestLog {
     pub(crate) fn new(config: &IngestConfig) -> Result<Self, KafkaError> {
-        let mut client = esk_runtime::kafka::producer_config(&config.common.kafka_brokers);
+        let mut client = esk_runtime::kafka::producer_config(&config.common.kafka());
         client.set(
             "delivery.timeout.ms",
             config.delivery_timeout_ms.to_string(),

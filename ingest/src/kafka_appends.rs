@@ -121,8 +121,7 @@ pub(crate) fn consumer_loop(
     shutdown: CancellationToken,
 ) -> Result<impl std::future::Future<Output = ()> + Send + 'static, rdkafka::error::KafkaError> {
     let consumer: StreamConsumer =
-        esk_runtime::kafka::consumer_config(&config.common.kafka_brokers, &config.group_id)
-            .create()?;
+        esk_runtime::kafka::consumer_config(&config.common.kafka(), &config.group_id).create()?;
     consumer.subscribe(&[&config.common.topics.appends])?;
     let shared = Arc::new(Shared {
         consumer,

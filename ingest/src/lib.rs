@@ -41,6 +41,9 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     let metrics = Arc::new(metrics::IngestMetrics::new(&telemetry.registry));
     // Before anything connects: a certificate problem stops the start at once.
     let tls = config.tls.acceptor()?;
+    let kafka = config.common.kafka();
+    esk_runtime::kafka::check_connection_async(&kafka, esk_runtime::kafka::START_CHECK_TIMEOUT)
+        .await?;
 
     let pool = esk_runtime::db::connect_with_settings(
         &config.common.database_url,
@@ -66,6 +69,10 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     for (shard, worker) in workers.into_iter().enumerate() {
         supervisor.spawn(format!("append worker {shard}"), worker);
     }
+    supervisor.spawn(
+        "kafka security watch",
+        esk_runtime::kafka::watch_connection(kafka, telemetry.health.clone(), shutdown.clone()),
+    );
     if config.kafka_appends {
         let consumer = kafka_appends::consumer_loop(
             &config,

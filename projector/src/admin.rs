@@ -192,7 +192,7 @@ impl Admin {
         Ok(Projection::new(
             self.spec(name)?,
             &self.config.tuning,
-            &self.config.common.kafka_brokers,
+            &self.config.common.kafka(),
             self.metrics.clone(),
             self.health.clone(),
         )?)

@@ -33,10 +33,10 @@ pub(crate) async fn open_database(config: &ProjectorConfig) -> Result<PgPool, Db
 
 /// The number of partitions of the canonical topic (`ESK_TOPIC_EVENTS`).
 pub(crate) async fn canonical_partitions(config: &ProjectorConfig) -> Result<i32, TopicError> {
-    let brokers = config.common.kafka_brokers.clone();
+    let kafka = config.common.kafka();
     let topic = config.common.topics.events.clone();
     let count =
-        tokio::task::spawn_blocking(move || esk_runtime::kafka::partition_count(&brokers, &topic))
+        tokio::task::spawn_blocking(move || esk_runtime::kafka::partition_count(&kafka, &topic))
             .await??;
     if count > 0 {
         Ok(count)

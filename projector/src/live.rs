@@ -125,7 +125,7 @@ pub(crate) struct LiveRun<'a> {
     pub(crate) pool: &'a PgPool,
     pub(crate) projection: &'a Projection,
     pub(crate) tuning: &'a Tuning,
-    pub(crate) brokers: &'a str,
+    pub(crate) kafka: &'a esk_runtime::kafka::KafkaSettings,
     pub(crate) topic: &'a str,
 }
 
@@ -133,7 +133,7 @@ impl LiveRun<'_> {
     pub(crate) async fn run(&self, shutdown: &CancellationToken) -> anyhow::Result<Exit> {
         let name = &self.projection.name;
         let group = format!("{}-{}", self.tuning.group_prefix, name);
-        let mut client = esk_runtime::kafka::consumer_config(self.brokers, &group);
+        let mut client = esk_runtime::kafka::consumer_config(self.kafka, &group);
         client
             .set("enable.auto.commit", "false")
             // librdkafka's own prefetch is bounded too, so memory stays flat while paused.

@@ -33,6 +33,9 @@ pub enum RunError {
     /// The `/metrics` and `/health` address could not be bound.
     #[error(transparent)]
     Listen(#[from] std::io::Error),
+    /// The brokers refused the Kafka security settings at start.
+    #[error(transparent)]
+    Kafka(#[from] esk_runtime::kafka::KafkaConnectError),
     /// The canonical topic's partitions could not be counted.
     #[error(transparent)]
     Topic(#[from] TopicError),
@@ -51,6 +54,9 @@ pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result
     let specs = config.projections()?;
     let telemetry = Telemetry::new("projector");
     let metrics = Arc::new(ProjectorMetrics::new(&telemetry.registry));
+    let kafka = config.common.kafka();
+    esk_runtime::kafka::check_connection_async(&kafka, esk_runtime::kafka::START_CHECK_TIMEOUT)
+        .await?;
     let pool = connections::open_database(&config).await?;
     let server = telemetry
         .serve(&config.tuning.admin_addr, shutdown.clone())
@@ -62,7 +68,7 @@ pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result
         let projection = Projection::new(
             spec,
             &config.tuning,
-            &config.common.kafka_brokers,
+            &kafka,
             metrics.clone(),
             telemetry.health.clone(),
         )?;
@@ -70,7 +76,7 @@ pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result
             pool: pool.clone(),
             projection,
             tuning: config.tuning.clone(),
-            brokers: config.common.kafka_brokers.clone(),
+            kafka: kafka.clone(),
             topic: config.common.topics.events.clone(),
             partitions,
         };
@@ -79,6 +85,10 @@ pub async fn run(config: ProjectorConfig, shutdown: CancellationToken) -> Result
             runner.run(shutdown.clone()),
         );
     }
+    supervisor.spawn(
+        "kafka security watch",
+        esk_runtime::kafka::watch_connection(kafka, telemetry.health.clone(), shutdown.clone()),
+    );
     supervisor.spawn(
         "lag monitor",
         monitor_lag(pool.clone(), specs, metrics, shutdown.clone()),
@@ -94,7 +104,7 @@ struct ProjectionRunner {
     pool: PgPool,
     projection: Projection,
     tuning: Tuning,
-    brokers: String,
+    kafka: esk_runtime::kafka::KafkaSettings,
     topic: String,
     partitions: i32,
 }
@@ -139,7 +149,7 @@ impl ProjectionRunner {
                 pool: &self.pool,
                 projection: &self.projection,
                 tuning: &self.tuning,
-                brokers: &self.brokers,
+                kafka: &self.kafka,
                 topic: &self.topic,
             };
             match run.run(&shutdown).await {

@@ -3,6 +3,10 @@
 
 use clap::{Args, ValueEnum};
 
+use crate::kafka::{
+    KafkaSettings, PropertiesFile, PropertiesFileParser, PropertyList, PropertyParser,
+};
+
 /// Connection settings and topic names shared by all processes.
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
@@ -19,6 +23,29 @@ pub struct CommonConfig {
     #[arg(long, env = "ESK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
 
+    /// A librdkafka property for every Kafka client (TLS, SASL, tuning), applied after esk's
+    /// own settings. Repeat the flag, or separate entries by `;` (in the environment variable
+    /// too; a value containing `;` goes in --kafka-properties-file). Values of secret
+    /// properties (sasl.password, ...) are never shown.
+    #[arg(
+        long = "kafka-property",
+        value_name = "KEY=VALUE",
+        env = "ESK_KAFKA_PROPERTIES",
+        hide_env_values = true,
+        value_parser = PropertyParser
+    )]
+    pub kafka_properties: Vec<PropertyList>,
+
+    /// A file of librdkafka properties, one KEY=VALUE a line (`#` starts a comment), applied
+    /// before --kafka-property: keeps secrets out of the environment and the command line.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "ESK_KAFKA_PROPERTIES_FILE",
+        value_parser = PropertiesFileParser
+    )]
+    pub kafka_properties_file: Option<PropertiesFile>,
+
     #[command(flatten)]
     pub topics: Topics,
 
@@ -33,6 +60,22 @@ pub struct CommonConfig {
 }
 
 impl CommonConfig {
+    /// The brokers and the user's properties, as every Kafka client is built from them: the
+    /// file's properties first, then `--kafka-property` / `ESK_KAFKA_PROPERTIES`.
+    pub fn kafka(&self) -> KafkaSettings {
+        let from_file = self
+            .kafka_properties_file
+            .iter()
+            .flat_map(|file| file.properties.iter().cloned());
+        KafkaSettings::new(&self.kafka_brokers).with_properties(
+            from_file.chain(
+                self.kafka_properties
+                    .iter()
+                    .flat_map(|list| list.0.iter().cloned()),
+            ),
+        )
+    }
+
     /// The stall limit as a duration.
     pub fn stall_after(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.stall_after_secs.max(1))

@@ -1,5 +1,12 @@
 //! Kafka client settings and topic administration. Only features that both Apache Kafka and
 //! Tansu support are used: the idempotent producer, headers, consumer groups, pause/resume.
+//! Every client is built from [`KafkaSettings`] by [`base_config`], [`producer_config`] or
+//! [`consumer_config`], so the user's properties (TLS, SASL, any librdkafka property) reach
+//! all of them.
+
+mod connection;
+mod properties;
+mod settings;
 
 use std::time::Duration;
 
@@ -9,7 +16,17 @@ use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, ClientContext};
+use rdkafka::ClientContext;
+
+pub use connection::{
+    check_connection, check_connection_async, security_failure, watch_connection,
+    KafkaConnectError, SecurityFailure, START_CHECK_TIMEOUT,
+};
+pub use properties::{
+    KafkaProperty, PropertiesFile, PropertiesFileParser, PropertyError, PropertyList,
+    PropertyParser,
+};
+pub use settings::{ClientBuilder, KafkaSettings};
 
 /// Failures of topic administration.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +120,8 @@ pub async fn send_all(
 }
 
 /// Base settings for every client.
-pub fn base_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("socket.keepalive.enable", "true")
-        .set("log_level", "4");
-    config
+pub fn base_config(settings: &KafkaSettings) -> ClientBuilder {
+    settings.builder()
 }
 
 /// Whether a produce failed for a reason no retry changes: the record is too large or invalid
@@ -145,8 +157,8 @@ pub fn is_too_large(error: &KafkaError) -> bool {
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024 + 64 * 1024;
 
 /// An idempotent, `acks=all` producer tuned for throughput.
-pub fn producer_config(brokers: &str) -> ClientConfig {
-    let mut config = base_config(brokers);
+pub fn producer_config(settings: &KafkaSettings) -> ClientBuilder {
+    let mut config = base_config(settings);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -163,8 +175,8 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
 
 /// A consumer in `group` that commits only what the caller stores. `session.timeout.ms` is kept
 /// short: Tansu takes about 23 s to form a group at the default.
-pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
-    let mut config = base_config(brokers);
+pub fn consumer_config(settings: &KafkaSettings, group: &str) -> ClientBuilder {
+    let mut config = base_config(settings);
     config
         .set("group.id", group)
         .set("enable.auto.commit", "true")
@@ -181,12 +193,12 @@ pub fn consumer_config(brokers: &str, group: &str) -> ClientConfig {
 
 /// Creates `topics` with `partitions` partitions and `replication` replicas each; existing topics are left as they are.
 pub async fn create_topics(
-    brokers: &str,
+    settings: &KafkaSettings,
     topics: &[&str],
     partitions: i32,
     replication: i32,
 ) -> Result<(), KafkaAdminError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = base_config(settings).create()?;
     let max_message_bytes = MAX_MESSAGE_BYTES.to_string();
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()
@@ -243,9 +255,9 @@ impl ConsumerContext for RebalanceLog {
 }
 
 /// The number of partitions of `topic` (blocking: call from a blocking task).
-pub fn partition_count(brokers: &str, topic: &str) -> Result<i32, KafkaError> {
+pub fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, KafkaError> {
     use rdkafka::consumer::Consumer;
-    let consumer: BaseConsumer = base_config(brokers).create()?;
+    let consumer: BaseConsumer = base_config(settings).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let count = metadata
         .topics()
@@ -277,5 +289,44 @@ pub fn set_paused<C: ConsumerContext + 'static>(
     };
     if let Err(error) = result {
         tracing::warn!(%error, topic, paused, "cannot pause/resume partitions");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::producer::BaseProducer;
+
+    #[test]
+    fn librdkafka_is_built_with_tls_and_every_sasl_mechanism() -> Result<(), KafkaError> {
+        let features = rdkafka::ClientConfig::new()
+            .create_native_config()?
+            .get("builtin.features")?;
+        for feature in [
+            "ssl",
+            "sasl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+            "sasl_gssapi",
+        ] {
+            assert!(
+                features.split(',').any(|f| f == feature),
+                "librdkafka lacks {feature}: {features}"
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_sasl_ssl_client_can_be_created() -> Result<(), Box<dyn std::error::Error>> {
+        let settings = KafkaSettings::new("127.0.0.1:1").with_properties([
+            KafkaProperty::parse("security.protocol=SASL_SSL")?,
+            KafkaProperty::parse("sasl.mechanism=SCRAM-SHA-512")?,
+            KafkaProperty::parse("sasl.username=esk")?,
+            KafkaProperty::parse("sasl.password=secret")?,
+        ]);
+        let _producer: BaseProducer = producer_config(&settings).create()?;
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! Redaction of secrets in text that leaves the process (logs, `/health`, error bodies, dead
 //! letters, `esk doctor`): a URL's password and its secret-looking query parameters become
-//! `***`. One function, used everywhere a URL or a message holding one is shown.
+//! `***`, and so do the values of secret settings (librdkafka properties such as `sasl.password`).
+//! One function each, used everywhere a URL, a message holding one, or a setting is shown.
 
 /// What a redacted secret reads as.
 pub const REDACTED: &str = "***";
@@ -35,6 +36,24 @@ fn is_secret_param(name: &str) -> bool {
         || name.ends_with("_secret")
         || name.ends_with("_password")
         || name.ends_with("_key")
+}
+
+/// Words that make a setting's value secret wherever they appear in its name
+/// (`sasl.password`, `ssl.keystore.password`, `sasl.oauthbearer.client.secret`,
+/// `sasl.oauthbearer.assertion.private.key.passphrase`).
+const SECRET_SETTING_WORDS: &[&str] =
+    &["password", "secret", "passphrase", "private", "credential"];
+
+/// Settings whose values are secrets although no word of [`SECRET_SETTING_WORDS`] says so: an
+/// inline private key, and OAUTHBEARER's free-form configuration.
+const SECRET_SETTINGS: &[&str] = &["ssl.key.pem", "ssl_key", "sasl.oauthbearer.config"];
+
+/// Whether the value of the setting `name` (a librdkafka property such as `sasl.password`) is a
+/// secret, never to be shown: such values read as [`REDACTED`] in `Debug`, logs and messages.
+pub fn is_secret_setting(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_SETTING_WORDS.iter().any(|word| name.contains(word))
+        || SECRET_SETTINGS.contains(&name.as_str())
 }
 
 /// `url` with its password (`user:password@`) and secret query parameters replaced by
@@ -126,6 +145,32 @@ mod tests {
         assert_eq!(redact_url("http://h:80/p?q=1"), "http://h:80/p?q=1");
         assert_eq!(redact_url("127.0.0.1:9092"), "127.0.0.1:9092");
         assert_eq!(redact_url("a/b?API-Key=k"), "a/b?API-Key=***");
+    }
+
+    #[test]
+    fn knows_which_settings_are_secret() {
+        for secret in [
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.truststore.password",
+            "sasl.oauthbearer.client.secret",
+            "SASL.PASSWORD",
+            "ssl.key.pem",
+            "sasl.oauthbearer.config",
+        ] {
+            assert!(is_secret_setting(secret), "{secret}");
+        }
+        for plain in [
+            "sasl.username",
+            "sasl.mechanism",
+            "security.protocol",
+            "ssl.ca.location",
+            "ssl.key.location",
+            "client.id",
+        ] {
+            assert!(!is_secret_setting(plain), "{plain}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::DbError;
+use crate::kafka::KafkaConnectError;
 use crate::supervisor::{SupervisorError, EXIT_TASK_ENDED};
 use crate::tls::TlsError;
 
@@ -20,6 +21,10 @@ pub enum RunError {
     /// The TLS certificate or key of the HTTP listener cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The brokers refused the Kafka security settings (or a client could not be created
+    /// with them) at start.
+    #[error(transparent)]
+    KafkaConnect(#[from] KafkaConnectError),
     /// The HTTP listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

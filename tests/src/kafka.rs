@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use esk_runtime::kafka::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -10,7 +11,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 /// An idempotent producer on the test broker.
 pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
-    Ok(esk_runtime::kafka::producer_config(brokers).create()?)
+    Ok(esk_runtime::kafka::producer_config(&KafkaSettings::new(brokers)).create()?)
 }
 
 /// The `authorization` header an append request over Kafka carries its bearer token in.
@@ -109,7 +110,7 @@ pub fn read_topic_until_idle(
 
 /// A group-less consumer assigned every partition of `topic` from its beginning.
 pub fn reader_from_beginning(brokers: &str, topic: &str) -> anyhow::Result<BaseConsumer> {
-    let consumer: BaseConsumer = esk_runtime::kafka::base_config(brokers)
+    let consumer: BaseConsumer = esk_runtime::kafka::base_config(&KafkaSettings::new(brokers))
         .set("group.id", "esk-tests-reader")
         .set("enable.auto.commit", "false")
         .create()?;

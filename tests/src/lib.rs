@@ -7,6 +7,7 @@
 //! - `ESK_KAFKA_BROKERS`: the broker.
 
 pub mod bench;
+pub mod broker;
 pub mod history;
 pub mod indexer;
 pub mod ingest;
@@ -100,9 +101,14 @@ impl TestContext {
         };
         if topics {
             let all = context.topics.all();
-            esk_runtime::kafka::create_topics(&context.brokers, &all, TEST_PARTITIONS, 1).await?;
+            esk_runtime::kafka::create_topics(&context.kafka(), &all, TEST_PARTITIONS, 1).await?;
         }
         Ok(context)
+    }
+
+    /// The test broker as Kafka clients are built from it (plaintext, no properties).
+    pub fn kafka(&self) -> esk_runtime::kafka::KafkaSettings {
+        esk_runtime::kafka::KafkaSettings::new(&self.brokers)
     }
 
     /// The environment that points a spawned binary at this test's database and topics.

@@ -45,7 +45,7 @@ async fn records_the_broker_refuses_are_rejected_not_retried_for_ever() -> anyho
     );
 
     // Over Kafka, with a producer that may send records that large.
-    let producer: FutureProducer = esk_runtime::kafka::producer_config(&ctx.brokers)
+    let producer: FutureProducer = esk_runtime::kafka::producer_config(&ctx.kafka())
         .set("message.max.bytes", (32 * 1024 * 1024).to_string())
         .create()?;
     let request = json!({"schema_version": 1, "request_id": "big", "stream_id": "Big-2",

@@ -898,9 +898,9 @@ async fn a_missing_results_topic_never_sends_results_to_the_shared_topic() -> an
     .await?;
     // A reader assigned before the topic exists sees nothing: wait for it first.
     let created = esk_tests::eventually(Duration::from_secs(150), || async {
-        let (brokers, topic) = (ctx.brokers.clone(), missing.clone());
+        let (kafka, topic) = (ctx.kafka(), missing.clone());
         let count = tokio::task::spawn_blocking(move || {
-            esk_runtime::kafka::partition_count(&brokers, &topic)
+            esk_runtime::kafka::partition_count(&kafka, &topic)
         })
         .await
         .ok()?

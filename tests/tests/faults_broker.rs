@@ -6,10 +6,9 @@
 //! the canonical topic holds every position in order per partition (repeats allowed).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use esk_tests::broker::PrivateBroker;
 use esk_tests::indexer::{self, check_table, wait_indexed};
 use esk_tests::ingest::{self, Client};
 use esk_tests::load::Load;
@@ -17,100 +16,15 @@ use esk_tests::process::free_port;
 use esk_tests::{kafka, TestContext, TEST_PARTITIONS};
 use rdkafka::Message;
 
-/// A Tansu with durable storage in a directory of its own.
-struct DurableBroker {
-    bin: PathBuf,
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl DurableBroker {
-    fn bin() -> anyhow::Result<PathBuf> {
-        let bin = std::env::var_os("ESK_TANSU_DURABLE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/cache/esk/tansu-0.6.0-libsql/bin/tansu"));
-        anyhow::ensure!(
-            bin.exists(),
-            "no durable Tansu at {}: run `deploy/local/stack durable-broker` (deploy/local/test does)",
-            bin.display()
-        );
-        Ok(bin)
-    }
-
-    async fn start(bin: PathBuf, dir: PathBuf, port: u16) -> anyhow::Result<Self> {
-        let mut broker = DurableBroker {
-            bin,
-            dir,
-            port,
-            child: None,
-        };
-        broker.launch().await?;
-        Ok(broker)
-    }
-
-    async fn launch(&mut self) -> anyhow::Result<()> {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("tansu.log"))?;
-        let child = Command::new(&self.bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .env_remove("SCHEMA_REGISTRY")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "durable broker did not listen: {}",
-                std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
-    }
-
-    fn kill9(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for DurableBroker {
-    fn drop(&mut self) {
-        let _ = self.kill9();
-    }
-}
-
 #[tokio::test]
 async fn survives_a_broker_kill_9_and_restart_with_durable_storage() -> anyhow::Result<()> {
-    let bin = DurableBroker::bin()?;
+    let bin = PrivateBroker::bin()?;
     let mut ctx = TestContext::without_topics("broker_restart").await?;
     let dir = std::env::temp_dir().join(format!("esk-durable-broker-{}", ctx.name));
     std::fs::create_dir_all(&dir)?;
-    let mut broker = DurableBroker::start(bin, dir, free_port()?).await?;
+    let mut broker = PrivateBroker::start(bin, dir, free_port()?, &[]).await?;
     ctx.brokers = format!("127.0.0.1:{}", broker.port);
-    esk_runtime::kafka::create_topics(&ctx.brokers, &ctx.topics.all(), TEST_PARTITIONS, 1).await?;
+    esk_runtime::kafka::create_topics(&ctx.kafka(), &ctx.topics.all(), TEST_PARTITIONS, 1).await?;
 
     let ingest_process = ingest::spawn(&ctx, &[("ESK_INGEST_KAFKA_APPENDS", "false")]).await?;
     let indexer_process = indexer::spawn(&ctx, &[]).await?;

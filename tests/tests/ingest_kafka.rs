@@ -117,10 +117,11 @@ async fn kafka_requests_get_one_outcome_each_and_redeliveries_are_idempotent() -
         let topic = ctx.topics.appends.clone();
         let offsets = offsets.clone();
         async move {
-            let reader: BaseConsumer = esk_runtime::kafka::base_config(&brokers)
-                .set("group.id", &group)
-                .create()
-                .ok()?;
+            let reader: BaseConsumer =
+                esk_runtime::kafka::base_config(&esk_runtime::kafka::KafkaSettings::new(&brokers))
+                    .set("group.id", &group)
+                    .create()
+                    .ok()?;
             let mut tpl = TopicPartitionList::new();
             for p in 0..esk_tests::TEST_PARTITIONS {
                 tpl.add_partition(&topic, p);

@@ -344,7 +344,7 @@ async fn a_topic_projection_forwards_matching_events_with_canonical_headers() ->
 {
     let ctx = TestContext::new("proj_topic").await?;
     let derived = format!("t-{}-derived", ctx.name);
-    esk_runtime::kafka::create_topics(&ctx.brokers, &[derived.as_str()], 2, 1).await?;
+    esk_runtime::kafka::create_topics(&ctx.kafka(), &[derived.as_str()], 2, 1).await?;
     let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
     let _indexer = indexer::spawn(&ctx, &[]).await?;
     let config = projector::write_config(&ctx, &format!(

@@ -1,8 +1,10 @@
 //! Secret hygiene: a sentinel secret set in every secret setting (the database password, in the
-//! URL and as `?password=`; a webhook URL's `user:password@` and `?token=`) appears in none of
-//! the outputs: `--help` of every binary with the environment set, the logs of a run with a
-//! failing webhook, a rejecting webhook and a failing database connection, `/health`,
-//! `/metrics`, `esk doctor` (human and `--json`), a 5xx error body, and the dead-letter rows.
+//! URL and as `?password=`; a webhook URL's `user:password@` and `?token=`; the Kafka
+//! `sasl.password` property) appears in none of the outputs: `--help` of every binary with the
+//! environment set, the logs of a run with a failing webhook, a rejecting webhook and a failing
+//! database connection, `/health`, `/metrics`, `esk doctor` (human and `--json`; also with a
+//! SASL login the broker refuses, and with a misspelt property), a 5xx error body, and the
+//! dead-letter rows.
 //!
 //! The database password is a role's: `esk setup --roles` creates this run's roles with the
 //! sentinel as their passwords, as the admin of `ESK_TEST_ADMIN_DATABASE_URL` (see
@@ -63,7 +65,13 @@ async fn a_sentinel_secret_appears_in_no_output() -> anyhow::Result<()> {
 async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<()> {
     let sentinel = format!("SeNtInEl{}", uuid::Uuid::new_v4().simple());
     let mut outputs = Outputs::default();
-    let base_env = ctx.env();
+    // Ignored on the plaintext test broker, but set in every process and command.
+    let kafka_properties = (
+        "ESK_KAFKA_PROPERTIES".to_string(),
+        format!("sasl.username=esk;sasl.password={sentinel}"),
+    );
+    let mut base_env = ctx.env();
+    base_env.push(kafka_properties.clone());
     let mut setup_env = base_env.clone();
     setup_env.push((
         "ESK_DATABASE_URL".into(),
@@ -108,6 +116,7 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
         vec![
             ("ESK_DATABASE_URL".to_string(), role_url(role)),
             ("ESK_MIGRATE".to_string(), "false".to_string()),
+            kafka_properties.clone(),
         ]
     };
     let ingest_env = as_role("ingest");
@@ -255,6 +264,32 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
             outputs.add_output(&format!("esk {}", args.join(" ")), &output);
         }
     }
+
+    // A SASL login the broker refuses, and a misspelt property: the messages say why, without
+    // the password.
+    let mut env = base_env.clone();
+    env.push((
+        "ESK_KAFKA_PROPERTIES".into(),
+        format!(
+            "security.protocol=SASL_PLAINTEXT;sasl.mechanism=PLAIN;sasl.username=esk;\
+             sasl.password={sentinel}"
+        ),
+    ));
+    let refused = esk(&["doctor"], &env)?.output().await?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&refused.stdout).contains("SASL authentication failed"),
+        "doctor reports the refused login: {refused:?}"
+    );
+    outputs.add_output("esk doctor with a refused SASL login", &refused);
+    let misspelt = format!("sasl.pasword={sentinel}");
+    let refused = esk(&["--kafka-property", &misspelt, "doctor"], &base_env)?
+        .output()
+        .await?;
+    anyhow::ensure!(
+        String::from_utf8_lossy(&refused.stderr).contains("sasl.pasword"),
+        "the misspelt property is named: {refused:?}"
+    );
+    outputs.add_output("esk doctor with a misspelt property", &refused);
 
     // A process that cannot connect: its log says why, without the password.
     let wrong = format!("postgres://{prefix}_indexer:{sentinel}wrong@{host}");

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use esk_runtime::config::Topics;
+use esk_runtime::kafka::KafkaSettings;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::RDKafkaErrorCode;
 use serde_json::json;
 
 use super::Section;
@@ -27,8 +28,14 @@ struct TopicInfo {
     error: Option<String>,
 }
 
-fn fetch(brokers: &str) -> Result<Cluster, KafkaError> {
-    let consumer: BaseConsumer = esk_runtime::kafka::base_config(brokers).create()?;
+fn fetch(settings: &KafkaSettings) -> anyhow::Result<Cluster> {
+    // First with a client that tells a wrong security.protocol or password from a broker that
+    // is down, so that the check says which.
+    let timeout = esk_runtime::kafka::START_CHECK_TIMEOUT;
+    if !esk_runtime::kafka::check_connection(settings, timeout)? {
+        anyhow::bail!("no answer within {timeout:?}");
+    }
+    let consumer: BaseConsumer = esk_runtime::kafka::base_config(settings).create()?;
     // All topics: asking for one by name could auto-create it on some brokers.
     let metadata = consumer.fetch_metadata(None, METADATA_TIMEOUT)?;
     let brokers = metadata
@@ -52,9 +59,9 @@ fn fetch(brokers: &str) -> Result<Cluster, KafkaError> {
     Ok(Cluster { brokers, topics })
 }
 
-pub(super) async fn check(brokers: &str, topics: &Topics) -> Section {
-    let mut section = Section::new("Broker", brokers);
-    let target = brokers.to_owned();
+pub(super) async fn check(settings: &KafkaSettings, topics: &Topics) -> Section {
+    let mut section = Section::new("Broker", settings.brokers());
+    let target = settings.clone();
     let cluster = match tokio::task::spawn_blocking(move || fetch(&target)).await {
         Ok(Ok(cluster)) => cluster,
         Ok(Err(e)) => {

@@ -117,9 +117,10 @@ pub(crate) async fn run(
     out: &Output,
     args: DoctorArgs,
 ) -> anyhow::Result<()> {
+    let kafka = common.kafka();
     let (pg, kafka, http) = tokio::join!(
         postgres::check(&common.database_url, &common.topics.ingest_log),
-        broker::check(&common.kafka_brokers, &common.topics),
+        broker::check(&kafka, &common.topics),
         services::check(&args.ingest_admin_url, &args.indexer_url),
     );
     let sections = vec![pg, kafka, http];

@@ -53,10 +53,10 @@ pub enum HandlerSetupError {
 }
 
 impl Handler {
-    /// The handler `spec` declares (`brokers` for a topic handler's producer).
+    /// The handler `spec` declares (`kafka` for a topic handler's producer).
     pub(crate) fn for_spec(
         spec: &ProjectionSpec,
-        brokers: &str,
+        kafka: &esk_runtime::kafka::KafkaSettings,
     ) -> Result<Self, HandlerSetupError> {
         Ok(match &spec.handler {
             HandlerSpec::Sql { sql } => Handler::Sql(
@@ -67,7 +67,7 @@ impl Handler {
                 Handler::Webhook(webhook::Webhook::new(&spec.name, settings)?)
             }
             HandlerSpec::Topic { topic } => {
-                Handler::Topic(topic::TopicForwarder::new(brokers, topic)?)
+                Handler::Topic(topic::TopicForwarder::new(kafka, topic)?)
             }
         })
     }

@@ -26,10 +26,13 @@ impl std::fmt::Debug for TopicForwarder {
 }
 
 impl TopicForwarder {
-    /// A forwarder to `topic` on `brokers`.
-    pub(crate) fn new(brokers: &str, topic: &str) -> Result<Self, HandlerSetupError> {
+    /// A forwarder to `topic` on the brokers of `kafka`.
+    pub(crate) fn new(
+        kafka: &esk_runtime::kafka::KafkaSettings,
+        topic: &str,
+    ) -> Result<Self, HandlerSetupError> {
         Ok(TopicForwarder {
-            producer: esk_runtime::kafka::producer_config(brokers)
+            producer: esk_runtime::kafka::producer_config(kafka)
                 .create()
                 .map_err(HandlerSetupError::Producer)?,
             topic: topic.to_owned(),

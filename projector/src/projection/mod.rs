@@ -85,11 +85,11 @@ impl Projection {
     pub(crate) fn new(
         spec: &ProjectionSpec,
         tuning: &Tuning,
-        brokers: &str,
+        kafka: &esk_runtime::kafka::KafkaSettings,
         metrics: Arc<ProjectorMetrics>,
         health: Arc<Health>,
     ) -> Result<Self, HandlerSetupError> {
-        let handler = Handler::for_spec(spec, brokers)?;
+        let handler = Handler::for_spec(spec, kafka)?;
         metrics.init_projection(&spec.name);
         Ok(Projection {
             name: spec.name.clone(),

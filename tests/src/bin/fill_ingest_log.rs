@@ -301,9 +301,10 @@ async fn copy_text(
 /// Produces every event in append order, without waiting for each delivery: deliveries are
 /// awaited in groups of `--in-flight`, or early when the producer's queue is full.
 async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
-    let producer: FutureProducer = esk_runtime::kafka::producer_config(&args.brokers)
-        .create()
-        .context("creating the producer")?;
+    let producer: FutureProducer =
+        esk_runtime::kafka::producer_config(&esk_runtime::kafka::KafkaSettings::new(&args.brokers))
+            .create()
+            .context("creating the producer")?;
     let note = "x".repeat(100);
     let payloads: Vec<Box<serde_json::value::RawValue>> = (0..args.batch)
         .map(|i| {
