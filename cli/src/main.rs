@@ -1,5 +1,5 @@
 //! `esk`: the command-line tool of the esk event store, for operators (setup, migrate, doctor)
-//! and for people working with events (append, read, tail, projections).
+//! and for people working with events (append, read, tail, snapshots, projections).
 
 mod append;
 mod doctor;
@@ -12,6 +12,7 @@ mod projection;
 mod read;
 mod roles;
 mod setup;
+mod snapshot;
 mod source;
 mod tail;
 mod token;
@@ -83,6 +84,8 @@ enum Command {
     Read(read::ReadArgs),
     /// Print events as they arrive, until Ctrl-C.
     Tail(tail::TailArgs),
+    /// A stream's snapshot (its state as of a version): put, get.
+    Snapshot(snapshot::SnapshotArgs),
     /// Check Postgres, the broker, the topics and the services; exit 4 on a problem.
     Doctor(doctor::DoctorArgs),
     /// Projections: list, status, rebuild, dead letters (the projector's admin operations).
@@ -133,6 +136,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Append(args) => append::run(&cli.global.client()?, &out, args).await,
         Command::Read(args) => read::run(&cli.global.client()?, &out, args).await,
         Command::Tail(args) => tail::run(&cli.global.client()?, &out, args).await,
+        Command::Snapshot(args) => snapshot::run(&cli.global.client()?, &out, args).await,
         Command::Doctor(args) => doctor::run(&cli.common, &out, args).await,
         Command::Projection(args) => {
             // Logged as the projector logs them (a rebuild's progress lines, its warnings).

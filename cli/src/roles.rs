@@ -61,6 +61,8 @@ const INGEST_GRANTS: &[(&str, &str)] = &[
     // reads.rs, wait.rs, decide.rs: reads only; ingest never writes events.
     ("events", "SELECT"),
     ("global_position_counter", "SELECT"),
+    // snapshot_store.rs: one row per stream, upserted forward only; never deleted.
+    ("snapshots", "SELECT, INSERT, UPDATE"),
     // auth.rs: bearer tokens are looked up by their hash (tokens are created by `esk token`).
     ("api_tokens", "SELECT"),
 ];

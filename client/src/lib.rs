@@ -1,6 +1,7 @@
 //! The Rust client of the esk event store's HTTP API (the `ingest` service): typed appends,
 //! reads of a stream, of `$all` and of a category (a page at a time, or as a [`Stream`] of
-//! events that follows the pages), and waits until a version or position is indexed.
+//! events that follows the pages), waits until a version or position is indexed, and
+//! snapshots ([`Client::load`]: the latest snapshot and the events after it).
 //!
 //! Requests and answers are the types of [`esk_model::api`]; errors are [`ClientError`], which
 //! tells a refusal by the server ([`ClientError::Api`], with its code) from no answer at all
@@ -53,6 +54,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use esk_model::api::WaitResponse;
 use esk_model::api::{AppendRequest, AppendResponse, Direction, PositionedPage, StreamPage};
+use esk_model::api::{PutSnapshotRequest, PutSnapshotResponse, Snapshot};
 use esk_model::wire::CanonicalEvent;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -469,6 +471,55 @@ impl Client {
         Ok(answer.reached)
     }
 
+    /// Stores a snapshot of `stream_id`: its state as of `request.version`, a version the
+    /// stream has and that is indexed (wait for it with [`Client::wait_for_version`] after the
+    /// append; else the answer is a 409 `version_not_indexed`). A snapshot is never replaced by
+    /// an older one: the answer says whether this one was stored and which is the stream's now.
+    pub async fn put_snapshot(
+        &self,
+        stream_id: &str,
+        request: &PutSnapshotRequest,
+    ) -> Result<PutSnapshotResponse, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let request = self
+            .http
+            .put(self.snapshot_url(stream_id))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(self.timeout);
+        self.send(request).await
+    }
+
+    /// The snapshot of `stream_id`, or `None` when it has none (`snapshot_not_found`).
+    pub async fn get_snapshot(&self, stream_id: &str) -> Result<Option<Snapshot>, ClientError> {
+        let url = self.snapshot_url(stream_id);
+        match self.get(url, &[], self.timeout).await {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(e) if e.code() == Some("snapshot_not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What a reader folds to get `stream_id`'s state, in one call: its latest snapshot (if
+    /// any) and every event after it (all of them without a snapshot), following the pages.
+    pub async fn load(&self, stream_id: &str) -> Result<Loaded, ClientError> {
+        let snapshot = self.get_snapshot(stream_id).await?;
+        let from = snapshot.as_ref().map_or(0, |s| s.version.get() + 1);
+        let events = self
+            .stream_events(stream_id, ReadStream::forward().from(from))
+            .try_collect()
+            .await?;
+        Ok(Loaded { snapshot, events })
+    }
+
+    fn snapshot_url(&self, stream_id: &str) -> String {
+        format!(
+            "{}/streams/{}/snapshot",
+            self.base,
+            utf8_percent_encode(stream_id, SEGMENT)
+        )
+    }
+
     /// The URL of a stream's events, built in one go (appends are the hot path).
     fn stream_url(&self, stream_id: &str) -> String {
         format!(
@@ -500,6 +551,16 @@ impl Client {
         serde_json::from_slice(&body)
             .map_err(|e| ClientError::unexpected(status, &url, &body, e.to_string()))
     }
+}
+
+/// A stream as [`Client::load`] reads it: the snapshot to start from and the events to fold
+/// onto it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The stream's latest snapshot; `None` when it has none.
+    pub snapshot: Option<Snapshot>,
+    /// The events after the snapshot's version (every event without a snapshot), in order.
+    pub events: Vec<CanonicalEvent>,
 }
 
 /// `from` and `limit`, as given.

@@ -39,15 +39,25 @@ pub(crate) struct AppState {
 /// The append route and the OpenAPI document's route, documented, behind load shedding (the
 /// caller adds the state, the read routes and the JSON fallbacks).
 pub(crate) fn routes(max_concurrency: usize) -> OpenApiRouter<AppState> {
-    // Shed load beyond the concurrency limit instead of queueing bodies in memory (I6).
+    shed_load(
+        OpenApiRouter::new()
+            .routes(routes!(append))
+            .routes(routes!(openapi_document)),
+        max_concurrency,
+    )
+}
+
+/// `router` answering 503 beyond `max_concurrency` requests in flight instead of queueing
+/// their bodies in memory (I6).
+pub(crate) fn shed_load<S>(router: OpenApiRouter<S>, max_concurrency: usize) -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
     let shed = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
         .concurrency_limit(max_concurrency.max(1));
-    OpenApiRouter::new()
-        .routes(routes!(append))
-        .routes(routes!(openapi_document))
-        .layer(shed)
+    router.layer(shed)
 }
 
 /// JSON bodies for unknown routes and methods (axum's own are plain text).
@@ -111,6 +121,12 @@ impl ApiError {
     /// Records the cause of a failure for the log (never sent: see [`IntoResponse`]).
     pub(crate) fn with_detail(mut self, detail: impl std::fmt::Display) -> Self {
         self.detail = Some(detail.to_string());
+        self
+    }
+
+    /// Adds the stream's version to the body (`actual_version`).
+    pub(crate) fn with_actual_version(mut self, version: esk_model::event::StreamVersion) -> Self {
+        self.body.actual_version = Some(version);
         self
     }
 
@@ -216,7 +232,13 @@ async fn append(
     };
     if let Err(e) = allowed {
         state.metrics.invalid(e.code());
-        return Err(refuse_unread(&state, body, ApiError::auth(&e)).await);
+        return Err(refuse_unread(
+            state.max_body_bytes,
+            state.body_timeout,
+            body,
+            ApiError::auth(&e),
+        )
+        .await);
     }
     if !is_json(&headers) {
         state.metrics.invalid("unsupported_media_type");
@@ -225,14 +247,14 @@ async fn append(
             "unsupported_media_type",
             "send the body as Content-Type: application/json",
         );
-        return Err(refuse_unread(&state, body, error).await);
+        return Err(refuse_unread(state.max_body_bytes, state.body_timeout, body, error).await);
     }
     let trace = match trace_defaults(&headers) {
         Ok(trace) => trace,
         Err(e) => {
             state.metrics.invalid(e.code());
             let error = ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string());
-            return Err(refuse_unread(&state, body, error).await);
+            return Err(refuse_unread(state.max_body_bytes, state.body_timeout, body, error).await);
         }
     };
     // Room for the body in the in-flight byte budget, held until the answer: its declared
@@ -256,20 +278,13 @@ async fn append(
         )
         .retry_after(1));
     };
-    let body = tokio::time::timeout(state.body_timeout, read_body(body, state.max_body_bytes))
+    let body = read_body_within(body, state.max_body_bytes, state.body_timeout)
         .await
-        .map_err(|_| {
-            state.metrics.invalid("request_timeout");
-            ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
-                format!(
-                    "the body did not arrive within {} ms; nothing was written",
-                    state.body_timeout.as_millis()
-                ),
-            )
-            .closing()
-        })??;
+        .inspect_err(|e| {
+            if e.status == StatusCode::REQUEST_TIMEOUT {
+                state.metrics.invalid("request_timeout");
+            }
+        })?;
     let append = parse_append_body(&stream_id, &body, &state.limits, trace).map_err(|e| {
         state.metrics.invalid(e.code());
         ApiError::invalid(&e)
@@ -346,7 +361,7 @@ pub(crate) fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
         .map(HeaderValue::as_bytes)
 }
 
-fn is_json(headers: &HeaderMap) -> bool {
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -374,6 +389,28 @@ fn trace_defaults(headers: &HeaderMap) -> Result<TraceDefaults<'_>, InvalidAppen
         correlation_id: read("x-correlation-id")?,
         causation_id: read("x-causation-id")?,
     })
+}
+
+/// Reads the body up to `limit` bytes within `timeout` (else 408, and the connection is
+/// closed); see [`read_body`].
+pub(crate) async fn read_body_within(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, ApiError> {
+    tokio::time::timeout(timeout, read_body(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body did not arrive within {} ms; nothing was written",
+                    timeout.as_millis()
+                ),
+            )
+            .closing()
+        })?
 }
 
 /// Reads the body up to `limit` bytes. A larger body is read on (and dropped) up to four times
@@ -413,9 +450,14 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
 /// most four times the body limit, within the body timeout, never buffered), so a client still
 /// writing it gets the answer instead of a reset connection; when the body is longer or
 /// slower than that, the connection is closed after the answer.
-async fn refuse_unread(state: &AppState, body: Body, error: ApiError) -> ApiError {
-    let limit = state.max_body_bytes.saturating_mul(4);
-    match tokio::time::timeout(state.body_timeout, discard_body(body, limit)).await {
+pub(crate) async fn refuse_unread(
+    max_body_bytes: usize,
+    body_timeout: std::time::Duration,
+    body: Body,
+    error: ApiError,
+) -> ApiError {
+    let limit = max_body_bytes.saturating_mul(4);
+    match tokio::time::timeout(body_timeout, discard_body(body, limit)).await {
         Ok(true) => error,
         _ => error.closing(),
     }

@@ -21,6 +21,8 @@ mod openapi;
 mod outcome;
 mod pipeline;
 mod reads;
+mod snapshot_store;
+mod snapshots;
 mod stream_index;
 mod wait;
 
@@ -91,6 +93,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
         esk_runtime::db::connect(&config.common.database_url, config.pg_read_connections).await?;
     let waits = wait::WaitHub::new(read_pool.clone(), config.max_waiters);
     supervisor.spawn("wait poller", waits.clone().run(shutdown.clone()));
+    let body_timeout = std::time::Duration::from_millis(config.body_timeout_ms.max(1));
     let app = openapi::app(
         api::AppState {
             pipeline,
@@ -98,13 +101,20 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
             limits: config.limits.clone(),
             metrics,
             max_body_bytes: config.max_body_bytes,
-            body_timeout: std::time::Duration::from_millis(config.body_timeout_ms.max(1)),
+            body_timeout,
         },
         reads::ReadState {
-            pool: read_pool,
-            auth,
+            pool: read_pool.clone(),
+            auth: auth.clone(),
             waits,
             max_page_bytes: config.max_page_bytes.max(1),
+        },
+        snapshots::SnapshotState {
+            pool: read_pool,
+            auth,
+            limits: config.limits.clone(),
+            max_body_bytes: config.max_body_bytes,
+            body_timeout,
         },
         config.max_http_concurrency,
     );

@@ -11,6 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::api::{self, AppState};
 use crate::reads::{self, ReadState};
+use crate::snapshots::{self, SnapshotState};
 
 /// What the document says besides its paths.
 #[derive(Debug, OpenApi)]
@@ -21,6 +22,7 @@ use crate::reads::{self, ReadState};
     ),
     tags(
         (name = "streams", description = "Appends, reads and waits"),
+        (name = "snapshots", description = "A stream's state as of a version, to fold only the events after it"),
         (name = "meta", description = "This document"),
     ),
     modifiers(&BearerScheme)
@@ -52,10 +54,16 @@ impl utoipa::Modify for BearerScheme {
 
 /// The whole API app: appends, reads and `/openapi.json`, with JSON fallbacks. Metrics and
 /// health are not here: they are served on the admin listener.
-pub(crate) fn app(app_state: AppState, read_state: ReadState, max_concurrency: usize) -> Router {
+pub(crate) fn app(
+    app_state: AppState,
+    read_state: ReadState,
+    snapshot_state: SnapshotState,
+    max_concurrency: usize,
+) -> Router {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes(max_concurrency).with_state(app_state))
         .merge(reads::routes().with_state(read_state))
+        .merge(snapshots::routes(max_concurrency).with_state(snapshot_state))
         .split_for_parts();
     api::with_json_fallbacks(router).layer(Extension(Arc::new(document)))
 }
@@ -71,6 +79,7 @@ mod tests {
         let mut document = ApiDoc::openapi();
         document.merge(api::routes(1).into_openapi());
         document.merge(reads::routes().into_openapi());
+        document.merge(snapshots::routes(1).into_openapi());
         document
     }
 
@@ -80,6 +89,7 @@ mod tests {
         let sources = [
             ("api.rs", include_str!("api.rs")),
             ("reads.rs", include_str!("reads.rs")),
+            ("snapshots.rs", include_str!("snapshots.rs")),
             ("lib.rs", include_str!("lib.rs")),
             ("openapi.rs", include_str!("openapi.rs")),
             (
@@ -121,6 +131,8 @@ mod tests {
             "get /streams/{stream_id}/events",
             "get /categories/{category}/events",
             "get /wait",
+            "put /streams/{stream_id}/snapshot",
+            "get /streams/{stream_id}/snapshot",
             "get /openapi.json",
         ]
         .into_iter()
@@ -156,6 +168,9 @@ mod tests {
             "WaitResponse",
             "ErrorEnvelope",
             "ExpectedVersion",
+            "PutSnapshotRequest",
+            "PutSnapshotResponse",
+            "Snapshot",
         ] {
             assert!(schemas.get(name).is_some(), "{name} is missing");
         }
@@ -173,6 +188,8 @@ mod tests {
             ("/streams/{stream_id}/events", "get", true),
             ("/categories/{category}/events", "get", true),
             ("/wait", "get", true),
+            ("/streams/{stream_id}/snapshot", "put", true),
+            ("/streams/{stream_id}/snapshot", "get", true),
             ("/openapi.json", "get", false),
             ("/health", "get", false),
             ("/ready", "get", false),

@@ -5,6 +5,7 @@
 //! Payloads are carried as the text that was sent ([`RawValue`]), never through
 //! `serde_json::Value`, which would alter number digits, key order and duplicate keys.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -115,6 +116,46 @@ pub struct PositionedPage {
 pub struct WaitResponse {
     /// True once the version or position is indexed; false when the timeout passed first.
     pub reached: bool,
+}
+
+/// The body of `PUT /streams/{stream_id}/snapshot`. The server validates the body as text
+/// (`crate::snapshot`), refusing unknown or duplicate fields and data larger than an event's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PutSnapshotRequest {
+    /// The version of the stream's last event folded into `data`; the stream must have it.
+    pub version: Version,
+    /// The state: any JSON, stored exactly as sent (less whitespace between tokens).
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
+    pub data: Box<RawValue>,
+}
+
+/// A stream's snapshot: its state as of `version` (`GET /streams/{stream_id}/snapshot`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Snapshot {
+    /// The stream it folds.
+    pub stream_id: String,
+    /// The version of the last event folded into it: events after it are `version + 1` on.
+    pub version: Version,
+    /// The state, as it was sent.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
+    pub data: Box<RawValue>,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// The answer of `PUT /streams/{stream_id}/snapshot` (200): whether the snapshot sent was
+/// stored, and the stream's snapshot now (a newer or equal one is never replaced by an older).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PutSnapshotResponse {
+    /// True: the snapshot sent is the stream's snapshot now. False: the stream already had one
+    /// at this version or a newer one, which was kept (and is `snapshot`).
+    pub stored: bool,
+    /// The stream's snapshot after this request.
+    pub snapshot: Snapshot,
 }
 
 /// Whether a process can do its job (`GET /health`, on every esk process).

@@ -7,5 +7,6 @@ pub mod event;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod raw_json;
+pub mod snapshot;
 pub mod validate;
 pub mod wire;

@@ -121,6 +121,39 @@ impl Client {
         Self::reply(response).await
     }
 
+    /// A PUT with any body and content type.
+    pub async fn put_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
+        let response = self
+            .http
+            .put(format!("{}{}", self.base, path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await?;
+        Self::reply(response).await
+    }
+
+    /// `PUT /streams/{stream}/snapshot` with a JSON body given as text (sent as it is).
+    pub async fn put_snapshot(&self, stream: &str, body: &str) -> anyhow::Result<Reply> {
+        self.put_raw(
+            &format!("/streams/{}/snapshot", urlencode(stream)),
+            "application/json",
+            body.as_bytes().to_vec(),
+        )
+        .await
+    }
+
+    /// `GET /streams/{stream}/snapshot`.
+    pub async fn get_snapshot(&self, stream: &str) -> anyhow::Result<Reply> {
+        self.get(&format!("/streams/{}/snapshot", urlencode(stream)))
+            .await
+    }
+
     /// A DELETE (no route accepts it).
     pub async fn delete(&self, path: &str) -> anyhow::Result<Reply> {
         let response = self

@@ -924,3 +924,76 @@ async fn a_missing_results_topic_never_sends_results_to_the_shared_topic() -> an
     assert!(shared.is_empty(), "a result leaked to the shared topic");
     Ok(())
 }
+
+#[tokio::test]
+async fn snapshot_put_and_get() -> anyhow::Result<()> {
+    let (ctx, ingest, _indexer) = stack("cli_snapshot").await?;
+    let env = ctx.env();
+    let url = ingest.http.as_str();
+    let client = Client::new(&ingest);
+    let reply = client
+        .append(
+            "Order-1",
+            &json!({"expected_version": "no_stream", "events": ingest::events(3)}),
+        )
+        .await?;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    wait_indexed(&ctx, 3, Duration::from_secs(30)).await?;
+
+    // No snapshot yet: exit 1 naming the code.
+    let run = esk(&env, &["snapshot", "get", "Order-1", "--url", url], None).await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("snapshot_not_found"), "{run:?}");
+
+    // From --data, as JSON; the data is sent as written.
+    let data = r#"{"total":12.50,"k":1,"k":2}"#;
+    let put = ["snapshot", "put", "Order-1", "--version", "1", "--url", url];
+    let run = esk(
+        &env,
+        &[&put[..], &["--data", data, "--json"]].concat(),
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let answer = run.json()?;
+    assert_eq!(answer["stored"], json!(true));
+    assert_eq!(answer["snapshot"]["version"], json!(1));
+    assert!(run.stdout.contains(data), "{run:?}");
+
+    // From stdin, older: kept, exit 0, and said so.
+    let older = ["snapshot", "put", "Order-1", "--version", "0", "--url", url];
+    let run = esk(&env, &older, Some("{\"older\": true}\n")).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("kept the snapshot of Order-1 at version 1"),
+        "{run:?}"
+    );
+
+    let run = esk(
+        &env,
+        &["snapshot", "get", "Order-1", "--url", url, "--json"],
+        None,
+    )
+    .await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains(&format!("\"data\":{data}")), "{run:?}");
+    assert_eq!(run.json()?["version"], json!(1));
+    let run = esk(&env, &["snapshot", "get", "Order-1", "--url", url], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("Order-1 at version 1"), "{run:?}");
+    assert!(run.stdout.contains(data), "{run:?}");
+
+    // Ahead of the stream: a conflict (exit 2), nothing written; bad JSON: exit 1.
+    let ahead = ["snapshot", "put", "Order-1", "--version", "9", "--url", url];
+    let run = esk(&env, &[&ahead[..], &["--data", "{}"]].concat(), None).await?;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("version_ahead_of_stream"), "{run:?}");
+    let run = esk(&env, &[&put[..], &["--data", "{nope"]].concat(), None).await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM snapshots")
+        .fetch_all(&ctx.pool)
+        .await?;
+    assert_eq!(versions, vec![1]);
+    Ok(())
+}

@@ -28,6 +28,8 @@ const FORBIDDEN: &[&str] = &[
     "CREATE TABLE lp_intruder (x int)",
     "ALTER TABLE events ADD COLUMN lp_intruder int",
     "ALTER TABLE events DISABLE TRIGGER ALL",
+    // Snapshots only move forward (an upsert); nobody deletes them.
+    "DELETE FROM snapshots",
 ];
 
 const HTTP_ONLY: &[(&str, &str)] = &[("ESK_INGEST_KAFKA_APPENDS", "false")];
@@ -181,6 +183,24 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
         token: ctx.token.clone(),
     };
     wait_indexed(&observed, 15, Duration::from_secs(60)).await?;
+    // Snapshots as the ingest role: stored, kept against an older one, read back.
+    for (version, stored) in [(1, true), (0, false), (2, true)] {
+        let reply = client
+            .put_snapshot(
+                "Account-0",
+                &format!(r#"{{"version":{version},"data":{{}}}}"#),
+            )
+            .await?;
+        anyhow::ensure!(
+            reply.status == 200 && reply.body["stored"] == serde_json::json!(stored),
+            "snapshot at {version} as the ingest role: {reply:?}"
+        );
+    }
+    let reply = client.get_snapshot("Account-0").await?;
+    anyhow::ensure!(
+        reply.status == 200 && reply.body["version"] == serde_json::json!(2),
+        "snapshot read as the ingest role: {reply:?}"
+    );
     let projected = eventually(Duration::from_secs(60), || async {
         let counted: Option<i64> =
             sqlx::query_scalar("SELECT sum(count)::int8 FROM projection_category_type_counts WHERE projection = 'counts'")
