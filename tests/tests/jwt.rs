@@ -13,8 +13,6 @@ use esk_tests::ingest::{self, event, Client};
 use esk_tests::{indexer, kafka, TestContext};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{get_current_timestamp, Algorithm, EncodingKey, Header};
-use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
-use rdkafka::producer::FutureRecord;
 use rdkafka::Message;
 use serde_json::{json, Value};
 
@@ -507,18 +505,14 @@ async fn bad_jwts_over_kafka_get_typed_rejections_and_write_nothing() -> anyhow:
         let payload = json!({"schema_version": 1, "request_id": request_id, "stream_id": stream,
             "expected_version": "any", "events": [event("Maybe")]})
         .to_string();
-        let authorization = format!("Bearer {token}");
-        let record = FutureRecord::to(&ctx.topics.appends)
-            .key(*stream)
-            .payload(payload.as_bytes())
-            .headers(OwnedHeaders::new().insert(KafkaHeader {
-                key: "authorization",
-                value: Some(authorization.as_bytes()),
-            }));
-        producer
-            .send(record, Duration::from_secs(10))
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?;
+        kafka::produce_append(
+            &producer,
+            &ctx.topics.appends,
+            token,
+            stream,
+            payload.as_bytes(),
+        )
+        .await?;
     }
     let results = kafka::read_topic(
         &ctx.brokers,

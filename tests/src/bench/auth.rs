@@ -6,8 +6,8 @@
 use anyhow::Context;
 
 use super::line::Line;
-use super::services::{run, Service};
-use super::{emit, env_of, report, say, Bench, ANCHOR_BATCH, ANCHOR_CLIENTS};
+use super::services::run;
+use super::{emit, report, say, Bench, ANCHOR_BATCH, ANCHOR_CLIENTS};
 
 /// Runs of each side.
 const ROUNDS: usize = 3;
@@ -51,25 +51,9 @@ impl Bench {
     async fn ingest_run(&mut self, round: usize, auth: bool) -> anyhow::Result<Line> {
         let side = if auth { "on" } else { "off" };
         let tag = format!("auth-{round}-{side}");
-        let (_, _, mut env) = self
-            .fresh_store_with_auth("esk_bench_auth", &tag, auth)
+        let mut ingest = self
+            .start_ingest("esk_bench_auth", &tag, auth, "bench-auth.log")
             .await?;
-        env.extend(env_of(&[
-            (
-                "ESK_INGEST_GROUP",
-                &format!("{}-{tag}", self.settings.run_id),
-            ),
-            ("RUST_LOG", "warn"),
-        ]));
-        let log = self.settings.state_dir.join("bench-auth.log");
-        let mut ingest = Service::start(
-            "ingest",
-            &self.settings.binary("ingest"),
-            &env,
-            crate::process::INGEST,
-            log,
-        )?;
-        ingest.wait_healthy().await?;
         let in_flight = self.settings.ingest_in_flight;
         say(&format!(
             "auth {side} (round {}/{ROUNDS}): loadgen {}s, {ANCHOR_CLIENTS} writers, {in_flight} in flight each",

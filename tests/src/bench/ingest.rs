@@ -8,22 +8,29 @@ use super::services::{run, Service};
 use super::{emit, env_of, say, Bench, ANCHOR_BATCH, ANCHOR_CLIENTS};
 
 impl Bench {
-    /// Prints and returns loadgen's lines: the anchor's workload, and (if loadgen printed one)
-    /// the same writers with `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight each.
-    pub(crate) async fn ingest(&mut self) -> anyhow::Result<(Line, Option<Line>)> {
-        let run_id = self.settings.run_id.clone();
-        let (_, _, mut env) = self.fresh_store("esk_bench_ingest", "ingest").await?;
+    /// Ingest alone on a fresh database `database` and fresh topics `<run id>-<tag>-*`,
+    /// checking tokens or not (`auth`), logging to `$ESK_STATE_DIR/<log>`; returns once healthy.
+    pub(crate) async fn start_ingest(
+        &mut self,
+        database: &str,
+        tag: &str,
+        auth: bool,
+        log: &str,
+    ) -> anyhow::Result<Service> {
+        let (_, _, mut env) = self.fresh_store_with_auth(database, tag, auth).await?;
         env.extend(env_of(&[
-            ("ESK_INGEST_GROUP", &format!("{run_id}-ingest")),
+            (
+                "ESK_INGEST_GROUP",
+                &format!("{}-{tag}", self.settings.run_id),
+            ),
             ("RUST_LOG", "warn"),
         ]));
-        let log = self.settings.state_dir.join("bench-ingest.log");
         let mut ingest = Service::start(
             "ingest",
             &self.settings.binary("ingest"),
             &env,
             crate::process::INGEST,
-            log,
+            self.settings.state_dir.join(log),
         )?;
         say(&format!(
             "started ingest on {} (log: {})",
@@ -31,6 +38,16 @@ impl Bench {
             ingest.log().display()
         ));
         ingest.wait_healthy().await?;
+        Ok(ingest)
+    }
+
+    /// Prints and returns loadgen's lines: the anchor's workload, and (if loadgen printed one)
+    /// the same writers with `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight each.
+    pub(crate) async fn ingest(&mut self) -> anyhow::Result<(Line, Option<Line>)> {
+        let auth = self.settings.auth;
+        let mut ingest = self
+            .start_ingest("esk_bench_ingest", "ingest", auth, "bench-ingest.log")
+            .await?;
 
         let seconds = self.settings.seconds.clone();
         let loadgen = self.settings.binary("loadgen");
