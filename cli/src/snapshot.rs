@@ -86,18 +86,17 @@ async fn put(
     if out.json {
         return out.document(&answer);
     }
-    let current = &answer.snapshot;
     if answer.stored {
         out.line(format!(
             "{} stored the snapshot of {} at version {}",
             out.paint("✔", Style::new().green().bold()),
-            out.paint(&current.stream_id, Style::new().cyan()),
-            current.version
+            out.paint(stream, Style::new().cyan()),
+            answer.version
         ))
     } else {
         note(format!(
-            "kept the snapshot of {} at version {}: it is not older than version {version}",
-            current.stream_id, current.version
+            "kept the snapshot of {stream} at version {}: it is not older than version {version}",
+            answer.version
         ));
         Ok(())
     }

@@ -119,6 +119,13 @@ pub(crate) async fn run(
                 if !tokens::is_valid_topic_name(topic) {
                     return Err(refusal(TokenError::InvalidTopic(topic.clone())));
                 }
+                // Ingest may produce to esk's own topics, so ACLs could not stop results
+                // landing in them; Kafka's internal topics start with `__`.
+                if common.topics.all().contains(&topic.as_str()) || topic.starts_with("__") {
+                    return Err(Failure::usage(format!(
+                        "--results-topic {topic:?} is one of esk's or Kafka's own topics; name a topic of this token's own"
+                    )));
+                }
                 esk_runtime::kafka::create_topics(
                     &common.kafka(),
                     &[topic.as_str()],

@@ -154,7 +154,7 @@ impl JwtVerifier {
         let grant = Arc::new(grant);
         // Trusted until the cache period ends or the token expires, whichever is first.
         let now = unix_now();
-        let lifetime = Duration::from_secs(exp.saturating_sub(now)) + self.leeway;
+        let lifetime = Duration::from_secs(exp.saturating_sub(now)).saturating_add(self.leeway);
         self.cache.insert(
             hash,
             Cached {

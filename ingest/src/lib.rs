@@ -113,7 +113,10 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
             pool: read_pool,
             auth,
             limits: config.limits.clone(),
-            max_body_bytes: config.max_body_bytes,
+            // A snapshot's data is at most an event's size: its body is read no further.
+            max_body_bytes: config
+                .max_body_bytes
+                .min(config.limits.max_event_bytes.saturating_add(64 * 1024)),
             body_timeout,
         },
         config.max_http_concurrency,

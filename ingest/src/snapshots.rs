@@ -134,14 +134,19 @@ async fn put_snapshot(
     body: Body,
 ) -> Result<Response, ApiError> {
     let stream_id = stream_segment(path)?;
-    let allowed = match state.auth.authenticate(authorization(&headers)).await {
-        Ok(principal) => principal.require(Need::Append(&stream_id)),
+    let principal = match state.auth.authenticate(authorization(&headers)).await {
+        Ok(principal) => principal
+            .require(Need::Append(&stream_id))
+            .map(|()| principal),
         Err(e) => Err(e),
     };
-    if let Err(e) = allowed {
-        let error = ApiError::auth(&e);
-        return Err(refuse_unread(state.max_body_bytes, state.body_timeout, body, error).await);
-    }
+    let principal = match principal {
+        Ok(principal) => principal,
+        Err(e) => {
+            let error = ApiError::auth(&e);
+            return Err(refuse_unread(state.max_body_bytes, state.body_timeout, body, error).await);
+        }
+    };
     if !is_json(&headers) {
         let error = ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -161,9 +166,12 @@ async fn put_snapshot(
         PutOutcome::Kept(current) => (false, current),
         PutOutcome::Refused(why) => return Err(refused(&stream_id, snapshot.version, why)),
     };
+    // A kept snapshot is someone else's state: only a caller who may read the stream sees it.
+    let may_read = principal.require(Need::ReadStream(&stream_id)).is_ok();
     Ok(Json(PutSnapshotResponse {
         stored,
-        snapshot: current,
+        version: current.version,
+        snapshot: (stored || may_read).then_some(current),
     })
     .into_response())
 }

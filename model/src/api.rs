@@ -152,10 +152,15 @@ pub struct Snapshot {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PutSnapshotResponse {
     /// True: the snapshot sent is the stream's snapshot now. False: the stream already had one
-    /// at this version or a newer one, which was kept (and is `snapshot`).
+    /// at this version or a newer one, which was kept.
     pub stored: bool,
-    /// The stream's snapshot after this request.
-    pub snapshot: Snapshot,
+    /// The version of the stream's snapshot after this request.
+    pub version: Version,
+    /// The stream's snapshot after this request: when it is the one sent, or when the caller
+    /// may also read the stream (a token with only `append:` learns the kept one's version,
+    /// never its data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
 }
 
 /// Whether a process can do its job (`GET /health`, on every esk process).

@@ -20,6 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// How long open requests get to finish after shutdown starts.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -96,10 +97,10 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             match tls {
-                None => connection.serve(stream).await,
+                None => connection.serve(stream, header_timeout).await,
                 Some(acceptor) => {
                     if let Some(stream) = handshake(&acceptor, stream, header_timeout).await {
-                        connection.serve(stream).await;
+                        connection.serve(stream, header_timeout).await;
                     }
                 }
             }
@@ -123,18 +124,38 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves HTTP on `io` until the client leaves, times out or shutdown closes it.
-    async fn serve<I>(self, io: I)
+    /// Serves HTTP on `io` until the client leaves, times out or shutdown closes it. A client
+    /// whose first request has not begun within `first_request_within` is disconnected: the
+    /// header deadline of HTTP/1 starts only once the protocol is known, and choosing it waits
+    /// for bytes without a clock (a silent client, or one that stops after a few bytes or after
+    /// an HTTP/2 preface, would hold its connection slot for ever).
+    async fn serve<I>(self, io: I, first_request_within: Duration)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.app);
+        let first_request = Arc::new(tokio::sync::Notify::new());
+        let began = first_request.clone();
+        let app = self.app;
+        let service = tower::service_fn(move |request| {
+            began.notify_one();
+            app.clone().oneshot(request)
+        });
         let connection = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(service))
             .into_owned();
-        // A client that goes away or times out ends its connection; nothing to report.
-        let _ = self.watcher.watch(connection).await;
+        let connection = self.watcher.watch(connection);
+        tokio::pin!(connection);
+        tokio::select! {
+            // A client that goes away or times out ends its connection; nothing to report.
+            _ = &mut connection => return,
+            () = first_request.notified() => {}
+            () = tokio::time::sleep(first_request_within) => {
+                tracing::debug!("no request within {first_request_within:?}; closing the connection");
+                return;
+            }
+        }
+        let _ = connection.await;
     }
 }
 

@@ -773,6 +773,25 @@ async fn a_token_with_its_own_results_topic_is_answered_only_there() -> anyhow::
         refused.stderr.contains("not a Kafka topic name"),
         "{refused:?}"
     );
+    for own in [ctx.topics.ingest_log.as_str(), "__consumer_offsets"] {
+        let refused = esk(
+            &env,
+            &[
+                "token",
+                "create",
+                "--name",
+                "bad",
+                "--allow",
+                "append:*",
+                "--results-topic",
+                own,
+            ],
+            None,
+        )
+        .await?;
+        assert_eq!(refused.code, 1, "{own}: {refused:?}");
+        assert!(refused.stderr.contains("own topics"), "{own}: {refused:?}");
+    }
     let created = esk(
         &env,
         &[

@@ -216,3 +216,44 @@ async fn get_errors_are_json_too() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Clients that never send a whole first request cannot hold connection slots: one silent, one
+/// that stops after two bytes (before the protocol is known), one that sends only the HTTP/2
+/// preface. Each is closed within about the header timeout, and with a cap of 4 connections
+/// the server still answers afterwards.
+#[tokio::test]
+async fn connections_without_a_first_request_are_closed() -> anyhow::Result<()> {
+    let ctx = TestContext::new("http_silent").await?;
+    let mut env = HTTP_ONLY.to_vec();
+    env.extend([
+        ("ESK_HTTP_HEADER_TIMEOUT_MS", "1000"),
+        ("ESK_HTTP_MAX_CONNECTIONS", "4"),
+    ]);
+    let ingest_process = ingest::spawn(&ctx, &env).await?;
+    let addr = address(&ingest_process);
+    let openings: [&[u8]; 3] = [b"", b"PO", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"];
+    let mut clients = Vec::new();
+    for opening in openings {
+        let mut stream = TcpStream::connect(&addr).await?;
+        stream.write_all(opening).await?;
+        clients.push(stream);
+    }
+    let started = tokio::time::Instant::now();
+    for (stream, opening) in clients.iter_mut().zip(openings) {
+        let (_, closed) = read_until_closed(stream, Duration::from_secs(5)).await;
+        assert!(closed, "a client that sent {opening:?} kept its connection");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "closed within about the header timeout: {:?}",
+        started.elapsed()
+    );
+    let reply = Client::new(&ingest_process)
+        .append(
+            "Fine-1",
+            &json!({"expected_version": "no_stream", "events": [ingest::event("T")]}),
+        )
+        .await?;
+    assert_eq!(reply.status, 201);
+    Ok(())
+}

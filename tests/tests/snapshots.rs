@@ -401,6 +401,24 @@ async fn snapshots_need_append_to_write_and_read_to_read() -> anyhow::Result<()>
         (200, &json!(1)),
         "{reply:?}"
     );
+    // A writer without read scope whose older snapshot is kept learns the kept version, never
+    // its data; the admin (who may read) sees it.
+    let reply = writer
+        .put_snapshot("Order-1", r#"{"version":0,"data":{"probe":true}}"#)
+        .await?;
+    assert_eq!(
+        (reply.status, &reply.body["stored"], &reply.body["version"]),
+        (200, &json!(false), &json!(1)),
+        "{reply:?}"
+    );
+    assert!(
+        reply.body.get("snapshot").is_none() && !reply.body.to_string().contains("\"n\""),
+        "an append-only token saw the kept snapshot: {reply:?}"
+    );
+    let reply = admin
+        .put_snapshot("Order-1", r#"{"version":0,"data":{}}"#)
+        .await?;
+    assert_eq!(reply.body["snapshot"]["data"], json!({"n": 1}), "{reply:?}");
     // A stream outside the scope is 403 whether or not it exists: never 404.
     for stream in ["User-1", "Orders-1"] {
         let reply = writer

@@ -77,6 +77,13 @@ pub enum PropertyError {
         /// librdkafka's reason, with a secret value replaced by `***`.
         reason: String,
     },
+    /// An entry of a `;`-separated list that also holds a secret failed: since a `;` inside
+    /// the secret would have split it, nothing of the entry is quoted.
+    #[error("entry {entry} of the list is not a valid KEY=VALUE property (not quoted: the list holds a secret, which may contain `;`; put secrets in a properties file, ESK_KAFKA_PROPERTIES_FILE)")]
+    InListWithSecret {
+        /// The entry's position, from 1.
+        entry: usize,
+    },
 }
 
 impl KafkaProperty {
@@ -206,9 +213,27 @@ pub struct PropertyList(pub Vec<KafkaProperty>);
 impl PropertyList {
     /// Parses and checks every `;`-separated entry of `text`.
     pub fn parse(text: &str) -> Result<Self, PropertyError> {
-        text.split(';')
+        let entries: Vec<&str> = text
+            .split(';')
             .filter(|entry| !entry.trim().is_empty())
-            .map(KafkaProperty::parse)
+            .collect();
+        let holds_secret = entries.iter().any(|entry| {
+            entry
+                .split_once('=')
+                .is_some_and(|(key, _)| is_secret_setting(key.trim()))
+        });
+        entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                KafkaProperty::parse(entry).map_err(|error| {
+                    if holds_secret {
+                        PropertyError::InListWithSecret { entry: index + 1 }
+                    } else {
+                        error
+                    }
+                })
+            })
             .collect::<Result<_, _>>()
             .map(PropertyList)
     }
@@ -367,5 +392,20 @@ mod tests {
         assert!(error.contains("sasl.pasword"), "{error}");
         std::fs::remove_file(&path)?;
         Ok(())
+    }
+
+    #[test]
+    fn a_list_holding_a_secret_never_quotes_a_failing_entry() {
+        // The password contained `;`: its second half became an entry of its own.
+        let error = PropertyList::parse("sasl.password=ab;cd=ef")
+            .expect_err("cd is no property")
+            .to_string();
+        assert!(!error.contains("cd"), "{error}");
+        assert!(error.contains("entry 2"), "{error}");
+        // Without a secret in the list, the key is named as before.
+        let error = PropertyList::parse("client.id=x;no.such.property=1")
+            .expect_err("unknown property")
+            .to_string();
+        assert!(error.contains("no.such.property"), "{error}");
     }
 }
