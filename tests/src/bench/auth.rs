@@ -30,7 +30,10 @@ impl Bench {
                 } else {
                     "ingest-auth-off"
                 };
-                emit(&report::wrap(name, &line, &Line::default()).to_text());
+                // loadgen's own line, named for its side (its "bench" key is replaced in place).
+                let mut named = line.clone();
+                named.set("bench", name);
+                emit(&named.to_text());
                 let rate = line
                     .number("events_per_s")
                     .context("loadgen printed no events_per_s")?;
