@@ -111,14 +111,8 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<Reply> {
-        let response = self
-            .http
-            .post(format!("{}{}", self.base, path))
-            .header("content-type", content_type)
-            .body(body)
-            .send()
-            .await?;
-        Self::reply(response).await
+        self.send_raw(reqwest::Method::POST, path, content_type, body)
+            .await
     }
 
     /// A PUT with any body and content type.
@@ -128,9 +122,21 @@ impl Client {
         content_type: &str,
         body: Vec<u8>,
     ) -> anyhow::Result<Reply> {
+        self.send_raw(reqwest::Method::PUT, path, content_type, body)
+            .await
+    }
+
+    /// A request of `method` with any body and content type.
+    async fn send_raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<Reply> {
         let response = self
             .http
-            .put(format!("{}{}", self.base, path))
+            .request(method, format!("{}{}", self.base, path))
             .header("content-type", content_type)
             .body(body)
             .send()
