@@ -73,6 +73,29 @@ pub struct IngestConfig {
     /// Most `/wait` requests waiting at once; more are answered 503 `too_many_waiters`.
     #[arg(long, env = "ESK_INGEST_MAX_WAITERS", default_value_t = 1000)]
     pub max_waiters: usize,
+    /// Most subscriptions (`GET /subscriptions/...`, Server-Sent Events) open at once; more
+    /// are answered 503 `too_many_subscriptions`.
+    #[arg(long, env = "ESK_INGEST_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    pub max_subscriptions: usize,
+    /// Messages (events) buffered per subscriber between the store and its connection.
+    #[arg(long, env = "ESK_INGEST_SUBSCRIPTION_BUFFER", default_value_t = 256)]
+    pub subscription_buffer: usize,
+    /// A subscriber whose buffer stays full this long (ms) is sent `: closed slow_subscriber`
+    /// and disconnected; it resumes with `Last-Event-ID`.
+    #[arg(
+        long,
+        env = "ESK_INGEST_SUBSCRIPTION_SLOW_MS",
+        default_value_t = 10_000
+    )]
+    pub subscription_slow_ms: u64,
+    /// An idle subscription gets a `: heartbeat` comment this often (ms), so proxies and
+    /// clients can tell a quiet stream from a dead connection.
+    #[arg(
+        long,
+        env = "ESK_INGEST_SUBSCRIPTION_HEARTBEAT_MS",
+        default_value_t = 15_000
+    )]
+    pub subscription_heartbeat_ms: u64,
     /// How long a statement may wait for a lock before the attempt is retried (ms).
     #[arg(long, env = "ESK_INGEST_LOCK_TIMEOUT_MS", default_value_t = 5000)]
     pub lock_timeout_ms: u64,
@@ -154,6 +177,17 @@ impl IngestConfig {
             .to_socket_addrs()
             .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
             .unwrap_or(false)
+    }
+
+    /// How subscriptions are served.
+    pub(crate) fn subscription_settings(&self) -> crate::subscriptions::SubscriptionSettings {
+        use std::time::Duration;
+        crate::subscriptions::SubscriptionSettings {
+            heartbeat: Duration::from_millis(self.subscription_heartbeat_ms.max(1)),
+            buffer: self.subscription_buffer.max(1),
+            slow_after: Duration::from_millis(self.subscription_slow_ms.max(1)),
+            max: self.max_subscriptions.max(1),
+        }
     }
 
     /// Session settings of every ingest connection.

@@ -9,6 +9,7 @@ mod config;
 mod credential_cache;
 mod decide;
 mod event_claims;
+mod filters;
 mod ingest_log;
 mod internal_events;
 mod jwks;
@@ -24,6 +25,7 @@ mod reads;
 mod snapshot_store;
 mod snapshots;
 mod stream_index;
+mod subscriptions;
 mod wait;
 
 use std::sync::Arc;
@@ -108,6 +110,11 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
             auth: auth.clone(),
             waits,
             max_page_bytes: config.max_page_bytes.max(1),
+            limits: config.limits.clone(),
+            subscriptions: subscriptions::Subscriptions::new(
+                config.subscription_settings(),
+                shutdown.clone(),
+            ),
         },
         snapshots::SnapshotState {
             pool: read_pool,

@@ -12,6 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use crate::api::{self, AppState};
 use crate::reads::{self, ReadState};
 use crate::snapshots::{self, SnapshotState};
+use crate::subscriptions;
 
 /// What the document says besides its paths.
 #[derive(Debug, OpenApi)]
@@ -22,6 +23,7 @@ use crate::snapshots::{self, SnapshotState};
     ),
     tags(
         (name = "streams", description = "Appends, reads and waits"),
+        (name = "subscriptions", description = "Events as they are indexed, as Server-Sent Events"),
         (name = "snapshots", description = "A stream's state as of a version, to fold only the events after it"),
         (name = "meta", description = "This document"),
     ),
@@ -62,7 +64,8 @@ pub(crate) fn app(
 ) -> Router {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes(max_concurrency).with_state(app_state))
-        .merge(reads::routes().with_state(read_state))
+        .merge(reads::routes().with_state(read_state.clone()))
+        .merge(subscriptions::routes().with_state(read_state))
         .merge(snapshots::routes(max_concurrency).with_state(snapshot_state))
         .split_for_parts();
     api::with_json_fallbacks(router).layer(Extension(Arc::new(document)))
@@ -79,6 +82,7 @@ mod tests {
         let mut document = ApiDoc::openapi();
         document.merge(api::routes(1).into_openapi());
         document.merge(reads::routes().into_openapi());
+        document.merge(subscriptions::routes().into_openapi());
         document.merge(snapshots::routes(1).into_openapi());
         document
     }
@@ -89,6 +93,8 @@ mod tests {
         let sources = [
             ("api.rs", include_str!("api.rs")),
             ("reads.rs", include_str!("reads.rs")),
+            ("subscriptions.rs", include_str!("subscriptions.rs")),
+            ("filters.rs", include_str!("filters.rs")),
             ("snapshots.rs", include_str!("snapshots.rs")),
             ("lib.rs", include_str!("lib.rs")),
             ("openapi.rs", include_str!("openapi.rs")),
@@ -130,6 +136,9 @@ mod tests {
             "post /streams/{stream_id}/events",
             "get /streams/{stream_id}/events",
             "get /categories/{category}/events",
+            "get /types/{event_type}/events",
+            "get /subscriptions/$all",
+            "get /subscriptions/streams/{stream_id}",
             "get /wait",
             "put /streams/{stream_id}/snapshot",
             "get /streams/{stream_id}/snapshot",
@@ -187,6 +196,9 @@ mod tests {
             ("/streams/{stream_id}/events", "post", true),
             ("/streams/{stream_id}/events", "get", true),
             ("/categories/{category}/events", "get", true),
+            ("/types/{event_type}/events", "get", true),
+            ("/subscriptions/$all", "get", true),
+            ("/subscriptions/streams/{stream_id}", "get", true),
             ("/wait", "get", true),
             ("/streams/{stream_id}/snapshot", "put", true),
             ("/streams/{stream_id}/snapshot", "get", true),

@@ -1,5 +1,6 @@
 //! Reads from the authoritative `events` table: a stream forward or backward, `$all` by global
-//! position, a category, and `wait` (long-poll until a version or position is indexed).
+//! position (optionally filtered by types and categories), an event type, a category, and
+//! `wait` (long-poll until a version or position is indexed).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use esk_model::api::{Direction, PositionedPage, StreamPage, WaitResponse};
+use esk_model::validate::Limits;
 use esk_model::wire::CanonicalEvent;
 use esk_model::wire::ErrorEnvelope;
 use esk_runtime::db::EVENT_COLUMNS;
@@ -21,6 +23,7 @@ use utoipa_axum::routes;
 
 use crate::api::{authorization, ApiError};
 use crate::auth::{Auth, Principal};
+use crate::filters::{self, EventFilter, InvalidFilter};
 use crate::wait::{WaitError, WaitHub, WaitTarget};
 use esk_runtime::scope::Need;
 
@@ -37,11 +40,15 @@ pub(crate) struct ReadState {
     pub(crate) waits: Arc<WaitHub>,
     /// A page stops once its events' payloads reach this many bytes (`next` then continues).
     pub(crate) max_page_bytes: usize,
+    /// The name limits filters check type and category names against.
+    pub(crate) limits: Limits,
+    /// The process's subscriptions (`subscriptions.rs`).
+    pub(crate) subscriptions: Arc<crate::subscriptions::Subscriptions>,
 }
 
 impl ReadState {
     /// Who sends these headers, or 401.
-    async fn caller(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    pub(crate) async fn caller(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
         self.auth
             .authenticate(authorization(headers))
             .await
@@ -64,29 +71,30 @@ pub(crate) fn routes() -> OpenApiRouter<ReadState> {
     OpenApiRouter::new()
         .routes(routes!(read_stream))
         .routes(routes!(read_category))
+        .routes(routes!(read_type))
         .routes(routes!(wait))
 }
 
 /// Ok when `caller` may do `need`, else 403.
-fn require(caller: &Principal, need: Need<'_>) -> Result<(), ApiError> {
+pub(crate) fn require(caller: &Principal, need: Need<'_>) -> Result<(), ApiError> {
     caller.require(need).map_err(|e| ApiError::auth(&e))
 }
 
 /// A path segment, or the JSON error body (axum's own rejection is plain text).
-fn segment(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn segment(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     path.map(|Path(segment)| segment)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
 }
 
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(crate) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
-fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
+pub(crate) fn params(query: Params) -> Result<HashMap<String, String>, ApiError> {
     query
         .map(|Query(p)| p)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.body_text()))
 }
 
-fn int_param(
+pub(crate) fn int_param(
     p: &HashMap<String, String>,
     name: &str,
     min: i64,
@@ -105,7 +113,7 @@ fn int_param(
     }
 }
 
-fn reject_unknown(p: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+pub(crate) fn reject_unknown(p: &HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
     match p.keys().find(|k| !known.contains(&k.as_str())) {
         Some(k) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -116,7 +124,20 @@ fn reject_unknown(p: &HashMap<String, String>, known: &[&str]) -> Result<(), Api
     }
 }
 
-fn db_error(error: sqlx::Error) -> ApiError {
+/// A refused filter: 400 `invalid_filter`.
+pub(crate) fn filter_error(error: &InvalidFilter) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_filter", error.to_string())
+}
+
+/// Ok when `caller` may read everything `filter` selects, else 403.
+pub(crate) fn require_filter(caller: &Principal, filter: &EventFilter) -> Result<(), ApiError> {
+    filter
+        .needs()
+        .into_iter()
+        .try_for_each(|need| require(caller, need))
+}
+
+pub(crate) fn db_error(error: sqlx::Error) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "unavailable",
@@ -126,8 +147,8 @@ fn db_error(error: sqlx::Error) -> ApiError {
 }
 
 /// Reads a stream by version, forward or backward; `$all` as the stream id reads every event by
-/// global position (then only `from` and `limit` apply). A page stops at `limit` events or the
-/// page byte budget; `next` is the `from` of the next page.
+/// global position (then `from`, `limit`, `types` and `categories` apply). A page stops at
+/// `limit` events or the page byte budget; `next` is the `from` of the next page.
 #[utoipa::path(
     get,
     path = "/streams/{stream_id}/events",
@@ -138,11 +159,13 @@ fn db_error(error: sqlx::Error) -> ApiError {
         ("from" = Option<i64>, Query, description = "First version (a global position for `$all`); default: the start, or the end when backward"),
         ("limit" = Option<i64>, Query, description = "Most events in the page, 1 to 1000; default 100"),
         ("direction" = Option<Direction>, Query, description = "forward (default) or backward; not for `$all`"),
+        ("types" = Option<String>, Query, description = "`$all` only: event types, comma-separated (at most 100); only events of these types"),
+        ("categories" = Option<String>, Query, description = "`$all` only: categories, comma-separated (at most 100); only events of their streams. Read on each category suffices then, instead of `read:*`"),
     ),
     responses(
         (status = 200, description = "A page of the stream (an empty page when it has no events)", body = StreamPage),
         (status = 200, description = "A page of `$all`", body = PositionedPage),
-        (status = 400, description = "An invalid or unknown parameter", body = ErrorEnvelope),
+        (status = 400, description = "invalid_parameter (an invalid or unknown parameter) or invalid_filter (an empty filter, an empty, too long or invalid name)", body = ErrorEnvelope),
         (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no read scope for this (whether or not it exists)", body = ErrorEnvelope),
         (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
@@ -157,8 +180,14 @@ async fn read_stream(
     let caller = state.caller(&headers).await?;
     let stream_id = segment(path)?;
     if stream_id == "$all" {
-        require(&caller, Need::ReadAll)?;
-        return read_all(&state, &params(query)?).await;
+        let p = params(query)?;
+        let filter = EventFilter::from_params(&p, &state.limits).map_err(|e| filter_error(&e))?;
+        require_filter(&caller, &filter)?;
+        reject_unknown(
+            &p,
+            &["from", "limit", filters::PARAMS[0], filters::PARAMS[1]],
+        )?;
+        return read_positioned(&state, "$all", &filter, &p).await;
     }
     // Before anything about the stream is looked at: a forbidden stream is 403 whether or not
     // it exists.
@@ -210,15 +239,60 @@ async fn read_stream(
     .into_response())
 }
 
-async fn read_all(state: &ReadState, p: &HashMap<String, String>) -> Result<Response, ApiError> {
-    reject_unknown(p, &["from", "limit"])?;
+/// A page of the events `filter` selects, by global position from `from`; named `name`.
+async fn read_positioned(
+    state: &ReadState,
+    name: &str,
+    filter: &EventFilter,
+    p: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
     let limit = int_param(p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let from = int_param(p, "from", 0, i64::MAX)?.unwrap_or(0);
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 ORDER BY global_position LIMIT $2"
+        "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1{}
+         ORDER BY global_position LIMIT $2",
+        filter.sql(3)
     );
-    let page = state.page(sqlx::query(&sql).bind(from).bind(limit)).await?;
-    positioned_page("$all", page, limit)
+    let query = filter.bind(sqlx::query(&sql).bind(from).bind(limit));
+    let page = state.page(query).await?;
+    positioned_page(name, page, limit)
+}
+
+/// Reads the events of one type across every stream, by global position (`categories`
+/// narrows them to some categories).
+#[utoipa::path(
+    get,
+    path = "/types/{event_type}/events",
+    tag = "streams",
+    security(("bearer" = [])),
+    params(
+        ("event_type" = String, Path, description = "The event type (percent-encoded)"),
+        ("from" = Option<i64>, Query, description = "First global position; default 0"),
+        ("limit" = Option<i64>, Query, description = "Most events in the page, 1 to 1000; default 100"),
+        ("categories" = Option<String>, Query, description = "Categories, comma-separated (at most 100): only events of their streams. Read on each category suffices then, instead of `read:*`"),
+    ),
+    responses(
+        (status = 200, description = "A page of the type's events", body = PositionedPage),
+        (status = 400, description = "invalid_parameter (an invalid or unknown parameter) or invalid_filter (a type or category name too long or invalid, an empty filter)", body = ErrorEnvelope),
+        (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
+        (status = 403, description = "forbidden: the token cannot read every stream (`read:*`), nor every category named", body = ErrorEnvelope),
+        (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
+    )
+)]
+async fn read_type(
+    State(state): State<ReadState>,
+    path: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    query: Params,
+) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
+    let event_type = segment(path)?;
+    let p = params(query)?;
+    let filter =
+        EventFilter::of_type(&event_type, &p, &state.limits).map_err(|e| filter_error(&e))?;
+    require_filter(&caller, &filter)?;
+    reject_unknown(&p, &["from", "limit", "categories"])?;
+    read_positioned(&state, &event_type, &filter, &p).await
 }
 
 /// Reads the events of every stream of a category (`Order` or `Order-*` for `Order-…`), by

@@ -2,7 +2,9 @@
 //! per process follows the indexed head (the committed `global_position_counter`, which moves
 //! in the same transaction as the rows, so every position up to it is indexed) and wakes the
 //! waiters it satisfies: a thousand waiters cost one query per change of the head, not a
-//! thousand queries every 20 ms. The number of waiters is capped.
+//! thousand queries every 20 ms. The number of waiters is capped. Subscriptions
+//! (`subscriptions.rs`) follow the same head: [`WaitHub::head`] is their wake-up, so idle
+//! subscribers cost no queries either.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +56,12 @@ impl WaitHub {
             slots: Arc::new(Semaphore::new(max_waiters.max(1))),
             max_waiters: max_waiters.max(1),
         })
+    }
+
+    /// The indexed head as the poller last read it (it moves when the head does). The poller
+    /// reads Postgres while any such receiver or any waiter exists.
+    pub(crate) fn head(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
     }
 
     /// Waits for `target` at most `timeout`; `Ok(true)` once it is indexed.
@@ -125,8 +133,9 @@ impl WaitHub {
                 _ = shutdown.cancelled() => return,
                 _ = every.tick() => {}
             }
-            // Nobody waits: nothing to read.
-            if self.slots.available_permits() == self.max_waiters {
+            // Nobody waits or subscribes: nothing to read.
+            if self.slots.available_permits() == self.max_waiters && self.head.receiver_count() == 0
+            {
                 continue;
             }
             if let Err(error) = self.advance().await {
@@ -169,15 +178,18 @@ impl WaitHub {
     }
 }
 
-/// The highest indexed global position.
-async fn indexed_head(pool: &PgPool) -> Result<i64, sqlx::Error> {
+/// The highest indexed global position: every position up to it is readable.
+pub(crate) async fn indexed_head(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT last_position FROM global_position_counter")
         .fetch_one(pool)
         .await
 }
 
 /// A stream's highest indexed version.
-async fn stream_version(pool: &PgPool, stream: &str) -> Result<Option<i64>, sqlx::Error> {
+pub(crate) async fn stream_version(
+    pool: &PgPool,
+    stream: &str,
+) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT max(version) FROM events WHERE stream_id = $1")
         .bind(stream)
         .fetch_one(pool)

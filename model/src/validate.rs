@@ -200,8 +200,8 @@ pub fn validate_trace_id(name: &str, value: &[u8]) -> Result<(), InvalidAppend> 
 
 /// What is wrong with a name (stream id, event type) that Postgres or a later hop would refuse
 /// or show misleadingly: control characters (NUL among them) and invisible format, bidi and line
-/// separator characters.
-fn name_problem(name: &str) -> Option<&'static str> {
+/// separator characters. Also what read filters check type and category names with.
+pub fn name_problem(name: &str) -> Option<&'static str> {
     for c in name.chars() {
         if c.is_control() {
             return Some("it contains control characters");
