@@ -62,14 +62,6 @@ impl Source {
         }
     }
 
-    /// Where reading continues after `event`.
-    pub(crate) fn after(&self, event: &CanonicalEvent) -> i64 {
-        match self {
-            Source::Stream(_) => event.version + 1,
-            _ => event.global_position + 1,
-        }
-    }
-
     /// One page from `from` (a version or a position), at most `limit` events: the events and
     /// where the next page starts (None: this was the last).
     pub(crate) async fn page(

@@ -1,7 +1,9 @@
 //! The Rust client of the esk event store's HTTP API (the `ingest` service): typed appends,
 //! reads of a stream, of `$all` and of a category (a page at a time, or as a [`Stream`] of
-//! events that follows the pages), waits until a version or position is indexed, and
-//! snapshots ([`Client::load`]: the latest snapshot and the events after it).
+//! events that follows the pages), waits until a version or position is indexed, snapshots
+//! ([`Client::load`]: the latest snapshot and the events after it), and subscriptions
+//! ([`Client::subscribe_all`], [`Client::subscribe_stream`]: events as they are indexed, over
+//! Server-Sent Events, resumed exactly after a dropped connection).
 //!
 //! Requests and answers are the types of [`esk_model::api`]; errors are [`ClientError`], which
 //! tells a refusal by the server ([`ClientError::Api`], with its code) from no answer at all
@@ -46,6 +48,7 @@
 //! ```
 
 mod error;
+mod subscribe;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -63,6 +66,7 @@ use reqwest::{RequestBuilder, Response};
 use serde::de::DeserializeOwned;
 
 pub use crate::error::{ClientError, TransportKind, BODY_EXCERPT_CHARS};
+pub use crate::subscribe::{Filters, DEFAULT_IDLE_TIMEOUT};
 pub use esk_model::api;
 pub use reqwest::StatusCode;
 
@@ -100,6 +104,8 @@ pub struct Client {
     /// The base URL without a trailing `/`.
     base: Arc<str>,
     timeout: Duration,
+    /// A subscription silent this long is reconnected.
+    idle_timeout: Duration,
 }
 
 /// Settings of a [`Client`], from [`Client::builder`].
@@ -108,6 +114,7 @@ pub struct ClientBuilder {
     base: String,
     timeout: Duration,
     connect_timeout: Duration,
+    idle_timeout: Duration,
     user_agent: String,
     pool_max_idle_per_host: Option<usize>,
     tcp_nodelay: bool,
@@ -126,6 +133,13 @@ impl ClientBuilder {
     /// Time allowed to open a connection [default: 5 s].
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a subscription may go without a byte (events or the server's heartbeats)
+    /// before the client drops the connection and resumes on a new one [default: 60 s].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -211,6 +225,7 @@ impl ClientBuilder {
             http: http.build().map_err(ClientError::Setup)?,
             base: base.into(),
             timeout: self.timeout,
+            idle_timeout: self.idle_timeout,
         })
     }
 }
@@ -307,6 +322,7 @@ impl Client {
             base: base_url.to_owned(),
             timeout: DEFAULT_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
             user_agent: concat!("esk-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             pool_max_idle_per_host: None,
             tcp_nodelay: true,

@@ -7,7 +7,8 @@
 //!
 //! Exactly once across reconnects: every message's `id` is the event's global position (`$all`)
 //! or version (a stream), ids increase, and a request with `Last-Event-ID: N` continues after
-//! N. A client that does not drain its buffer (`--subscription-buffer` messages) within
+//! N. Id-only messages (no data, so not events) tell the client where it starts and how far a
+//! filtered subscription has read past events it did not select. A client that does not drain its buffer (`--subscription-buffer` messages) within
 //! `--subscription-slow-ms` is sent a `: closed slow_subscriber: …` comment and disconnected;
 //! the feeder reads from Postgres only when there is room, so a slow client never makes the
 //! process hold more than its buffer.
@@ -190,6 +191,10 @@ impl Feeder {
     }
 
     async fn follow(&mut self) -> Result<(), End> {
+        // Where it starts, as an id-only message (browsers and esk-client keep it as the last
+        // event id): a reconnect before the first event resumes here, not at a new "now".
+        let mut told = self.cursor;
+        self.tell(told);
         loop {
             // Seen before the head is read: a head that moves after this wakes the wait below.
             self.head.borrow_and_update();
@@ -197,6 +202,7 @@ impl Feeder {
             let (events, more) = self.read(self.page(head)).await?;
             for event in &events {
                 self.send(event).await?;
+                told = self.cursor;
             }
             if more {
                 continue;
@@ -204,6 +210,11 @@ impl Feeder {
             if let Source::All(_) = self.source {
                 // Everything up to `head` was visible to the page and none of it was left.
                 self.cursor = self.cursor.max(head);
+            }
+            if self.cursor > told {
+                // Filtered-out events were passed: a resume need not scan them again.
+                told = self.cursor;
+                self.tell(told);
             }
             self.wait_past(head).await?;
         }
@@ -252,6 +263,12 @@ impl Feeder {
                 })
             }),
         }
+    }
+
+    /// Sends `id: <cursor>` alone (no data: not an event) if there is room for it; it is only
+    /// a shortcut for a resume, so a full buffer skips it.
+    fn tell(&self, cursor: i64) {
+        let _ = self.tx.try_send(Event::default().id(cursor.to_string()));
     }
 
     /// Puts `event` in the buffer, waiting at most `slow_after` for room.
@@ -347,12 +364,13 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     if text.is_empty() {
         return Ok(None);
     }
+    // -1: a stream subscription that started before the stream's first event.
     match text.parse::<i64>() {
-        Ok(id) if id >= 0 => Ok(Some(id)),
+        Ok(id) if id >= -1 => Ok(Some(id)),
         _ => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_parameter",
-            format!("Last-Event-ID must be an id this server sent (an integer of 0 or more), got {text:?}"),
+            format!("Last-Event-ID must be an id this server sent (an integer of -1 or more), got {text:?}"),
         )),
     }
 }
@@ -506,11 +524,16 @@ mod tests {
     fn last_event_id_must_be_an_id_the_server_sent() {
         let mut headers = HeaderMap::new();
         assert!(matches!(last_event_id(&headers), Ok(None)));
-        for (value, ok) in [("12", Some(12)), ("", None), (" 3 ", Some(3))] {
+        for (value, ok) in [
+            ("12", Some(12)),
+            ("", None),
+            (" 3 ", Some(3)),
+            ("-1", Some(-1)),
+        ] {
             headers.insert(LAST_EVENT_ID, value.parse().expect("header"));
             assert_eq!(last_event_id(&headers).ok(), Some(ok), "{value:?}");
         }
-        for bad in ["-1", "x", "1.5"] {
+        for bad in ["-2", "x", "1.5"] {
             headers.insert(LAST_EVENT_ID, bad.parse().expect("header"));
             assert!(last_event_id(&headers).is_err(), "{bad:?}");
         }
