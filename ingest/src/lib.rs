@@ -113,6 +113,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
             limits: config.limits.clone(),
             subscriptions: subscriptions::Subscriptions::new(
                 config.subscription_settings(),
+                &telemetry.registry,
                 shutdown.clone(),
             ),
         },

@@ -25,7 +25,9 @@ use axum::response::{IntoResponse, Response};
 use esk_model::wire::{CanonicalEvent, ErrorEnvelope};
 use esk_runtime::db::EVENT_COLUMNS;
 use esk_runtime::scope::Need;
+use esk_runtime::telemetry::MetricFactory;
 use futures::Stream;
+use prometheus::{IntCounterVec, IntGauge, Registry};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -67,15 +69,55 @@ pub(crate) struct Subscriptions {
     settings: SubscriptionSettings,
     slots: Arc<Semaphore>,
     shutdown: CancellationToken,
+    metrics: Arc<SubscriptionMetrics>,
+}
+
+/// How many subscriptions are open, and how they ended.
+#[derive(Debug)]
+struct SubscriptionMetrics {
+    open: IntGauge,
+    ended: IntCounterVec,
+}
+
+impl SubscriptionMetrics {
+    /// Every way a subscription ends, as the `reason` label: the server's close codes, and the
+    /// client leaving.
+    const REASONS: [&'static str; 4] = [
+        "client_left",
+        "slow_subscriber",
+        "shutting_down",
+        "unavailable",
+    ];
+
+    fn new(registry: &Registry) -> Self {
+        let m = MetricFactory::new(registry);
+        let metrics = SubscriptionMetrics {
+            open: m.gauge("ingest_subscriptions_open", "SSE subscriptions open"),
+            ended: m.counter_vec(
+                "ingest_subscriptions_ended_total",
+                "SSE subscriptions ended, by reason (client_left, or the server's close code)",
+                &["reason"],
+            ),
+        };
+        for reason in Self::REASONS {
+            metrics.ended.with_label_values(&[reason]);
+        }
+        metrics
+    }
 }
 
 impl Subscriptions {
-    pub(crate) fn new(settings: SubscriptionSettings, shutdown: CancellationToken) -> Arc<Self> {
+    pub(crate) fn new(
+        settings: SubscriptionSettings,
+        registry: &Registry,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(settings.max.max(1)));
         Arc::new(Subscriptions {
             settings,
             slots,
             shutdown,
+            metrics: Arc::new(SubscriptionMetrics::new(registry)),
         })
     }
 
@@ -105,7 +147,13 @@ impl Subscriptions {
             buffer: self.settings.buffer.max(1),
             shutdown: self.shutdown.clone(),
         };
-        tokio::spawn(feeder.run(slot, closed_tx));
+        self.metrics.open.inc();
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let reason = feeder.run(slot, closed_tx).await;
+            metrics.open.dec();
+            metrics.ended.with_label_values(&[reason]).inc();
+        });
         let keep_alive = KeepAlive::new()
             .interval(self.settings.heartbeat)
             .text("heartbeat");
@@ -178,16 +226,26 @@ struct Feeder {
 
 impl Feeder {
     /// Follows until the client leaves or the server ends it; then says why (holding `slot`
-    /// until done).
-    async fn run(mut self, slot: OwnedSemaphorePermit, closed: oneshot::Sender<Closed>) {
+    /// until done). Returns how it ended: `client_left` or the server's close code.
+    async fn run(
+        mut self,
+        slot: OwnedSemaphorePermit,
+        closed: oneshot::Sender<Closed>,
+    ) -> &'static str {
         let end = self.follow().await;
         // The buffer goes first: the body then sees the reason at once.
         drop(self);
-        if let Err(End::Closed(reason)) = end {
-            tracing::debug!(code = reason.code, message = %reason.message, "subscription closed");
-            let _ = closed.send(reason);
-        }
+        let code = match end {
+            Err(End::Closed(reason)) => {
+                tracing::debug!(code = reason.code, message = %reason.message, "subscription closed");
+                let code = reason.code;
+                let _ = closed.send(reason);
+                code
+            }
+            Ok(()) | Err(End::ClientLeft) => "client_left",
+        };
         drop(slot);
+        code
     }
 
     async fn follow(&mut self) -> Result<(), End> {

@@ -347,6 +347,13 @@ async fn a_subscriber_that_stops_reading_is_disconnected_with_a_reason_and_memor
         event_ids(&resumed, "global_position")?,
         vec![resume_from + 1, resume_from + 2, resume_from + 3]
     );
+    // The metrics agree: one subscription ended (the slow one), one is open (the resumed one).
+    let metrics = indexer::metrics(&reader).await?;
+    assert_eq!(
+        metrics.get("esk_ingest_subscriptions_ended_total"),
+        Some(&1.0)
+    );
+    assert_eq!(metrics.get("esk_ingest_subscriptions_open"), Some(&1.0));
     Ok(())
 }
 
