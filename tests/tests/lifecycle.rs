@@ -470,3 +470,210 @@ async fn reads_honour_max_count_truncate_before_and_max_age_at_once() -> anyhow:
     );
     Ok(())
 }
+
+/// Every stored event as text, by position: what "kept byte-identical" compares.
+async fn stored_rows(ctx: &TestContext) -> anyhow::Result<Vec<(i64, String, i64, String, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT global_position, stream_id, version, event_id::text || event_type || created_at::text,
+                data::text || coalesce(metadata::text, '')
+         FROM events ORDER BY global_position",
+    )
+    .fetch_all(&ctx.pool)
+    .await?)
+}
+
+/// Appends interleaved so that the hidden rows leave holes all over `$all`: per round, 10
+/// events to Doomed-1 (soft-deleted later), 1 to Keep-1, 5 to Trim-1 (max_count 5 later).
+/// Waits until everything is indexed and published (the scavenger only takes published rows).
+async fn holes_setup(ctx: &TestContext, client: &Client) -> anyhow::Result<()> {
+    for _ in 0..6 {
+        append_indexed(client, "Doomed-1", json!("any"), 10).await?;
+        append_indexed(client, "Keep-1", json!("any"), 1).await?;
+        append_indexed(client, "Trim-1", json!("any"), 5).await?;
+    }
+    let published = esk_tests::eventually(Duration::from_secs(30), || async {
+        let (through, head): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT global_position FROM published_through),
+                    (SELECT last_position FROM global_position_counter)",
+        )
+        .fetch_one(&ctx.pool)
+        .await
+        .ok()?;
+        (through == head && head == 96).then_some(())
+    })
+    .await;
+    anyhow::ensure!(published.is_some(), "not all 96 events published");
+    Ok(())
+}
+
+/// What must survive: every row that stays visible, and each stream's last event.
+fn survivors(
+    before: &[(i64, String, i64, String, String)],
+) -> Vec<(i64, String, i64, String, String)> {
+    before
+        .iter()
+        .filter(|(_, stream, version, _, _)| match stream.as_str() {
+            "Doomed-1" => *version == 59,
+            "Trim-1" => *version >= 25,
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
+async fn hide_rows(client: &Client) -> anyhow::Result<()> {
+    let reply = client
+        .delete("/streams/Doomed-1?expected_version=59")
+        .await?;
+    anyhow::ensure!(reply.status == 200, "delete: {reply:?}");
+    let reply = put_metadata(client, "Trim-1", r#"{"max_count":5}"#).await?;
+    anyhow::ensure!(reply.status == 200, "metadata: {reply:?}");
+    Ok(())
+}
+
+/// Reads `$all` in pages of 7 by following `next`: every visible event once, in order.
+async fn page_all(client: &Client) -> anyhow::Result<Vec<i64>> {
+    let mut from = 0;
+    let mut positions = Vec::new();
+    loop {
+        let reply = client
+            .get(&format!("/streams/$all/events?from={from}&limit=7"))
+            .await?;
+        anyhow::ensure!(reply.status == 200, "{reply:?}");
+        positions.extend(
+            reply.body["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["global_position"].as_i64()),
+        );
+        match reply.body["next"].as_i64() {
+            Some(next) => from = next,
+            None => return Ok(positions),
+        }
+    }
+}
+
+#[tokio::test]
+async fn scavenging_deletes_only_hidden_rows_and_never_blocks_indexing() -> anyhow::Result<()> {
+    let ctx = TestContext::new("scavenge_tx").await?;
+    let ingest = ingest::spawn(&ctx, &[]).await?;
+    // The task is off: this test holds a scavenging transaction open itself.
+    let _indexer = indexer::spawn(&ctx, &[("ESK_SCAVENGE_INTERVAL_SECS", "0")]).await?;
+    let client = Client::new(&ingest);
+    holes_setup(&ctx, &client).await?;
+    let before = stored_rows(&ctx).await?;
+    hide_rows(&client).await?;
+    assert!(
+        client
+            .api()?
+            .wait_for_version("$$Trim-1", 0, Duration::from_secs(30))
+            .await?
+    );
+    let visible_before = page_all(&client).await?;
+
+    // A scavenging batch holds its deletions uncommitted: indexing, /wait and $all go on.
+    let mut tx = ctx.pool.begin().await?;
+    let deleted: i64 = sqlx::query_scalar("SELECT scavenge_events(1000)")
+        .fetch_one(&mut *tx)
+        .await?;
+    assert_eq!(deleted, 59 + 25);
+    let indexed = tokio::time::timeout(
+        Duration::from_secs(20),
+        append_indexed(&client, "Live-1", json!("no_stream"), 3),
+    )
+    .await;
+    assert!(
+        matches!(indexed, Ok(Ok(2))),
+        "indexing stalled behind an open scavenging transaction: {indexed:?}"
+    );
+    tx.commit().await?;
+
+    let after = stored_rows(&ctx).await?;
+    let kept: Vec<_> = after
+        .iter()
+        .filter(|(p, _, _, _, _)| *p <= 96)
+        .cloned()
+        .collect();
+    assert_eq!(
+        kept,
+        survivors(&before),
+        "hidden rows gone, the rest byte-identical"
+    );
+    // $all pages across the holes: the same visible events as before, plus the new ones.
+    let visible_after = page_all(&client).await?;
+    let mut expected = visible_before.clone();
+    expected.extend(after.iter().filter(|r| r.1 == "Live-1").map(|r| r.0));
+    assert_eq!(visible_after, expected);
+    // /wait answers across the holes: by position and by stream version (the last event of a
+    // stream is kept).
+    let api = client.api()?;
+    assert!(api.wait_for_position(10, Duration::from_secs(5)).await?);
+    assert!(
+        api.wait_for_version("Doomed-1", 59, Duration::from_secs(5))
+            .await?
+    );
+    assert!(
+        api.wait_for_version("Trim-1", 29, Duration::from_secs(5))
+            .await?
+    );
+    // Nothing left to do.
+    let again: i64 = sqlx::query_scalar("SELECT scavenge_events(1000)")
+        .fetch_one(&ctx.pool)
+        .await?;
+    assert_eq!(again, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_indexer_scavenges_in_bounded_batches_while_indexing_goes_on() -> anyhow::Result<()> {
+    let ctx = TestContext::new("scavenge_task").await?;
+    let ingest = ingest::spawn(&ctx, &[]).await?;
+    let indexer = indexer::spawn(
+        &ctx,
+        &[
+            ("ESK_SCAVENGE_INTERVAL_SECS", "1"),
+            ("ESK_SCAVENGE_BATCH", "4"),
+        ],
+    )
+    .await?;
+    let client = Client::new(&ingest);
+    holes_setup(&ctx, &client).await?;
+    let before = stored_rows(&ctx).await?;
+    hide_rows(&client).await?;
+
+    // Appends keep being indexed while the task works through its batches.
+    let mut live = 0;
+    let done = loop {
+        append_indexed(&client, "Live-1", json!("any"), 1).await?;
+        live += 1;
+        let metrics = indexer::metrics(&indexer).await?;
+        let scavenged = metrics
+            .get("esk_scavenged_events_total")
+            .copied()
+            .unwrap_or_default();
+        if scavenged >= 84.0 || live > 300 {
+            break scavenged;
+        }
+    };
+    assert_eq!(done, 84.0, "the metric counts every deleted row");
+    let after = stored_rows(&ctx).await?;
+    let kept: Vec<_> = after
+        .iter()
+        .filter(|(p, _, _, _, _)| *p <= 96)
+        .cloned()
+        .collect();
+    assert_eq!(kept, survivors(&before));
+    let live_rows = after.iter().filter(|r| r.1 == "Live-1").count();
+    assert_eq!(
+        live_rows, live,
+        "every append made during scavenging was indexed"
+    );
+    assert_eq!(
+        visible_versions(&client, "Trim-1").await?,
+        vec![25, 26, 27, 28, 29]
+    );
+    let reply = client.get("/streams/Doomed-1/events").await?;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    Ok(())
+}
