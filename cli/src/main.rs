@@ -11,6 +11,7 @@ mod output;
 mod projection;
 mod read;
 mod roles;
+mod scavenge;
 mod setup;
 mod snapshot;
 mod source;
@@ -94,6 +95,9 @@ enum Command {
     Indexer(indexer::IndexerArgs),
     /// API tokens: create (printed once), list, revoke.
     Token(token::TokenArgs),
+    /// Delete now the events that retention rules and deletes hide (the indexer also does it
+    /// every ESK_SCAVENGE_INTERVAL_SECS), with progress.
+    Scavenge(scavenge::ScavengeArgs),
 }
 
 #[tokio::main]
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Indexer(args) => indexer::run(&cli.common, &out, args).await,
         Command::Token(args) => token::run(&cli.common, &out, args).await,
+        Command::Scavenge(args) => scavenge::run(&cli.common, &out, args).await,
     }
 }
 

@@ -65,6 +65,10 @@ const INGEST_GRANTS: &[(&str, &str)] = &[
     ("snapshots", "SELECT, INSERT, UPDATE"),
     // auth.rs: bearer tokens are looked up by their hash (tokens are created by `esk token`).
     ("api_tokens", "SELECT"),
+    // stream_index.rs: a stream's current metadata, upserted forward only by the attempt.
+    ("stream_metadata", "SELECT, INSERT, UPDATE"),
+    // reads.rs: the retention rules, through `event_hidden`.
+    ("stream_visibility", "SELECT"),
 ];
 
 const INDEXER_GRANTS: &[(&str, &str)] = &[
@@ -80,7 +84,14 @@ const INDEXER_GRANTS: &[(&str, &str)] = &[
     ("publisher_partitions", "SELECT, INSERT, UPDATE"),
     ("dead_letters", "SELECT, INSERT"),
     ("indexer_quarantine", "SELECT, INSERT, UPDATE, DELETE"),
+    ("stream_metadata", "SELECT"),
+    ("stream_visibility", "SELECT"),
 ];
+
+/// Functions a process may call: (role's process, signature). `scavenge_events` deletes only
+/// the hidden events (SECURITY DEFINER, migration 0009): the indexer's scavenger needs no
+/// DELETE grant on `events`.
+const INDEXER_FUNCTIONS: &[&str] = &["scavenge_events(int)", "scavengeable_event_count()"];
 
 const PROJECTOR_GRANTS: &[(&str, &str)] = &[
     // catch_up.rs replays; the projector never writes events.
@@ -170,6 +181,13 @@ pub(crate) fn setup_sql(roles: &RoleNames, passwords: &[(String, String)]) -> St
     );
     // The owner role owns every table (the migrations' included), so nothing else may alter,
     // drop or truncate them.
+    for function in INDEXER_FUNCTIONS {
+        let _ = writeln!(
+            sql,
+            "GRANT EXECUTE ON FUNCTION public.{function} TO {};",
+            ident(&roles.indexer)
+        );
+    }
     let _ = writeln!(
         sql,
         "DO $$ DECLARE t record; BEGIN \

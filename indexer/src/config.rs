@@ -54,6 +54,12 @@ pub struct IndexerConfig {
     /// How often ledger pruning and the unindexed-appends check run (seconds).
     #[arg(long, env = "ESK_LEDGER_MAINTENANCE_SECS", default_value_t = 15)]
     pub ledger_maintenance_secs: u64,
+    /// How often the scavenger deletes the events reads hide (seconds; 0 turns it off).
+    #[arg(long, env = "ESK_SCAVENGE_INTERVAL_SECS", default_value_t = 60)]
+    pub scavenge_interval_secs: u64,
+    /// Most events the scavenger deletes per transaction.
+    #[arg(long, env = "ESK_SCAVENGE_BATCH", default_value_t = 1000)]
+    pub scavenge_batch: i32,
     /// Apply schema migrations at start-up.
     #[arg(long, env = "ESK_MIGRATE", default_value_t = true, action = clap::ArgAction::Set)]
     pub migrate: bool,

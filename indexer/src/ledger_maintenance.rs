@@ -43,14 +43,16 @@ impl LedgerMaintenance {
 
     async fn round(&self) -> Result<(), sqlx::Error> {
         // Only appends whose last event is in the table (or that were rejected) may go: the
-        // ledger is what tells the indexer an ingest-log record is committed.
+        // ledger is what tells the indexer an ingest-log record is committed. A stream's events
+        // are indexed in version order (one partition), so an event at or after the append's
+        // last version proves it indexed even when the scavenger deleted that event.
         let pruned = sqlx::query(
             "DELETE FROM append_ledger WHERE append_id IN (
                 SELECT l.append_id FROM append_ledger l
                 WHERE l.created_at < now() - make_interval(secs => $1)
                   AND (l.status = 'rejected'
                        OR EXISTS (SELECT 1 FROM events e
-                                  WHERE e.stream_id = l.stream_id AND e.version = l.last_version))
+                                  WHERE e.stream_id = l.stream_id AND e.version >= l.last_version))
                 ORDER BY l.created_at LIMIT 10000)",
         )
         .bind(self.window.as_secs_f64())

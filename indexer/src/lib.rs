@@ -19,6 +19,7 @@ mod narrow;
 mod offsets;
 mod publisher;
 mod quarantine;
+mod scavenger;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,15 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
         metrics: metrics.clone(),
     };
     supervisor.spawn("ledger maintenance", maintenance.run(shutdown.clone()));
+    if config.scavenge_interval_secs > 0 {
+        let scavenger = scavenger::Scavenger {
+            pool: pool.clone(),
+            every: Duration::from_secs(config.scavenge_interval_secs),
+            batch: config.scavenge_batch.max(1),
+            metrics: metrics.clone(),
+        };
+        supervisor.spawn("scavenger", scavenger.run(shutdown.clone()));
+    }
     let lag = lag::LagMonitor {
         pool: pool.clone(),
         kafka: kafka.clone(),

@@ -23,6 +23,7 @@ pub(crate) struct IndexerMetrics {
     pub(crate) publisher_leader: IntGauge,
     pub(crate) unindexed_appends: IntGauge,
     pub(crate) ledger_pruned: IntCounter,
+    pub(crate) scavenged: IntCounter,
     pub(crate) errors: IntCounterVec,
 }
 
@@ -36,6 +37,7 @@ impl IndexerMetrics {
             "commit",
             "publish",
             "ledger_maintenance",
+            "scavenge",
         ] {
             metrics.errors.with_label_values(&[stage]);
         }
@@ -114,6 +116,10 @@ impl IndexerMetrics {
             ledger_pruned: m.counter(
                 "indexer_ledger_pruned_total",
                 "Ledger rows pruned after the idempotency window",
+            ),
+            scavenged: m.counter(
+                "scavenged_events_total",
+                "Hidden events (retention rules, deletes) the scavenger deleted",
             ),
             errors: m.counter_vec(
                 "indexer_errors_total",

@@ -11,6 +11,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router};
 use esk_model::api::{AppendRequest, AppendResponse};
+use esk_model::event::{Append, Version};
 use esk_model::validate::{
     parse_append_body, validate_trace_id, InvalidAppend, Limits, TraceDefaults,
 };
@@ -136,7 +137,7 @@ impl ApiError {
         self
     }
 
-    fn invalid(error: &InvalidAppend) -> Self {
+    pub(crate) fn invalid(error: &InvalidAppend) -> Self {
         let status = match error {
             InvalidAppend::MalformedJson(_) => StatusCode::BAD_REQUEST,
             InvalidAppend::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -210,6 +211,7 @@ impl IntoResponse for ApiError {
         (status = 403, description = "forbidden: the token has no append scope for this stream; nothing was written", body = ErrorEnvelope),
         (status = 408, description = "The body did not arrive in time; nothing was written", body = ErrorEnvelope),
         (status = 409, description = "wrong_expected_version (with actual_version), append_id_reused, append_expired or duplicate_event_id", body = ErrorEnvelope),
+        (status = 410, description = "stream_deleted: the stream was hard-deleted; nothing was written", body = ErrorEnvelope),
         (status = 413, description = "An event or the body is too large", body = ErrorEnvelope),
         (status = 415, description = "The body is not application/json", body = ErrorEnvelope),
         (status = 422, description = "The body is JSON but invalid, or the broker refused the events", body = ErrorEnvelope),
@@ -290,6 +292,25 @@ async fn append(
         ApiError::invalid(&e)
     })?;
     let append_id = append.append_id;
+    let (first_version, last_version) = submit(&state, append).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AppendResponse {
+            stream_id,
+            first_version,
+            last_version,
+            append_id,
+        }),
+    )
+        .into_response())
+}
+
+/// Queues `append` and waits for its outcome: its first and last versions when accepted, else
+/// the error to answer (a rejection, or 503 when ingest is full or the outcome is unknown).
+pub(crate) async fn submit(
+    state: &AppState,
+    append: Append,
+) -> Result<(Version, Version), ApiError> {
     let (command, reply) = AppendCommand::new(append);
     if state.pipeline.try_submit(command).is_err() {
         state
@@ -316,22 +337,15 @@ async fn append(
         Ok(AppendOutcome::Accepted {
             first_version,
             last_version,
-        }) => Ok((
-            StatusCode::CREATED,
-            Json(AppendResponse {
-                stream_id,
-                first_version,
-                last_version,
-                append_id,
-            }),
-        )
-            .into_response()),
+        }) => Ok((first_version, last_version)),
         Ok(AppendOutcome::Rejected(rejection)) => Err(ApiError {
             status: match rejection {
                 Rejection::WrongExpectedVersion { .. }
                 | Rejection::DuplicateEventId
                 | Rejection::AppendIdReused
                 | Rejection::AppendExpired => StatusCode::CONFLICT,
+                Rejection::StreamDeleted => StatusCode::GONE,
+                Rejection::StreamNotFound => StatusCode::NOT_FOUND,
                 Rejection::RefusedByBroker {
                     too_large: true, ..
                 } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -129,6 +129,9 @@ pub(crate) async fn run(
             .await?;
     }
     event_claims::release(&mut tx, &decision.released_events).await?;
+    // Lifecycle changes (rare): the flags on rows this attempt holds locked, and the metadata.
+    stream_index::set_flags(&mut tx, &decision.flag_changes).await?;
+    stream_index::set_metadata(&mut tx, &decision.metadata).await?;
 
     let stage = |name: &str, since: Instant| {
         metrics

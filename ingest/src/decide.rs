@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use esk_model::event::{Append, StreamVersion, Version};
+use esk_model::event::{Append, ExpectedVersion, StreamVersion, Version};
+use esk_model::lifecycle::{DeleteMode, LifecycleChange, StreamMetadata};
 use uuid::Uuid;
 
 use crate::ingest_log::Accepted;
@@ -55,9 +56,62 @@ pub(crate) struct Inputs<'i, 'a> {
     pub(crate) claimed_events: &'i EventClaims,
     /// The append owning each event id this attempt could not claim (step 3).
     pub(crate) event_owners: &'i HashMap<Uuid, Uuid>,
-    /// Version of each stream locked in step 4 ([`streams_to_lock`]); a stream missing here
+    /// State of each stream locked in step 4 ([`streams_to_lock`]); a stream missing here
     /// has no events.
-    pub(crate) streams: &'i HashMap<String, StreamVersion>,
+    pub(crate) streams: &'i HashMap<String, StreamState>,
+}
+
+/// A stream index row as the decision needs it: the version and the lifecycle flags that
+/// ingest enforces at the door, read under the stream's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamState {
+    /// The version of its last accepted event.
+    pub(crate) version: StreamVersion,
+    /// Versions up to this one were soft-deleted (hidden); when it is the current version,
+    /// the stream reads as not found until its next append.
+    pub(crate) deleted_through: Option<Version>,
+    /// Hard-deleted: nothing is appended to it again.
+    pub(crate) tombstoned: bool,
+}
+
+impl StreamState {
+    /// A stream without lifecycle flags.
+    pub(crate) fn at(version: StreamVersion) -> Self {
+        StreamState {
+            version,
+            deleted_through: None,
+            tombstoned: false,
+        }
+    }
+
+    /// Soft-deleted and not appended to since.
+    fn soft_deleted(&self) -> bool {
+        matches!((self.version, self.deleted_through), (StreamVersion::At(v), Some(d)) if v == d)
+    }
+
+    /// Whether an append with `expected` may go on: a soft-deleted stream also admits
+    /// `no_stream`, as it reads as not found (its versions still continue).
+    fn admits(&self, expected: ExpectedVersion) -> bool {
+        expected.admits(self.version)
+            || (expected == ExpectedVersion::NoStream && self.soft_deleted())
+    }
+}
+
+/// A stream whose lifecycle flags an accepted delete changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlagChange<'a> {
+    pub(crate) stream_id: &'a str,
+    pub(crate) deleted_through: Option<Version>,
+    pub(crate) tombstoned: bool,
+}
+
+/// The current metadata of a stream, set by an accepted metadata change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MetadataWrite<'a> {
+    pub(crate) stream_id: &'a str,
+    /// The version of the `$metadata` event in `$$<stream>`.
+    pub(crate) metadata_version: Version,
+    pub(crate) metadata: &'a StreamMetadata,
 }
 
 /// Each append's outcome and what the attempt stores and produces for them.
@@ -78,6 +132,10 @@ pub(crate) struct Decision<'a> {
     pub(crate) released_events: Vec<Uuid>,
     /// Accepted appends with their first version, in arrival order: what step 5 produces.
     pub(crate) accepted: Vec<Accepted<'a>>,
+    /// Streams whose lifecycle flags accepted deletes changed, in stream order.
+    pub(crate) flag_changes: Vec<FlagChange<'a>>,
+    /// The newest metadata of each stream an accepted metadata change set, in stream order.
+    pub(crate) metadata: Vec<MetadataWrite<'a>>,
 }
 
 /// Loaded state the protocol cannot decide on; the attempt rolls back and is retried.
@@ -134,10 +192,12 @@ pub(crate) fn streams_to_lock<'a>(
     claimed_appends: &HashSet<Uuid>,
     claimed_events: &EventClaims,
 ) -> Vec<&'a str> {
+    // A lifecycle change also locks the stream it is about: the tombstone is checked and set
+    // under that stream's lock, so no append can slip past it.
     let mut streams: Vec<&str> = appends
         .iter()
         .filter(|a| reaches_stream_index(a, claimed_appends, claimed_events))
-        .map(|a| a.stream_id.as_str())
+        .flat_map(|a| [a.stream_id.as_str(), a.subject()])
         .collect();
     streams.sort_unstable();
     streams.dedup();
@@ -180,7 +240,8 @@ pub(crate) fn decide<'a>(inputs: Inputs<'_, 'a>) -> Result<Decision<'a>, DecideE
     let mut released_events = Vec::new();
     let mut accepted = Vec::new();
     // The streams step 4 reached, as the appends decided so far left them.
-    let mut current: HashMap<&'a str, StreamVersion> = HashMap::new();
+    let mut current: HashMap<&'a str, StreamState> = HashMap::new();
+    let mut metadata_writes: HashMap<&'a str, MetadataWrite<'a>> = HashMap::new();
 
     for &append in appends {
         if !claimed_appends.contains(&append.append_id) {
@@ -201,53 +262,99 @@ pub(crate) fn decide<'a>(inputs: Inputs<'_, 'a>) -> Result<Decision<'a>, DecideE
                 );
                 AppendOutcome::Rejected(rejection)
             } else {
-                let stream = append.stream_id.as_str();
-                let version = current.entry(stream).or_insert_with(|| {
+                let initial = |stream: &str| {
                     streams
                         .get(stream)
                         .copied()
-                        .unwrap_or(StreamVersion::NoStream)
-                });
-                if append.expected_version.admits(*version) {
-                    let overflow = || DecideError::VersionOverflow(append.stream_id.clone());
-                    let first_version = version.next().ok_or_else(overflow)?;
-                    let last_version = first_version
-                        .plus(append.events.len().saturating_sub(1))
-                        .ok_or_else(overflow)?;
-                    *version = StreamVersion::At(last_version);
-                    accepted.push(Accepted {
-                        append,
-                        first_version,
-                    });
-                    AppendOutcome::Accepted {
-                        first_version,
-                        last_version,
+                        .unwrap_or(StreamState::at(StreamVersion::NoStream))
+                };
+                let subject = append.subject();
+                let own = *current
+                    .entry(append.stream_id.as_str())
+                    .or_insert_with(|| initial(&append.stream_id));
+                let about = *current.entry(subject).or_insert_with(|| initial(subject));
+                match check(append, own, about) {
+                    Err(rejection) => {
+                        // Every event id of an append that reached this step was claimed now.
+                        released_events.extend(append.events.iter().map(|e| e.id));
+                        AppendOutcome::Rejected(rejection)
                     }
-                } else {
-                    // Every event id of an append that reached this step was claimed now.
-                    released_events.extend(append.events.iter().map(|e| e.id));
-                    AppendOutcome::Rejected(Rejection::WrongExpectedVersion { actual: *version })
+                    Ok(()) => {
+                        let overflow = || DecideError::VersionOverflow(append.stream_id.clone());
+                        let first_version = own.version.next().ok_or_else(overflow)?;
+                        let last_version = first_version
+                            .plus(append.events.len().saturating_sub(1))
+                            .ok_or_else(overflow)?;
+                        if let Some(state) = current.get_mut(append.stream_id.as_str()) {
+                            state.version = StreamVersion::At(last_version);
+                        }
+                        if let Some(lifecycle) = &append.lifecycle {
+                            match &lifecycle.change {
+                                LifecycleChange::SetMetadata(metadata) => {
+                                    metadata_writes.insert(
+                                        subject,
+                                        MetadataWrite {
+                                            stream_id: subject,
+                                            metadata_version: first_version,
+                                            metadata,
+                                        },
+                                    );
+                                }
+                                LifecycleChange::Delete { mode, .. } => {
+                                    if let Some(state) = current.get_mut(subject) {
+                                        match (mode, state.version) {
+                                            (DeleteMode::Hard, _) => state.tombstoned = true,
+                                            (DeleteMode::Soft, StreamVersion::At(v)) => {
+                                                state.deleted_through = Some(v)
+                                            }
+                                            (DeleteMode::Soft, StreamVersion::NoStream) => {}
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        accepted.push(Accepted {
+                            append,
+                            first_version,
+                        });
+                        AppendOutcome::Accepted {
+                            first_version,
+                            last_version,
+                        }
+                    }
                 }
             };
         recorded.push((append.append_id, outcome.clone()));
         outcomes.push(outcome);
     }
 
-    let mut reached: Vec<(&'a str, StreamVersion)> = current.into_iter().collect();
+    let mut reached: Vec<(&'a str, StreamState)> = current.into_iter().collect();
     reached.sort_unstable_by_key(|(stream, _)| *stream);
     let mut new_versions = Vec::new();
     let mut unfilled_placeholders = Vec::new();
+    let mut flag_changes = Vec::new();
     for (stream, now) in reached {
         let before = streams
             .get(stream)
             .copied()
-            .unwrap_or(StreamVersion::NoStream);
-        match now {
-            StreamVersion::At(version) if now != before => new_versions.push((stream, version)),
+            .unwrap_or(StreamState::at(StreamVersion::NoStream));
+        match now.version {
+            StreamVersion::At(version) if now.version != before.version => {
+                new_versions.push((stream, version))
+            }
             StreamVersion::NoStream => unfilled_placeholders.push(stream),
             StreamVersion::At(_) => {}
         }
+        if (now.deleted_through, now.tombstoned) != (before.deleted_through, before.tombstoned) {
+            flag_changes.push(FlagChange {
+                stream_id: stream,
+                deleted_through: now.deleted_through,
+                tombstoned: now.tombstoned,
+            });
+        }
     }
+    let mut metadata: Vec<MetadataWrite<'a>> = metadata_writes.into_values().collect();
+    metadata.sort_unstable_by_key(|m| m.stream_id);
 
     Ok(Decision {
         outcomes,
@@ -256,7 +363,39 @@ pub(crate) fn decide<'a>(inputs: Inputs<'_, 'a>) -> Result<Decision<'a>, DecideE
         unfilled_placeholders,
         released_events,
         accepted,
+        flag_changes,
+        metadata,
     })
+}
+
+/// Step 4 for one append whose event ids are all claimed: whether the streams it touches (its
+/// own, `own`, and the one it is about, `about`; the same for an ordinary append) let it go on.
+fn check(append: &Append, own: StreamState, about: StreamState) -> Result<(), Rejection> {
+    if about.tombstoned {
+        return Err(Rejection::StreamDeleted);
+    }
+    if let Some(LifecycleChange::Delete {
+        mode,
+        expected_version,
+    }) = append.lifecycle.as_ref().map(|l| &l.change)
+    {
+        let gone = about.version == StreamVersion::NoStream
+            || (about.soft_deleted() && *mode == DeleteMode::Soft);
+        if gone {
+            return Err(Rejection::StreamNotFound);
+        }
+        if !about.admits(*expected_version) {
+            return Err(Rejection::WrongExpectedVersion {
+                actual: about.version,
+            });
+        }
+    }
+    if !own.admits(append.expected_version) {
+        return Err(Rejection::WrongExpectedVersion {
+            actual: own.version,
+        });
+    }
+    Ok(())
 }
 
 /// Step 3 for one claimed append: the rejection when one of its event ids is held by someone.
@@ -397,11 +536,11 @@ mod tests {
         }
 
         /// What step 4 loads: the locked streams' versions (a placeholder for a new one).
-        fn locked(&self) -> HashMap<String, StreamVersion> {
+        fn locked(&self) -> HashMap<String, StreamState> {
             let batch = self.batch();
             streams_to_lock(&batch, &self.claimed_appends, &self.claimed_events)
                 .into_iter()
-                .map(|s| (s.to_owned(), self.before[s]))
+                .map(|s| (s.to_owned(), StreamState::at(self.before[s])))
                 .collect()
         }
 
@@ -456,6 +595,7 @@ mod tests {
                     causation_id: None,
                 })
                 .collect(),
+            lifecycle: None,
         }
     }
 
@@ -676,7 +816,7 @@ mod tests {
             let moved: HashSet<&str> = decision.new_versions.iter().map(|(s, _)| *s).collect();
             let mut expected: Vec<&str> = locked
                 .iter()
-                .filter(|(s, v)| **v == StreamVersion::NoStream && !moved.contains(s.as_str()))
+                .filter(|(s, v)| v.version == StreamVersion::NoStream && !moved.contains(s.as_str()))
                 .map(|(s, _)| s.as_str())
                 .collect();
             expected.sort_unstable();
@@ -858,5 +998,103 @@ mod tests {
             single(largest, ExpectedVersion::Any),
             Err(DecideError::VersionOverflow("Order-a".into()))
         );
+    }
+
+    /// Decides `batch` (every id claimed now) against `streams`.
+    fn decide_new<'a>(
+        batch: &[&'a Append],
+        streams: &HashMap<String, StreamState>,
+    ) -> Result<Decision<'a>, DecideError> {
+        let claimed_appends: HashSet<Uuid> = batch.iter().map(|a| a.append_id).collect();
+        let claimed_events: EventClaims = batch
+            .iter()
+            .flat_map(|a| a.events.iter().map(|e| (e.id, a.append_id)))
+            .collect();
+        decide(Inputs {
+            appends: batch,
+            claimed_appends: &claimed_appends,
+            ledger: &HashMap::new(),
+            claimed_events: &claimed_events,
+            event_owners: &HashMap::new(),
+            streams,
+        })
+    }
+
+    fn delete(index: usize, mode: DeleteMode, expected: ExpectedVersion) -> Append {
+        esk_model::lifecycle::lifecycle_append(
+            "Order-a",
+            LifecycleChange::Delete {
+                mode,
+                expected_version: expected,
+            },
+            ExpectedVersion::Any,
+            Uuid::from_u128(1000 + index as u128),
+            &esk_model::validate::Limits::default(),
+        )
+        .expect("valid")
+    }
+
+    #[test]
+    fn a_hard_delete_stops_every_later_append_of_the_same_batch() {
+        let streams: HashMap<String, StreamState> = [(
+            "Order-a".to_owned(),
+            StreamState::at(StreamVersion::At(version(2))),
+        )]
+        .into();
+        let hard = delete(0, DeleteMode::Hard, ExpectedVersion::Exact(version(2)));
+        let late = append(1, "Order-a", ExpectedVersion::Any, 1);
+        let again = delete(2, DeleteMode::Soft, ExpectedVersion::Any);
+        let decision = decide_new(&[&hard, &late, &again], &streams).expect("decided");
+        assert!(matches!(
+            decision.outcomes[0],
+            AppendOutcome::Accepted { .. }
+        ));
+        assert_eq!(
+            decision.outcomes[1..],
+            [
+                AppendOutcome::Rejected(Rejection::StreamDeleted),
+                AppendOutcome::Rejected(Rejection::StreamDeleted)
+            ]
+        );
+        assert_eq!(
+            decision.flag_changes,
+            vec![FlagChange {
+                stream_id: "Order-a",
+                deleted_through: None,
+                tombstoned: true
+            }]
+        );
+        assert_eq!(decision.new_versions, vec![("$$Order-a", Version::FIRST)]);
+    }
+
+    #[test]
+    fn a_soft_deleted_stream_admits_no_stream_and_continues_its_versions() {
+        let streams: HashMap<String, StreamState> = [(
+            "Order-a".to_owned(),
+            StreamState::at(StreamVersion::At(version(2))),
+        )]
+        .into();
+        let soft = delete(0, DeleteMode::Soft, ExpectedVersion::Any);
+        let twice = delete(1, DeleteMode::Soft, ExpectedVersion::Any);
+        let recreate = append(2, "Order-a", ExpectedVersion::NoStream, 1);
+        let decision = decide_new(&[&soft, &twice, &recreate], &streams).expect("decided");
+        assert_eq!(
+            decision.outcomes[1..],
+            [
+                AppendOutcome::Rejected(Rejection::StreamNotFound),
+                AppendOutcome::Accepted {
+                    first_version: version(3),
+                    last_version: version(3)
+                }
+            ]
+        );
+        assert_eq!(decision.flag_changes[0].deleted_through, Some(version(2)));
+        // A delete of a stream that never existed finds nothing.
+        let decision = decide_new(&[&soft], &HashMap::new()).expect("decided");
+        assert_eq!(
+            decision.outcomes,
+            [AppendOutcome::Rejected(Rejection::StreamNotFound)]
+        );
+        assert_eq!(decision.unfilled_placeholders, vec!["$$Order-a", "Order-a"]);
     }
 }

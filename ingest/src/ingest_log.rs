@@ -78,7 +78,9 @@ impl IngestLog {
                     created_at,
                 };
                 records.push(OutgoingRecord {
-                    key: &item.append.stream_id,
+                    // A lifecycle change shares its subject's partition: the indexer then
+                    // commits it in order with that stream's events.
+                    key: item.append.subject(),
                     payload: serde_json::to_vec(&value)?,
                     headers: ingest_log_headers(
                         &value,

@@ -16,6 +16,7 @@ mod jwks;
 mod jwt;
 mod kafka_appends;
 mod ledger;
+mod lifecycle;
 mod metrics;
 mod offsets;
 mod openapi;
@@ -96,15 +97,21 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     let waits = wait::WaitHub::new(read_pool.clone(), config.max_waiters);
     supervisor.spawn("wait poller", waits.clone().run(shutdown.clone()));
     let body_timeout = std::time::Duration::from_millis(config.body_timeout_ms.max(1));
+    let app_state = api::AppState {
+        pipeline,
+        auth: auth.clone(),
+        limits: config.limits.clone(),
+        metrics,
+        max_body_bytes: config.max_body_bytes,
+        body_timeout,
+    };
+    let lifecycle_state = lifecycle::LifecycleState {
+        app: app_state.clone(),
+        pool: read_pool.clone(),
+    };
     let app = openapi::app(
-        api::AppState {
-            pipeline,
-            auth: auth.clone(),
-            limits: config.limits.clone(),
-            metrics,
-            max_body_bytes: config.max_body_bytes,
-            body_timeout,
-        },
+        app_state,
+        lifecycle_state,
         reads::ReadState {
             pool: read_pool.clone(),
             auth: auth.clone(),

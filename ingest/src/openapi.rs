@@ -10,6 +10,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::api::{self, AppState};
+use crate::lifecycle::{self, LifecycleState};
 use crate::reads::{self, ReadState};
 use crate::snapshots::{self, SnapshotState};
 use crate::subscriptions;
@@ -58,12 +59,14 @@ impl utoipa::Modify for BearerScheme {
 /// health are not here: they are served on the admin listener.
 pub(crate) fn app(
     app_state: AppState,
+    lifecycle_state: LifecycleState,
     read_state: ReadState,
     snapshot_state: SnapshotState,
     max_concurrency: usize,
 ) -> Router {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(api::routes(max_concurrency).with_state(app_state))
+        .merge(lifecycle::routes(max_concurrency).with_state(lifecycle_state))
         .merge(reads::routes().with_state(read_state.clone()))
         .merge(subscriptions::routes().with_state(read_state))
         .merge(snapshots::routes(max_concurrency).with_state(snapshot_state))
@@ -81,6 +84,7 @@ mod tests {
     fn document() -> utoipa::openapi::OpenApi {
         let mut document = ApiDoc::openapi();
         document.merge(api::routes(1).into_openapi());
+        document.merge(lifecycle::routes(1).into_openapi());
         document.merge(reads::routes().into_openapi());
         document.merge(subscriptions::routes().into_openapi());
         document.merge(snapshots::routes(1).into_openapi());
@@ -95,6 +99,7 @@ mod tests {
             ("reads.rs", include_str!("reads.rs")),
             ("subscriptions.rs", include_str!("subscriptions.rs")),
             ("filters.rs", include_str!("filters.rs")),
+            ("lifecycle.rs", include_str!("lifecycle.rs")),
             ("snapshots.rs", include_str!("snapshots.rs")),
             ("lib.rs", include_str!("lib.rs")),
             ("openapi.rs", include_str!("openapi.rs")),
@@ -142,6 +147,9 @@ mod tests {
             "get /wait",
             "put /streams/{stream_id}/snapshot",
             "get /streams/{stream_id}/snapshot",
+            "get /streams/{stream_id}/metadata",
+            "put /streams/{stream_id}/metadata",
+            "delete /streams/{stream_id}",
             "get /openapi.json",
         ]
         .into_iter()
@@ -180,6 +188,9 @@ mod tests {
             "PutSnapshotRequest",
             "PutSnapshotResponse",
             "Snapshot",
+            "StreamMetadata",
+            "StreamMetadataResponse",
+            "DeleteStreamResponse",
         ] {
             assert!(schemas.get(name).is_some(), "{name} is missing");
         }
@@ -202,6 +213,9 @@ mod tests {
             ("/wait", "get", true),
             ("/streams/{stream_id}/snapshot", "put", true),
             ("/streams/{stream_id}/snapshot", "get", true),
+            ("/streams/{stream_id}/metadata", "get", true),
+            ("/streams/{stream_id}/metadata", "put", true),
+            ("/streams/{stream_id}", "delete", true),
             ("/openapi.json", "get", false),
             ("/health", "get", false),
             ("/ready", "get", false),

@@ -27,6 +27,10 @@ pub(crate) enum Rejection {
     AppendIdReused,
     /// A retry of an append whose ledger row was pruned after the idempotency window.
     AppendExpired,
+    /// The stream was hard-deleted (a tombstone): nothing can be appended to it again.
+    StreamDeleted,
+    /// A delete of a stream that has no events (never written, or soft-deleted already).
+    StreamNotFound,
     /// The broker refuses the append's records for good (too large for it, or invalid). Not
     /// recorded in the ledger: nothing was written, and a retry gets the same answer.
     RefusedByBroker { too_large: bool, reason: String },
@@ -40,6 +44,8 @@ impl Rejection {
             Rejection::DuplicateEventId => "duplicate_event_id",
             Rejection::AppendIdReused => "append_id_reused",
             Rejection::AppendExpired => "append_expired",
+            Rejection::StreamDeleted => "stream_deleted",
+            Rejection::StreamNotFound => "stream_not_found",
             Rejection::RefusedByBroker {
                 too_large: true, ..
             } => "record_too_large",
@@ -55,6 +61,8 @@ impl Rejection {
             }),
             "duplicate_event_id" => Some(Rejection::DuplicateEventId),
             "append_expired" => Some(Rejection::AppendExpired),
+            "stream_deleted" => Some(Rejection::StreamDeleted),
+            "stream_not_found" => Some(Rejection::StreamNotFound),
             _ => None,
         }
     }
@@ -84,6 +92,19 @@ impl Rejection {
                 code: self.code().into(),
                 message: "this append was accepted longer ago than the idempotency window; \
                           its original outcome is no longer kept (its events are in the store)"
+                    .into(),
+                actual_version: None,
+            },
+            Rejection::StreamDeleted => ErrorBody {
+                code: self.code().into(),
+                message: "the stream was deleted for good (hard delete); nothing was written"
+                    .into(),
+                actual_version: None,
+            },
+            Rejection::StreamNotFound => ErrorBody {
+                code: self.code().into(),
+                message: "the stream has no events (never written, or deleted); nothing was \
+                          written"
                     .into(),
                 actual_version: None,
             },

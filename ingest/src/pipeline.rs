@@ -137,7 +137,7 @@ impl Pipeline {
 
     /// Queues a command, or hands it back when its shard's queue is full.
     pub(crate) fn try_submit(&self, command: AppendCommand) -> Result<(), AppendCommand> {
-        match self.shard(&command.append.stream_id).try_send(command) {
+        match self.shard(command.append.subject()).try_send(command) {
             Ok(()) => {
                 self.metrics.in_flight.inc();
                 Ok(())
@@ -150,7 +150,7 @@ impl Pipeline {
 
     /// Queues a command, waiting for room.
     pub(crate) async fn submit(&self, command: AppendCommand) -> Result<(), AppendCommand> {
-        let shard = self.shard(&command.append.stream_id).clone();
+        let shard = self.shard(command.append.subject()).clone();
         self.metrics.in_flight.inc();
         shard.send(command).await.map_err(|e| {
             self.metrics.in_flight.dec();

@@ -24,10 +24,14 @@ use utoipa_axum::routes;
 use crate::api::{authorization, ApiError};
 use crate::auth::{Auth, Principal};
 use crate::filters::{self, EventFilter, InvalidFilter};
+use crate::lifecycle::refuse_deleted;
 use crate::wait::{WaitError, WaitHub, WaitTarget};
 use esk_runtime::scope::Need;
 
 const MAX_LIMIT: i64 = 1000;
+/// The retention rules and deletes, applied at query time (migration 0009's `event_hidden`,
+/// the same definition the scavenger deletes by).
+pub(crate) const VISIBLE: &str = "NOT event_hidden(stream_id, version, created_at)";
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_WAIT_MS: u64 = 60_000;
 
@@ -168,6 +172,8 @@ pub(crate) fn db_error(error: sqlx::Error) -> ApiError {
         (status = 400, description = "invalid_parameter (an invalid or unknown parameter) or invalid_filter (an empty filter, an empty, too long or invalid name)", body = ErrorEnvelope),
         (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no read scope for this (whether or not it exists)", body = ErrorEnvelope),
+        (status = 404, description = "stream_not_found: the stream was soft-deleted (and not appended to since)", body = ErrorEnvelope),
+        (status = 410, description = "stream_deleted: the stream was hard-deleted", body = ErrorEnvelope),
         (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
     )
 )]
@@ -207,15 +213,16 @@ async fn read_stream(
             ))
         }
     };
+    refuse_deleted(&state.pool, &stream_id).await?;
     let sql = if backward {
         format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version <= $2
-             ORDER BY version DESC LIMIT $3"
+             AND {VISIBLE} ORDER BY version DESC LIMIT $3"
         )
     } else {
         format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2
-             ORDER BY version LIMIT $3"
+             AND {VISIBLE} ORDER BY version LIMIT $3"
         )
     };
     let start = from.unwrap_or(if backward { i64::MAX } else { 0 });
@@ -249,7 +256,7 @@ async fn read_positioned(
     let limit = int_param(p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let from = int_param(p, "from", 0, i64::MAX)?.unwrap_or(0);
     let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1{}
+        "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 AND {VISIBLE}{}
          ORDER BY global_position LIMIT $2",
         filter.sql(3)
     );
@@ -339,7 +346,7 @@ async fn read_category(
     let from = int_param(&p, "from", 0, i64::MAX)?.unwrap_or(0);
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE category = $1 AND global_position >= $2
-         ORDER BY global_position LIMIT $3"
+         AND {VISIBLE} ORDER BY global_position LIMIT $3"
     );
     let query = sqlx::query(&sql).bind(&category).bind(from).bind(limit);
     let page = state.page(query).await?;

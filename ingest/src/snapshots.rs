@@ -188,7 +188,8 @@ async fn put_snapshot(
         (status = 400, description = "An invalid path", body = ErrorEnvelope),
         (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no read scope for this stream (whether or not it exists)", body = ErrorEnvelope),
-        (status = 404, description = "snapshot_not_found: the stream has no snapshot (or no events)", body = ErrorEnvelope),
+        (status = 404, description = "snapshot_not_found: the stream has no snapshot (or no events); stream_not_found: it was soft-deleted", body = ErrorEnvelope),
+        (status = 410, description = "stream_deleted: the stream was hard-deleted", body = ErrorEnvelope),
         (status = 503, description = "The store could not be read; retry", body = ErrorEnvelope),
     )
 )]
@@ -206,6 +207,7 @@ async fn get_snapshot(
     caller
         .require(Need::ReadStream(&stream_id))
         .map_err(|e| ApiError::auth(&e))?;
+    crate::lifecycle::refuse_deleted(&state.pool, &stream_id).await?;
     match snapshot_store::get(&state.pool, &stream_id)
         .await
         .map_err(db_error)?

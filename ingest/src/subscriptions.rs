@@ -38,7 +38,7 @@ use crate::api::ApiError;
 use crate::filters::{self, EventFilter};
 use crate::reads::{
     db_error, filter_error, int_param, params, reject_unknown, require, require_filter, segment,
-    Params, ReadState,
+    Params, ReadState, VISIBLE,
 };
 use crate::wait::{indexed_head, stream_version};
 
@@ -285,7 +285,7 @@ impl Feeder {
             Source::All(filter) => {
                 sql = format!(
                     "SELECT {EVENT_COLUMNS} FROM events
-                     WHERE global_position > $1 AND global_position <= $2{}
+                     WHERE global_position > $1 AND global_position <= $2 AND {VISIBLE}{}
                      ORDER BY global_position LIMIT {PAGE}",
                     filter.sql(3)
                 );
@@ -294,7 +294,7 @@ impl Feeder {
             Source::Stream(stream) => {
                 sql = format!(
                     "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2
-                     ORDER BY version LIMIT {PAGE}"
+                     AND {VISIBLE} ORDER BY version LIMIT {PAGE}"
                 );
                 query = sqlx::query(&sql).bind(stream).bind(self.cursor);
             }
@@ -492,6 +492,8 @@ async fn subscribe_all(
         (status = 400, description = "invalid_parameter: an invalid or unknown parameter, a bad Last-Event-ID", body = ErrorEnvelope),
         (status = 401, description = "unauthorized: no valid bearer token", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no read scope for this stream (whether or not it exists)", body = ErrorEnvelope),
+        (status = 404, description = "stream_not_found: the stream was soft-deleted (and not appended to since)", body = ErrorEnvelope),
+        (status = 410, description = "stream_deleted: the stream was hard-deleted", body = ErrorEnvelope),
         (status = 503, description = "too_many_subscriptions, or the store could not be read; retry", body = ErrorEnvelope),
     )
 )]
@@ -507,6 +509,8 @@ async fn subscribe_stream(
     let p = params(query)?;
     reject_unknown(&p, &["from"])?;
     let from = int_param(&p, "from", 0, i64::MAX)?;
+    // As for reads: a soft-deleted stream is 404, a hard-deleted one 410.
+    crate::lifecycle::refuse_deleted(&state.pool, &stream_id).await?;
     let cursor = match (last_event_id(&headers)?, from) {
         (Some(last), _) => last,
         (None, Some(from)) => from.saturating_sub(1),

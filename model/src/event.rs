@@ -270,12 +270,23 @@ pub struct Append {
     pub append_id: Uuid,
     /// Events in order; never empty.
     pub events: Vec<NewEvent>,
+    /// For an append to a metadata stream (`$$<stream>`): the lifecycle change it makes.
+    /// `None` for every ordinary append.
+    pub lifecycle: Option<Box<crate::lifecycle::Lifecycle>>,
 }
 
 impl Append {
     /// Identifies the content of the append, to tell a retry from a reuse of its id.
     pub fn fingerprint(&self) -> Uuid {
         fingerprint(&self.stream_id, self.events.iter().map(|e| e.id))
+    }
+
+    /// The stream whose lock and partition the append shares: its own, or for a lifecycle
+    /// change the stream it is about (so the change and that stream's events stay in order).
+    pub fn subject(&self) -> &str {
+        self.lifecycle
+            .as_ref()
+            .map_or(self.stream_id.as_str(), |l| l.subject.as_str())
     }
 }
 

@@ -137,6 +137,10 @@ pub enum InvalidAppend {
     /// A Kafka append request of a format version this ingest does not speak.
     #[error("schema_version {0} is not supported; this ingest speaks version 1")]
     UnsupportedSchemaVersion(String),
+    /// An event type starting with `$`: those are the store's own (`$metadata`,
+    /// `$streamDeleted`), written only by the lifecycle routes.
+    #[error("event type {0:?} is reserved: types starting with `$` are the store's own")]
+    ReservedEventType(String),
     /// A Kafka append request with no value (a tombstone).
     #[error("the request record has no value (a tombstone); send a JSON append request")]
     EmptyRequest,
@@ -165,6 +169,7 @@ impl InvalidAppend {
             InvalidAppend::InvalidTraceId(_) => "invalid_trace_id",
             InvalidAppend::UnsupportedSchemaVersion(_) => "unsupported_schema_version",
             InvalidAppend::EmptyRequest => "empty_request",
+            InvalidAppend::ReservedEventType(_) => "reserved_event_type",
         }
     }
 }
@@ -304,6 +309,7 @@ pub fn parse_append(
         expected_version,
         append_id,
         events,
+        lifecycle: None,
     })
 }
 
@@ -456,6 +462,9 @@ fn parse_event_type(
     }
     if let Some(problem) = name_problem(&event_type) {
         return Err(invalid(problem));
+    }
+    if event_type.starts_with('$') {
+        return Err(InvalidAppend::ReservedEventType(event_type));
     }
     Ok(event_type)
 }

@@ -11,6 +11,7 @@ pub mod partition_cursor;
 pub mod records;
 pub mod redact;
 pub mod retry;
+pub mod scavenge;
 pub mod scope;
 pub mod service;
 pub mod supervisor;

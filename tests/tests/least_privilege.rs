@@ -153,8 +153,9 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
     ingest_env.extend_from_slice(HTTP_ONLY);
     let ingest_process = ingest::spawn(ctx, &ingest_env).await?;
     let indexer_env = as_role(&indexer_url);
-    let indexer_env: Vec<(&str, &str)> =
+    let mut indexer_env: Vec<(&str, &str)> =
         indexer_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    indexer_env.push(("ESK_SCAVENGE_INTERVAL_SECS", "1"));
     let indexer_process = indexer::spawn(ctx, &indexer_env).await?;
     let projector_env = as_role(&projector_url);
     let projector_env: Vec<(&str, &str)> = projector_env
@@ -240,6 +241,57 @@ async fn run(ctx: &TestContext, prefix: &str, database: &str) -> anyhow::Result<
         .fetch_one(&readonly)
         .await?;
     anyhow::ensure!(events == 15, "the events are all still there");
+    // Only the indexer may scavenge, and only through the function that deletes hidden rows.
+    for (name, pw, allowed) in [
+        ("ingest", password("ingest"), false),
+        ("projector", password("projector"), false),
+        ("readonly", readonly_password.clone(), false),
+        ("indexer", password("indexer"), true),
+    ] {
+        let mut conn = PgConnection::connect(&url_of(name, &pw)?).await?;
+        let result = sqlx::query("SELECT scavenge_events(1)")
+            .execute(&mut conn)
+            .await;
+        anyhow::ensure!(
+            result.is_ok() == allowed,
+            "{name} calling scavenge_events: {result:?}"
+        );
+        conn.close().await?;
+    }
+    // Lifecycle as the runtime roles: ingest stores metadata and deletes, reads apply them,
+    // the indexer's scavenger deletes what they hide (keeping each stream's last event).
+    let reply = client
+        .put_raw(
+            "/streams/Account-1/metadata",
+            "application/json",
+            br#"{"max_count":1}"#.to_vec(),
+        )
+        .await?;
+    anyhow::ensure!(
+        reply.status == 200,
+        "metadata as the ingest role: {reply:?}"
+    );
+    let reply = client.delete("/streams/Account-2?mode=hard").await?;
+    anyhow::ensure!(
+        reply.status == 200,
+        "hard delete as the ingest role: {reply:?}"
+    );
+    let reply = client.get("/streams/Account-1/events").await?;
+    anyhow::ensure!(
+        reply.status == 200 && reply.body["events"].as_array().map(Vec::len) == Some(1),
+        "read with a retention rule as the ingest role: {reply:?}"
+    );
+    let scavenged = eventually(Duration::from_secs(60), || async {
+        let counted: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE stream_id IN ('Account-1', 'Account-2')",
+        )
+        .fetch_one(&readonly)
+        .await
+        .ok()?;
+        (counted == 2).then_some(())
+    })
+    .await;
+    anyhow::ensure!(scavenged.is_some(), "the indexer scavenges as its role");
     // Nothing any process ran was refused (a missing grant shows as "permission denied").
     for (name, process) in [
         ("ingest", &ingest_process),
