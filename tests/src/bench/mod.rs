@@ -72,12 +72,20 @@
 //!     (interpolated within its buckets: 5, 10, 25, 50, 100, 250 ms, ...). No acceptance →
 //!     indexed figure: the indexer has no histogram of it
 //!   - the curve as a PNG: `ESK_BENCH_CURVE_PNG` [`$ESK_STATE_DIR/latency-curve.png`]
+//! - `reads` (`reads.rs`): filtered reads over HTTP on a store of `ESK_BENCH_READS_EVENTS`
+//!   events written straight into `events` (89% `Common`, 10% `Uncommon`, 1% `Rare`; a quarter
+//!   of the streams in `Invoice`), each following `next` with pages of 1,000 up to 100,000
+//!   events: `{"bench": "reads-all" | "reads-type-rare" | "reads-type-common" |
+//!   "reads-all-types-uncommon-rare" | "reads-all-category-invoice", "events": N, "pages": ..,
+//!   "seconds": .., "events_per_s": .., "page_p50_ms": .., "page_p99_ms": ..}` and each filtered
+//!   read's `{"bench": "<name>-vs-all", "ratio_events_per_s": ..}` against the unfiltered one
 //!
 //! Environment (defaults in brackets):
 //! - `ESK_BENCH_SECONDS` measured seconds per benchmark [15]
 //! - `ESK_BENCH_WHICH` benchmarks to run, comma or space separated: ingest, indexer, projector,
-//!   auth, e2e, e2e-core, lag, curve [all of them]
+//!   auth, e2e, e2e-core, lag, curve, reads [all of them]
 //! - `ESK_BENCH_INDEXER_EVENTS` events in ingest-log for the indexer benchmark [1000000]
+//! - `ESK_BENCH_READS_EVENTS` events in the store of the reads benchmark [500000]
 //! - `ESK_BENCH_E2E_WRITERS` loadgen writers of the end-to-end benchmark [16, like the anchor]
 //! - `ESK_BENCH_INGEST_IN_FLIGHT` appends in flight per writer in the second ingest run [32]
 //! - `ESK_BENCH_E2E_IN_FLIGHT` appends in flight per writer in the end-to-end run [32]
@@ -97,7 +105,7 @@
 //!
 //! Databases it (re)creates and leaves for inspection: esk_bench_anchor, esk_bench_emmett,
 //! esk_bench_eventsourcing, esk_bench_ingest, esk_bench_indexer, esk_bench_e2e,
-//! esk_bench_e2e_core. Service logs:
+//! esk_bench_e2e_core, esk_bench_reads. Service logs:
 //! `$ESK_STATE_DIR/bench-*.log`. The services and tools it runs are the release binaries next
 //! to its own executable (`deploy/local/bench` builds them).
 
@@ -113,6 +121,7 @@ mod peers;
 mod plot;
 mod prometheus;
 mod python;
+mod reads;
 mod report;
 mod services;
 mod settings;
@@ -208,6 +217,7 @@ impl Bench {
             wants(Benchmark::Lag),
             wants(Benchmark::Curve),
         );
+        let reads = wants(Benchmark::Reads);
         if ingest {
             // The anchors run on a quiet machine, before our ingest starts.
             let seed = self.anchor_seed().await?;
@@ -279,6 +289,9 @@ impl Bench {
                     .await?;
             }
             self.stop_e2e(services).await?;
+        }
+        if reads {
+            self.reads().await?;
         }
         say(&format!("done in {}s", self.started.elapsed().as_secs()));
         if self.failed {

@@ -17,11 +17,12 @@ pub(crate) enum Benchmark {
     E2e,
     Lag,
     Curve,
+    Reads,
 }
 
 impl Benchmark {
     /// All of them, in the order they run.
-    const ALL: [Benchmark; 8] = [
+    const ALL: [Benchmark; 9] = [
         Benchmark::Ingest,
         Benchmark::Auth,
         Benchmark::Indexer,
@@ -30,6 +31,7 @@ impl Benchmark {
         Benchmark::E2e,
         Benchmark::Lag,
         Benchmark::Curve,
+        Benchmark::Reads,
     ];
 
     fn name(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Benchmark {
             Benchmark::E2e => "e2e",
             Benchmark::Lag => "lag",
             Benchmark::Curve => "curve",
+            Benchmark::Reads => "reads",
         }
     }
 
@@ -57,6 +60,8 @@ pub struct Settings {
     pub(crate) seconds: String,
     which: Vec<Benchmark>,
     pub(crate) indexer_events: u64,
+    /// Events in the store of the reads benchmark.
+    pub(crate) reads_events: u64,
     pub(crate) e2e_writers: u32,
     pub(crate) ingest_in_flight: u32,
     pub(crate) e2e_in_flight: u32,
@@ -137,6 +142,7 @@ impl Settings {
             seconds,
             which,
             indexer_events: positive("ESK_BENCH_INDEXER_EVENTS", 1_000_000)?,
+            reads_events: positive("ESK_BENCH_READS_EVENTS", 500_000)?,
             e2e_writers: positive("ESK_BENCH_E2E_WRITERS", 16)?,
             ingest_in_flight: positive("ESK_BENCH_INGEST_IN_FLIGHT", 32)?,
             e2e_in_flight: positive("ESK_BENCH_E2E_IN_FLIGHT", 32)?,
