@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+use super::cpu::Sample;
 use super::database::{self, poll_until};
 use super::line::Line;
 use super::services::{run, run_ok, Service};
@@ -66,6 +67,7 @@ impl Bench {
             crate::process::INDEXER,
             log,
         )?;
+        let cpu = Sample::take(&self.watched(&[("indexer", &indexer)]));
         say(&format!(
             "started the indexer (publishing off) on {} (log: {}); timing until {events} are indexed",
             indexer.url(),
@@ -81,6 +83,7 @@ impl Bench {
             Some(&mut indexer.process),
         )
         .await?;
+        let cpu_line = cpu.report("indexer-cpu", target, poll.seconds);
         let metrics = indexer.scrape().await;
         if !indexer.check_alive() {
             self.failed = true;
@@ -96,6 +99,7 @@ impl Bench {
         }
         let line = report::indexer(events, &poll);
         emit(&line.to_text());
+        emit(&cpu_line.to_text());
         let steady = poll.seconds - poll.first.as_ref().map_or(0.0, |f| f.seconds);
         emit(&report::indexer_metrics("indexer-metrics", &metrics, steady).to_text());
         let indexed = Indexed {
