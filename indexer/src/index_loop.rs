@@ -219,7 +219,7 @@ impl Indexer {
                     self.cursor.forget(lost.iter().copied());
                     batch.retain(|p| !lost.contains(&p.partition));
                 }
-                Err(refused @ CommitError::Refused { .. }) => {
+                Err(refused @ (CommitError::Refused { .. } | CommitError::Undecodable { .. })) => {
                     self.indexing_recovered();
                     self.isolate_refused(&batch, refused).await;
                     return;
@@ -277,7 +277,7 @@ impl Indexer {
                 .collect();
             let outcome = match self.try_index(&records).await {
                 Ok(()) => continue,
-                Err(refused @ CommitError::Refused { .. }) => {
+                Err(refused @ (CommitError::Refused { .. } | CommitError::Undecodable { .. })) => {
                     narrow::first_refused(
                         &self.batches,
                         &records,

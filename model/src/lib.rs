@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod event;
+pub mod ingest_log;
 #[cfg(feature = "openapi")]
 mod openapi;
 pub mod raw_json;

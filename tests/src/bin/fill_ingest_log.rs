@@ -9,20 +9,24 @@
 //!   first and last versions; append id and fingerprint are the UUIDv5 that ingest derives from
 //!   the stream and event ids), an `event_claims` row per event, and a `streams` row per stream
 //!   at its final version;
-//! - then every event to the `--topic` (ingest-log) topic, key = stream id, value =
-//!   [`IngestLogEventRef`] JSON, with the same headers ingest sets, through the idempotent
-//!   producer of [`esk_runtime::kafka::producer_config`] with many records in flight.
+//! - then every attempt's events to the `--topic` (ingest-log) topic as ingest writes them: one
+//!   format-2 record (`esk_model::ingest_log`) per partition the attempt writes to, placed by
+//!   [`esk_runtime::kafka::partition_for_key`] of the stream id, with the same headers ingest
+//!   sets, through the idempotent producer of [`esk_runtime::kafka::producer_config`] with many
+//!   records in flight.
 //!
 //! The database must already have the schema (`esk setup` or `esk migrate`). Prints one JSON line.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use esk_model::event::derived_append_id;
-use esk_model::wire::IngestLogEventRef;
-use esk_runtime::records::ingest_log_headers;
+use esk_model::ingest_log::{BatchEncoder, BatchEventRef};
+use esk_runtime::kafka::partition_for_key;
+use esk_runtime::records::ingest_log_batch_headers;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
@@ -33,6 +37,8 @@ use uuid::Uuid;
 
 /// Bytes of COPY data sent to Postgres at a time.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
+/// Largest record events share: ingest's default (`ESK_INGEST_LOG_RECORD_BYTES`).
+const RECORD_BYTES: usize = 1 << 20;
 /// How long a record may wait in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -313,49 +319,71 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
             )
         })
         .collect::<Result<_, _>>()?;
+    let settings = esk_runtime::kafka::KafkaSettings::new(&args.brokers);
+    let partitions = esk_runtime::kafka::existing_partitions(&settings, &args.topic).await?;
     let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(args.in_flight);
-    for append in &plan.appends {
-        let stream = plan.streams[append.stream].as_str();
-        let (attempt_id, created_at) = plan.attempts[append.attempt];
-        for (k, data) in payloads.iter().take(append.count).enumerate() {
-            let event_id = plan.event_ids[append.first_event + k];
-            let version = append.first_version + k as i64;
-            let value = IngestLogEventRef {
-                event_id,
-                stream_id: stream,
-                version,
-                event_type: "ItemAdded",
-                data,
-                metadata: None,
-                append_id: append.append_id,
-                attempt_id,
-                created_at,
+    // The appends of one attempt are consecutive in the plan: each attempt's events go out as
+    // ingest writes them, one format-2 record per partition (split at the record budget).
+    let mut appends = plan.appends.iter().peekable();
+    while let Some(first) = appends.next() {
+        let (attempt_id, created_at) = plan.attempts[first.attempt];
+        let mut attempt = vec![first];
+        while let Some(next) = appends.next_if(|a| a.attempt == first.attempt) {
+            attempt.push(next);
+        }
+        let mut parts: BTreeMap<i32, (BatchEncoder, Vec<&str>)> = BTreeMap::new();
+        for append in attempt {
+            let stream = plan.streams[append.stream].as_str();
+            let partition = partition_for_key(stream.as_bytes(), partitions);
+            let (encoder, streams) = match parts.entry(partition) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert((
+                    BatchEncoder::new(attempt_id, created_at, RECORD_BYTES)?,
+                    Vec::new(),
+                )),
             };
-            let payload = serde_json::to_vec(&value)?;
-            let headers = ingest_log_headers(&value, None, None);
-            let mut record = FutureRecord::to(&args.topic)
-                .key(stream)
-                .payload(&payload)
-                .headers(headers);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        if pending.is_empty() {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        } else {
-                            await_deliveries(&mut pending).await?;
-                        }
-                    }
-                    Err((error, _)) => return Err(error.into()),
-                }
+            for (k, data) in payloads.iter().take(append.count).enumerate() {
+                encoder.push(&BatchEventRef {
+                    event_id: plan.event_ids[append.first_event + k],
+                    stream_id: stream,
+                    version: append.first_version + k as i64,
+                    event_type: "ItemAdded",
+                    data,
+                    metadata: None,
+                    append_id: append.append_id,
+                })?;
+                streams.push(stream);
             }
-            if pending.len() >= args.in_flight {
-                await_deliveries(&mut pending).await?;
+        }
+        let attempt_text = attempt_id.to_string();
+        for (partition, (encoder, streams)) in parts {
+            for batch in encoder.finish() {
+                let key = streams.get(batch.first_event).copied().unwrap_or_default();
+                let mut record = FutureRecord::to(&args.topic)
+                    .key(key)
+                    .partition(partition)
+                    .payload(&batch.value)
+                    .headers(ingest_log_batch_headers(&attempt_text, batch.events));
+                loop {
+                    match producer.send_result(record) {
+                        Ok(delivery) => {
+                            pending.push(delivery);
+                            break;
+                        }
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                            record = back;
+                            if pending.is_empty() {
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                            } else {
+                                await_deliveries(&mut pending).await?;
+                            }
+                        }
+                        Err((error, _)) => return Err(error.into()),
+                    }
+                }
+                if pending.len() >= args.in_flight {
+                    await_deliveries(&mut pending).await?;
+                }
             }
         }
     }
