@@ -48,8 +48,17 @@ impl Bench {
         ]
         .map(str::to_owned);
         let fill = self.settings.binary("fill_ingest_log");
+        let broker = Sample::take(&self.watched(&[]));
+        let fill_started = Instant::now();
         let filled = run_ok("fill_ingest_log", &fill, &args, &env).await?;
         say(&format!("fill: {}", filled.last_line.unwrap_or_default()));
+        let target = i64::try_from(events).context("ESK_BENCH_INDEXER_EVENTS is too large")?;
+        let fill_seconds = fill_started.elapsed().as_secs_f64();
+        emit(
+            &broker
+                .report("fill-ingest-log-cpu", target, fill_seconds)
+                .to_text(),
+        );
         // Statistics as a long-running store would have them (autovacuum may not have run yet).
         database::execute(&pool, "VACUUM ANALYZE append_ledger, event_claims, streams").await?;
 
@@ -73,7 +82,6 @@ impl Bench {
             indexer.url(),
             indexer.log().display()
         ));
-        let target = i64::try_from(events).context("ESK_BENCH_INDEXER_EVENTS is too large")?;
         let poll = poll_until(
             &pool,
             "SELECT last_position FROM global_position_counter",

@@ -30,6 +30,9 @@
 //!     fill_ingest_log filled with N committed events: from process start (group join
 //!     included) until all N are indexed, and "steady" from the first indexed row to the last
 //!   - `{"bench": "indexer-metrics", ...}` averages from the indexer's /metrics histograms
+//!   - `{"bench": "fill-ingest-log-cpu", "events": N, "broker_us_per_event": .., ...}` the
+//!     broker's CPU while fill_ingest_log writes the N events (the database part included;
+//!     `ESK_FILL_INGEST_LOG_FORMAT=1` makes it write one-event records, the earlier format)
 //!   - `{"bench": "indexer-cpu", "events": N, "indexer_us_per_event": .., "broker_us_per_event":
 //!     .., ...}` CPU per event (user + system, /proc) of the indexer and the stack's broker
 //!     (Tansu) from the indexer's start until all N are indexed; also `<name>_cpu_s`,

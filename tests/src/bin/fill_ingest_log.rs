@@ -25,8 +25,9 @@ use chrono::{DateTime, Utc};
 use clap::Parser;
 use esk_model::event::derived_append_id;
 use esk_model::ingest_log::{BatchEncoder, BatchEventRef};
+use esk_model::wire::IngestLogEventRef;
 use esk_runtime::kafka::partition_for_key;
-use esk_runtime::records::ingest_log_batch_headers;
+use esk_runtime::records::{ingest_log_batch_headers, ingest_log_headers};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
@@ -80,6 +81,10 @@ struct Args {
     /// Records awaited as one group (producing does not wait for each delivery).
     #[arg(long, default_value_t = 50_000)]
     in_flight: usize,
+    /// Record format: 2 (what ingest writes) or 1 (one event per record, the earlier format;
+    /// to compare the two, or to check an indexer on what an older ingest left).
+    #[arg(long, env = "ESK_FILL_INGEST_LOG_FORMAT", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    format: u8,
 }
 
 /// One append of the plan.
@@ -331,6 +336,11 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
         while let Some(next) = appends.next_if(|a| a.attempt == first.attempt) {
             attempt.push(next);
         }
+        if args.format == 1 {
+            produce_one_event_records(args, plan, &producer, &attempt, &payloads, &mut pending)
+                .await?;
+            continue;
+        }
         let mut parts: BTreeMap<i32, (BatchEncoder, Vec<&str>)> = BTreeMap::new();
         for append in attempt {
             let stream = plan.streams[append.stream].as_str();
@@ -359,31 +369,12 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
         for (partition, (encoder, streams)) in parts {
             for batch in encoder.finish() {
                 let key = streams.get(batch.first_event).copied().unwrap_or_default();
-                let mut record = FutureRecord::to(&args.topic)
+                let record = FutureRecord::to(&args.topic)
                     .key(key)
                     .partition(partition)
-                    .payload(&batch.value)
+                    .payload(batch.value.as_slice())
                     .headers(ingest_log_batch_headers(&attempt_text, batch.events));
-                loop {
-                    match producer.send_result(record) {
-                        Ok(delivery) => {
-                            pending.push(delivery);
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                            record = back;
-                            if pending.is_empty() {
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                            } else {
-                                await_deliveries(&mut pending).await?;
-                            }
-                        }
-                        Err((error, _)) => return Err(error.into()),
-                    }
-                }
-                if pending.len() >= args.in_flight {
-                    await_deliveries(&mut pending).await?;
-                }
+                enqueue(&producer, record, &mut pending, args.in_flight).await?;
             }
         }
     }
@@ -391,6 +382,73 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
     producer
         .flush(QUEUE_TIMEOUT)
         .context("flushing the producer")?;
+    Ok(())
+}
+
+/// The records of one attempt in the earlier format 1: one per event, keyed by stream id (the
+/// client places it), for comparing the two formats and for indexer upgrade checks.
+async fn produce_one_event_records(
+    args: &Args,
+    plan: &Plan,
+    producer: &FutureProducer,
+    attempt: &[&PlannedAppend],
+    payloads: &[Box<serde_json::value::RawValue>],
+    pending: &mut Vec<DeliveryFuture>,
+) -> anyhow::Result<()> {
+    for append in attempt {
+        let stream = plan.streams[append.stream].as_str();
+        let (attempt_id, created_at) = plan.attempts[append.attempt];
+        for (k, data) in payloads.iter().take(append.count).enumerate() {
+            let value = IngestLogEventRef {
+                event_id: plan.event_ids[append.first_event + k],
+                stream_id: stream,
+                version: append.first_version + k as i64,
+                event_type: "ItemAdded",
+                data,
+                metadata: None,
+                append_id: append.append_id,
+                attempt_id,
+                created_at,
+            };
+            let payload = serde_json::to_vec(&value)?;
+            let record = FutureRecord::to(&args.topic)
+                .key(stream)
+                .payload(payload.as_slice())
+                .headers(ingest_log_headers(&value, None, None));
+            enqueue(producer, record, pending, args.in_flight).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Enqueues `record`, waiting out a full local queue; awaits the deliveries once `in_flight`
+/// are outstanding.
+async fn enqueue(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, str, [u8]>,
+    pending: &mut Vec<DeliveryFuture>,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => {
+                pending.push(delivery);
+                break;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                if pending.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else {
+                    await_deliveries(pending).await?;
+                }
+            }
+            Err((error, _)) => return Err(error.into()),
+        }
+    }
+    if pending.len() >= in_flight {
+        await_deliveries(pending).await?;
+    }
     Ok(())
 }
 
