@@ -1,6 +1,6 @@
 //! The `ingest-log` record formats, and the one decoder the indexer reads them with.
 //!
-//! - **Format 1** (until 0.x, still read): one event per record, the record's value is the
+//! - **Format 1** (the earlier format, still read): one event per record, the record's value is the
 //!   [`IngestLogEvent`] JSON object (its first byte is `{`).
 //! - **Format 2** (what ingest writes): the events one attempt produced to one partition, in
 //!   order, as one record (several when they exceed a size budget: [`BatchEncoder`]). The value
