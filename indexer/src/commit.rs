@@ -55,6 +55,15 @@ pub(crate) enum CommitError {
     /// refused again: the offending record must be found and its partition halted.
     #[error("postgres refused the batch's data ({code}): {detail}")]
     Refused { code: String, detail: String },
+    /// A record says it is a batch of events (format 2) and does not decode: it may hold
+    /// acknowledged appends, so it is neither indexed nor dropped; like a refused record, it is
+    /// found and its partition halted.
+    #[error("partition {partition} offset {offset}: {error}")]
+    Undecodable {
+        partition: i32,
+        offset: i64,
+        error: String,
+    },
     /// Anything else (connection lost, a timeout, the schema missing, ...): retry.
     #[error("postgres: {0}")]
     Database(sqlx::Error),
@@ -88,6 +97,15 @@ impl From<CasError> for CommitError {
 
 impl CommitError {
     /// A refusal that means an invariant broke (a unique violation), not bad data.
+    /// Whether the same records would be refused however often they are tried: the record
+    /// at fault must be found and its partition halted.
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            CommitError::Refused { .. } | CommitError::Undecodable { .. }
+        )
+    }
+
     pub(crate) fn is_invariant_violation(&self) -> bool {
         matches!(self, CommitError::Refused { code, .. } if code == "23505")
     }

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use esk_model::wire::IngestLogEvent;
+use esk_model::ingest_log;
 use esk_runtime::kafka::RebalanceLog;
 use esk_runtime::telemetry::Health;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -66,15 +66,32 @@ impl Halts {
         refusal: &CommitError,
     ) {
         let (partition, offset) = (record.partition, record.offset);
-        let event = serde_json::from_slice::<IngestLogEvent>(&record.payload).ok();
-        let append_id = event.as_ref().map(|e| e.append_id.to_string());
-        let append = append_id.as_deref().unwrap_or("unknown");
+        // The whole record halts, and a quarantine sets the whole record aside: every event in
+        // it (format 2: all this attempt's events for the partition), each append named here.
+        let events = ingest_log::decode(&record.payload).unwrap_or_default();
+        let event = events.first();
+        let mut appends: Vec<String> = Vec::new();
+        for e in &events {
+            let id = e.append_id.to_string();
+            if !appends.contains(&id) {
+                appends.push(id);
+            }
+        }
+        let append = match appends.len() {
+            0 => "append unknown".to_owned(),
+            1 => format!("append {}", appends[0]),
+            n => format!(
+                "{} events of {n} appends: {}",
+                events.len(),
+                appends.join(", ")
+            ),
+        };
         self.halted.insert(partition, offset);
         PartitionHalted {
             metrics: &self.metrics,
             partition,
             offset,
-            event: event.as_ref(),
+            event,
             refusal,
             invariant_violation: refusal.is_invariant_violation(),
             halted: self.halted.len(),
@@ -83,7 +100,7 @@ impl Halts {
         self.health.set_problem(
             &format!("partition-{partition}"),
             format!(
-                "ingest-log partition {partition} halted at offset {offset} (append {append}): \
+                "ingest-log partition {partition} halted at offset {offset} ({append}): \
                  {refusal}; after a look, `esk indexer quarantine --partition {partition} \
                  --offset {offset}` sets the record aside"
             ),

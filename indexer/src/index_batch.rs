@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use chrono::{SubsecRound, Utc};
 use esk_model::event::category_of;
+use esk_model::ingest_log;
 use esk_model::wire::{CanonicalEvent, IngestLogEvent};
 use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::partition_cursor::Spans;
@@ -31,7 +32,7 @@ pub(crate) struct Pending {
 /// Why a record of a batch is not an event to index.
 #[derive(Debug)]
 enum NotIndexed {
-    /// Its value does not decode: dead-lettered.
+    /// Its value is in no format and does not decode as an event (format 1): dead-lettered.
     Undecodable(String),
     /// An operator quarantined it: set aside in `indexer_quarantine`.
     Quarantined,
@@ -71,19 +72,32 @@ impl BatchIndexer {
         for p in batch {
             spans.add(p.partition, p.offset);
         }
-        let decoded: Vec<Result<IngestLogEvent, NotIndexed>> = batch
-            .iter()
-            .map(|p| {
-                if quarantined.contains(&(p.partition, p.offset)) {
-                    return Err(NotIndexed::Quarantined);
+        // Each record's events (one in format 1, an attempt's run for the partition in format
+        // 2). A batch record that does not decode is refused like a record Postgres refuses:
+        // the caller narrows the batch down to it and halts its partition there.
+        let mut decoded: Vec<Result<Vec<IngestLogEvent>, NotIndexed>> =
+            Vec::with_capacity(batch.len());
+        for p in batch {
+            if quarantined.contains(&(p.partition, p.offset)) {
+                decoded.push(Err(NotIndexed::Quarantined));
+                continue;
+            }
+            match ingest_log::decode(&p.payload) {
+                Ok(events) => decoded.push(Ok(events)),
+                Err(error) if error.is_batch() => {
+                    return Err(CommitError::Undecodable {
+                        partition: p.partition,
+                        offset: p.offset,
+                        error: error.to_string(),
+                    })
                 }
-                serde_json::from_slice::<IngestLogEvent>(&p.payload)
-                    .map_err(|e| NotIndexed::Undecodable(e.to_string()))
-            })
-            .collect();
+                Err(error) => decoded.push(Err(NotIndexed::Undecodable(error.to_string()))),
+            }
+        }
         let pairs: HashSet<classify::AttemptPair> = decoded
             .iter()
             .filter_map(|d| d.as_ref().ok())
+            .flatten()
             .map(|e| (e.append_id, e.attempt_id))
             .collect();
         let committed = if pairs.is_empty() {
@@ -96,29 +110,34 @@ impl BatchIndexer {
             ..Default::default()
         };
         let mut phantoms: Vec<&IngestLogEvent> = Vec::new();
-        // decoded[row_sources[i]] is the event of write.rows[i].
-        let mut row_sources: Vec<usize> = Vec::new();
+        // The event of write.rows[i], for the publisher's tail.
+        let mut row_events: Vec<&IngestLogEvent> = Vec::new();
         let mut newest: HashMap<i32, chrono::DateTime<Utc>> = HashMap::new();
-        for (source, (pending, decoded)) in batch.iter().zip(&decoded).enumerate() {
+        for (pending, decoded) in batch.iter().zip(&decoded) {
             match decoded {
-                Ok(event) if committed.contains(&(event.append_id, event.attempt_id)) => {
-                    newest.insert(pending.partition, event.created_at);
-                    row_sources.push(source);
-                    write.rows.push(EventRow {
-                        global_position: 0,
-                        event_id: event.event_id,
-                        stream_id: &event.stream_id,
-                        category: category_of(&event.stream_id),
-                        event_type: &event.event_type,
-                        data: event.data.get(),
-                        metadata: event.metadata.as_deref().map(|m| m.get()),
-                        version: event.version,
-                        created_at: event.created_at,
-                        kafka_partition: pending.partition,
-                        kafka_offset: pending.offset,
-                    });
+                Ok(events) => {
+                    for event in events {
+                        if !committed.contains(&(event.append_id, event.attempt_id)) {
+                            phantoms.push(event);
+                            continue;
+                        }
+                        newest.insert(pending.partition, event.created_at);
+                        row_events.push(event);
+                        write.rows.push(EventRow {
+                            global_position: 0,
+                            event_id: event.event_id,
+                            stream_id: &event.stream_id,
+                            category: category_of(&event.stream_id),
+                            event_type: &event.event_type,
+                            data: event.data.get(),
+                            metadata: event.metadata.as_deref().map(|m| m.get()),
+                            version: event.version,
+                            created_at: event.created_at,
+                            kafka_partition: pending.partition,
+                            kafka_offset: pending.offset,
+                        });
+                    }
                 }
-                Ok(event) => phantoms.push(event),
                 Err(NotIndexed::Quarantined) => {
                     write.quarantined.push(Quarantined {
                         partition: pending.partition,
@@ -153,27 +172,29 @@ impl BatchIndexer {
             let committed_events = write
                 .rows
                 .iter()
-                .zip(&row_sources)
-                .filter_map(|(row, source)| {
-                    let event = decoded.get(*source)?.as_ref().ok()?;
-                    Some(CanonicalEvent {
-                        event_id: event.event_id,
-                        stream_id: event.stream_id.clone(),
-                        version: event.version,
-                        global_position: row.global_position,
-                        event_type: event.event_type.clone(),
-                        data: event.data.clone(),
-                        metadata: event.metadata.clone(),
-                        // As stored: Postgres keeps microseconds (so does the COPY encoding).
-                        created_at: event.created_at.trunc_subsecs(6),
-                    })
+                .zip(&row_events)
+                .map(|(row, event)| CanonicalEvent {
+                    event_id: event.event_id,
+                    stream_id: event.stream_id.clone(),
+                    version: event.version,
+                    global_position: row.global_position,
+                    event_type: event.event_type.clone(),
+                    data: event.data.clone(),
+                    metadata: event.metadata.clone(),
+                    // As stored: Postgres keeps microseconds (so does the COPY encoding).
+                    created_at: event.created_at.trunc_subsecs(6),
                 })
                 .collect();
             self.tail.extend(committed_events);
         }
 
         self.metrics.batches.inc();
-        self.metrics.batch_events.observe(batch.len() as f64);
+        let events: usize = decoded
+            .iter()
+            .filter_map(|d| d.as_ref().ok())
+            .map(Vec::len)
+            .sum();
+        self.metrics.batch_events.observe(events as f64);
         self.metrics.events_indexed.inc_by(rows);
         for event in phantoms {
             PhantomDropped {

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use esk_model::wire::header;
 use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::kafka::RebalanceLog;
 use esk_runtime::partition_cursor::{Admission, PartitionCursor, Spans};
 use esk_runtime::supervisor::Progress;
 use esk_runtime::telemetry::Health;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -25,6 +26,21 @@ use crate::index_batch::{BatchIndexer, Pending};
 use crate::internal_events::{IndexingFailed, StepFailed, ZombieRollback};
 use crate::metrics::IndexerMetrics;
 use crate::{narrow, offsets};
+
+/// How many events a record says it holds (its `event_count` header, format 2), for the batch's
+/// event budget only: a record without one (format 1) counts as one.
+fn event_count<M: Message>(record: &M) -> usize {
+    record
+        .headers()
+        .and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == header::EVENT_COUNT)
+                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        })
+        .unwrap_or(1)
+        .max(1)
+}
 
 /// How often a process with a halted partition looks for an operator's quarantine request.
 const QUARANTINE_POLL: Duration = Duration::from_secs(2);
@@ -124,7 +140,7 @@ impl Indexer {
     /// Waits for one record, then gathers more until the batch is full or the linger passes.
     async fn collect(&mut self) -> Vec<Pending> {
         let mut batch = Vec::new();
-        let mut bytes = 0usize;
+        let (mut bytes, mut events) = (0usize, 0usize);
         let deadline = tokio::time::Instant::now() + self.linger;
         loop {
             let next = if batch.is_empty() {
@@ -143,18 +159,23 @@ impl Indexer {
                     .ok()
             };
             let Some(result) = next else { break };
-            // Only where the record is and its value are kept; nothing else is copied.
-            let result = result.map(|m| Pending {
-                partition: m.partition(),
-                offset: m.offset(),
-                payload: m.payload().unwrap_or_default().to_vec(),
+            // Only where the record is, its value and how many events it says it holds are
+            // kept; nothing else is copied.
+            let result = result.map(|m| {
+                let pending = Pending {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                };
+                (pending, event_count(&m))
             });
             // Partitions a rebalance moved are loaded again (a halt stays until a restart).
             self.cursor.forget(self.consumer.context().take_changed());
             match result {
-                Ok(record) => {
+                Ok((record, count)) => {
                     if let Some(pending) = self.admit(record).await {
                         bytes += pending.payload.len();
+                        events += count;
                         batch.push(pending);
                     }
                 }
@@ -173,7 +194,7 @@ impl Indexer {
                     break;
                 }
             }
-            if batch.len() >= self.max_batch || bytes >= self.max_batch_bytes {
+            if events >= self.max_batch || bytes >= self.max_batch_bytes {
                 break;
             }
         }
@@ -219,7 +240,7 @@ impl Indexer {
                     self.cursor.forget(lost.iter().copied());
                     batch.retain(|p| !lost.contains(&p.partition));
                 }
-                Err(refused @ CommitError::Refused { .. }) => {
+                Err(refused @ (CommitError::Refused { .. } | CommitError::Undecodable { .. })) => {
                     self.indexing_recovered();
                     self.isolate_refused(&batch, refused).await;
                     return;
@@ -277,7 +298,7 @@ impl Indexer {
                 .collect();
             let outcome = match self.try_index(&records).await {
                 Ok(()) => continue,
-                Err(refused @ CommitError::Refused { .. }) => {
+                Err(refused @ (CommitError::Refused { .. } | CommitError::Undecodable { .. })) => {
                     narrow::first_refused(
                         &self.batches,
                         &records,

@@ -1,4 +1,5 @@
-//! Narrowing a batch Postgres refuses down to the record it refuses, in rolled-back
+//! Narrowing a batch Postgres refuses (or that holds a batch record that does not decode) down
+//! to the record at fault, in rolled-back
 //! transactions, so the records before it can commit and the partition halts exactly there.
 
 use std::collections::HashSet;
@@ -24,7 +25,7 @@ pub(crate) async fn first_refused(
             .await
         {
             Ok(_) => accepted = mid,
-            Err(error @ CommitError::Refused { .. }) => {
+            Err(error) if error.is_refusal() => {
                 refused_at = mid;
                 refusal = error;
             }

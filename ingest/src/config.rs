@@ -103,6 +103,11 @@ pub struct IngestConfig {
     /// it so a vanished ingest's transaction rolls back and its late records become phantoms.
     #[arg(long, env = "ESK_INGEST_DELIVERY_TIMEOUT_MS", default_value_t = 30000)]
     pub delivery_timeout_ms: u64,
+    /// Largest ingest-log record (bytes) that events share: an attempt's events for one
+    /// partition go in one record, or in several of at most this size, in order (an event
+    /// larger than this is alone in its record). Keep it below the topic's max.message.bytes.
+    #[arg(long, env = "ESK_INGEST_LOG_RECORD_BYTES", default_value_t = 1_048_576)]
+    pub log_record_bytes: usize,
     /// Retries of an attempt that failed transiently, before answering 503.
     #[arg(long, env = "ESK_INGEST_ATTEMPT_RETRIES", default_value_t = 3)]
     pub attempt_retries: usize,

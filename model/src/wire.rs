@@ -26,12 +26,16 @@ pub mod header {
     pub const CORRELATION_ID: &str = "correlation_id";
     /// Causation id from the event's metadata.
     pub const CAUSATION_ID: &str = "causation_id";
+    /// Number of events in an `ingest-log` record of format 2 (decimal text).
+    pub const EVENT_COUNT: &str = "event_count";
 }
 
 /// Current version of the append request and result formats.
 pub const APPEND_SCHEMA_VERSION: u32 = 1;
 
 /// An event on `ingest-log`: produced by ingest inside its attempt, before the commit is known.
+/// Alone, it is a format-1 record's value; the indexer reads both formats through
+/// [`crate::ingest_log::decode`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IngestLogEvent {
     /// Event id.

@@ -57,8 +57,11 @@ pub fn unmatched_partitions(requested: Vec<i32>, matched: &[i32]) -> Vec<i32> {
 /// A record to produce: key, encoded value and headers.
 #[derive(Debug)]
 pub struct OutgoingRecord<'a> {
-    /// Record key (the stream id on every esk topic).
+    /// Record key (the stream id on every esk topic; on `ingest-log`, that of its first event).
     pub key: &'a str,
+    /// The partition, when the producer chose it ([`partition_for_key`]); `None`: the client's
+    /// partitioner places the record by its key.
+    pub partition: Option<i32>,
     /// Encoded value.
     pub payload: Vec<u8>,
     /// Record headers.
@@ -83,6 +86,7 @@ pub async fn send_all(
     let mut pending = Vec::with_capacity(records.len());
     for OutgoingRecord {
         key,
+        partition,
         payload,
         headers,
     } in records
@@ -92,6 +96,9 @@ pub async fn send_all(
             .key(key)
             .payload(payload.as_slice())
             .headers(headers);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
@@ -251,6 +258,41 @@ impl ConsumerContext for RebalanceLog {
         if let Ok(mut changed) = self.changed.lock() {
             changed.extend(partitions);
         }
+    }
+}
+
+/// The partition of a record keyed `key` among `partitions`: what librdkafka's default
+/// partitioner (`consistent_random`: CRC-32 of the key, modulo the partition count) picks for a
+/// non-empty key. Ingest places `ingest-log` records itself with it, so a stream's events land
+/// where its format-1 records (placed by the client by key) did.
+pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
+    let partitions = partitions.max(1) as u32;
+    // The remainder is below `partitions`, itself an i32.
+    (crc32fast::hash(key) % partitions) as i32
+}
+
+/// Why a topic's partitions could not be counted.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    /// The brokers did not answer the metadata request.
+    #[error(transparent)]
+    Metadata(#[from] KafkaError),
+    /// The blocking metadata lookup did not finish.
+    #[error(transparent)]
+    Lookup(#[from] tokio::task::JoinError),
+    /// The topic has no partitions: it does not exist.
+    #[error("topic {0} does not exist")]
+    Missing(String),
+}
+
+/// The number of partitions of `topic`, which must exist (the lookup runs on a blocking task).
+pub async fn existing_partitions(settings: &KafkaSettings, topic: &str) -> Result<i32, TopicError> {
+    let (settings, name) = (settings.clone(), topic.to_owned());
+    let count = tokio::task::spawn_blocking(move || partition_count(&settings, &name)).await??;
+    if count > 0 {
+        Ok(count)
+    } else {
+        Err(TopicError::Missing(topic.to_owned()))
     }
 }
 

@@ -70,6 +70,21 @@ pub fn ingest_log_headers(
     with_trace_ids(headers, correlation_id, causation_id)
 }
 
+/// The headers of a format-2 `ingest-log` record (`esk_model::ingest_log`): its attempt and
+/// how many events it holds. Per-event fields are in the value only.
+pub fn ingest_log_batch_headers(attempt_id: &str, events: usize) -> OwnedHeaders {
+    let count = events.to_string();
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: header::ATTEMPT_ID,
+            value: Some(attempt_id),
+        })
+        .insert(Header {
+            key: header::EVENT_COUNT,
+            value: Some(&count),
+        })
+}
+
 /// Adds the correlation and causation headers, when the event has them.
 fn with_trace_ids(
     mut headers: OwnedHeaders,
@@ -96,6 +111,7 @@ pub fn canonical_record(event: &CanonicalEvent) -> Result<OutgoingRecord<'_>, se
     let (correlation, causation) = event.trace_ids();
     Ok(OutgoingRecord {
         key: &event.stream_id,
+        partition: None,
         payload: serde_json::to_vec(event)?,
         headers: canonical_headers(event, correlation.as_deref(), causation.as_deref()),
     })

@@ -88,6 +88,19 @@ pub fn json_payload(message: &OwnedMessage) -> anyhow::Result<serde_json::Value>
     )?)
 }
 
+/// The events of `ingest-log` records, in record order (either format, as the indexer reads
+/// them); a record that does not decode is an error.
+pub fn ingest_log_events(
+    records: &[OwnedMessage],
+) -> anyhow::Result<Vec<esk_model::wire::IngestLogEvent>> {
+    let mut events = Vec::new();
+    for record in records {
+        let value = record.payload().unwrap_or_default();
+        events.extend(esk_model::ingest_log::decode(value)?);
+    }
+    Ok(events)
+}
+
 /// Reads `topic` from the beginning until no record arrives for `idle` (or `limit` passes).
 pub fn read_topic_until_idle(
     brokers: &str,

@@ -216,3 +216,94 @@ async fn a_refused_record_halts_only_its_partition_until_quarantined() -> anyhow
     );
     Ok(())
 }
+
+/// A record that says it is a batch of events (format 2) and does not decode may hold
+/// acknowledged appends: it is not dead-lettered like shapeless garbage, its partition halts at
+/// it with the decode error, every other partition goes on, and a quarantine sets it aside.
+#[tokio::test]
+async fn a_garbage_batch_record_halts_only_its_partition() -> anyhow::Result<()> {
+    let ctx = TestContext::new("idx_garbage_batch").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let indexer_process = indexer::spawn(&ctx, &[]).await?;
+    let client = Client::new(&ingest_process);
+    // Every partition has a stored position first (the quarantine asks for it).
+    for i in 0..12 {
+        append_one(&client, &format!("Before-{i}")).await?;
+    }
+    indexer::wait_indexed(&ctx, 12, Duration::from_secs(60)).await?;
+    let producer = kafka::producer(&ctx.brokers)?;
+    let garbage = b"\x02{\"attempt_id\": \"not a uuid\", \"events\": [".to_vec();
+    let (halted_partition, halted_offset) =
+        kafka::produce(&producer, &ctx.topics.ingest_log, "Junk-2", &garbage).await?;
+    for i in 0..30 {
+        append_one(&client, &format!("Next-{i}")).await?;
+    }
+    let blocked = (0..30)
+        .filter(|i| {
+            esk_runtime::kafka::partition_for_key(
+                format!("Next-{i}").as_bytes(),
+                esk_tests::TEST_PARTITIONS,
+            ) == halted_partition
+        })
+        .count() as i64;
+    assert!(
+        blocked > 0 && blocked < 30,
+        "the streams spread over the partitions"
+    );
+    let reached = eventually(Duration::from_secs(60), || async {
+        (event_count(&ctx).await.ok()? == 12 + 30 - blocked).then_some(())
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "every other partition keeps indexing: {}",
+        event_count(&ctx).await?
+    );
+    indexer::pause(2000).await;
+    assert_eq!(
+        event_count(&ctx).await?,
+        12 + 30 - blocked,
+        "nothing past the record"
+    );
+    let (status, body) = health(&indexer_process).await?;
+    assert_eq!(status, 503, "{body}");
+    for needle in [
+        format!("partition {halted_partition} halted at offset {halted_offset}"),
+        "does not decode".to_owned(),
+    ] {
+        assert!(body.contains(&needle), "/health names {needle}: {body}");
+    }
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&ctx.pool)
+        .await?;
+    assert_eq!(dead, 0, "a batch record is never dead-lettered");
+
+    let (code, text) = quarantine(&ctx, halted_partition, halted_offset).await?;
+    assert_eq!(code, 0, "{text}");
+    let resumed = eventually(Duration::from_secs(60), || async {
+        (event_count(&ctx).await.ok()? == 12 + 30).then_some(())
+    })
+    .await;
+    assert!(
+        resumed.is_some(),
+        "the partition resumed after the quarantine: {}",
+        indexer_process.log_text()
+    );
+    let payload: Option<Vec<u8>> = sqlx::query_scalar(
+        "SELECT payload FROM indexer_quarantine WHERE topic = $1 AND partition_id = $2 AND kafka_offset = $3",
+    )
+    .bind(&ctx.topics.ingest_log)
+    .bind(halted_partition)
+    .bind(halted_offset)
+    .fetch_one(&ctx.pool)
+    .await?;
+    assert_eq!(
+        payload.as_deref(),
+        Some(garbage.as_slice()),
+        "its bytes are kept"
+    );
+    check_table(&ctx).await?;
+    let (status, body) = health(&indexer_process).await?;
+    assert_eq!(status, 200, "{body}");
+    Ok(())
+}

@@ -134,11 +134,10 @@ async fn survives_ingest_kill_mid_load() -> anyhow::Result<()> {
         Duration::from_secs(60),
     )?;
     let mut on_log: HashMap<(Uuid, Uuid), usize> = HashMap::new();
-    for record in &records {
-        let value = kafka::json_payload(record)?;
-        let append: Uuid = serde_json::from_value(value["append_id"].clone())?;
-        let attempt: Uuid = serde_json::from_value(value["attempt_id"].clone())?;
-        *on_log.entry((append, attempt)).or_default() += 1;
+    for event in kafka::ingest_log_events(&records)? {
+        *on_log
+            .entry((event.append_id, event.attempt_id))
+            .or_default() += 1;
     }
     let mut per_stream: HashMap<&str, Vec<(i64, i64)>> = HashMap::new();
     for row in &ledger {

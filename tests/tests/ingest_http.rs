@@ -156,14 +156,15 @@ async fn a_retry_after_success_gets_the_same_versions_and_writes_nothing() -> an
     );
     assert_eq!(ingest::stream_version(&ctx, "Cart-1").await?, Some(2));
     assert_eq!(ingest::ledger(&ctx).await?.len(), 1);
-    // ingest-log holds each event once: only one attempt produced them.
+    // ingest-log holds each event once: only one attempt produced them (one record).
     let records = kafka::read_topic(
         &ctx.brokers,
         &ctx.topics.ingest_log,
-        4,
+        2,
         Duration::from_secs(3),
     )?;
-    assert_eq!(records.len(), 3);
+    assert_eq!(records.len(), 1);
+    assert_eq!(kafka::ingest_log_events(&records)?.len(), 3);
     Ok(())
 }
 
@@ -591,7 +592,7 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() -> anyhow::Result<()> 
 }
 
 #[tokio::test]
-async fn ingest_log_records_carry_versions_ids_and_headers() -> anyhow::Result<()> {
+async fn an_append_is_one_ingest_log_record_with_versions_ids_and_headers() -> anyhow::Result<()> {
     let (ctx, _ingest, client) = start("ingest_log_format").await?;
     let evs = vec![
         json!({"id": Uuid::new_v4(), "type": "Opened", "data": {"a": 1}, "metadata": {"correlation_id": "c-1", "causation_id": "x-1"}}),
@@ -608,33 +609,43 @@ async fn ingest_log_records_carry_versions_ids_and_headers() -> anyhow::Result<(
         &ctx.brokers,
         &ctx.topics.ingest_log,
         2,
-        Duration::from_secs(20),
+        Duration::from_secs(5),
     )?;
-    assert_eq!(records.len(), 2);
-    let mut versions = BTreeSet::new();
-    for record in &records {
-        assert_eq!(record.key(), Some(&b"Door-7"[..]));
-        let value = kafka::json_payload(record)?;
-        versions.insert(value["version"].as_i64().unwrap_or(-1));
-        assert_eq!(value["append_id"], reply.body["append_id"]);
-        let headers = record.headers().ok_or_else(|| anyhow::anyhow!("headers"))?;
-        use rdkafka::message::Headers;
-        let names: BTreeSet<&str> = headers.iter().map(|h| h.key).collect();
-        for required in [
-            "event_id",
-            "event_type",
-            "stream_version",
-            "append_id",
-            "attempt_id",
-        ] {
-            assert!(names.contains(required), "header {required} in {names:?}");
-        }
-        if value["type"] == "Opened" {
-            assert!(names.contains("correlation_id") && names.contains("causation_id"));
-            assert_eq!(value["data"], json!({"a": 1}));
-        }
-    }
+    assert_eq!(records.len(), 1, "one record for the attempt's partition");
+    let record = &records[0];
+    assert_eq!(record.key(), Some(&b"Door-7"[..]));
+    assert_eq!(
+        record.payload().and_then(|p| p.first()).copied(),
+        Some(esk_model::ingest_log::BATCH_FORMAT)
+    );
+    assert_eq!(
+        record.partition(),
+        esk_runtime::kafka::partition_for_key(b"Door-7", esk_tests::TEST_PARTITIONS),
+        "placed by the stream id"
+    );
+    let headers = kafka::header_map(record);
+    let events = kafka::ingest_log_events(&records)?;
+    assert_eq!(events.len(), 2);
+    assert_eq!(headers.get("event_count").map(String::as_str), Some("2"));
+    assert_eq!(
+        headers.get("attempt_id"),
+        Some(&events[0].attempt_id.to_string())
+    );
+    let versions: BTreeSet<i64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, BTreeSet::from([0, 1]));
+    for (event, sent) in events.iter().zip(&evs) {
+        assert_eq!(json!(event.append_id), reply.body["append_id"]);
+        assert_eq!(json!(event.event_id), sent["id"]);
+        assert_eq!(json!(event.event_type), sent["type"]);
+        assert_eq!(event.stream_id, "Door-7");
+    }
+    // The payload and metadata as sent.
+    assert_eq!(events[0].data.get(), r#"{"a":1}"#);
+    assert!(events[0]
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.get().contains(r#""correlation_id":"c-1""#)));
+    assert!(events[1].metadata.is_none());
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use sqlx::PgPool;
 
+use super::cpu::Sample;
 use super::database::{self, poll_until, Poll};
 use super::line::Line;
 use super::services::{run, Service};
@@ -232,6 +233,8 @@ impl Bench {
         say(&format!(
             "{name}: loadgen {seconds}s (after a warm-up), {writers} writers; then until all is indexed"
         ));
+        let watched = self.watched(&[("ingest", &e2e.ingest), ("indexer", &e2e.indexer)]);
+        let cpu = Sample::take(&watched);
         let start = Instant::now();
         let args = [
             "--seconds".to_owned(),
@@ -253,6 +256,7 @@ impl Bench {
         if !indexed.reached {
             self.fail(&format!("not all indexed: {}", indexed.describe()));
         }
+        let cpu_line = cpu.report(&format!("{name}-cpu"), accepted, indexed.seconds);
         let projected = e2e.projected(accepted, start).await?;
         if let Some(p) = projected.as_ref().filter(|p| !p.reached) {
             self.fail(&format!("not all projected: {}", p.describe()));
@@ -266,6 +270,7 @@ impl Bench {
         let load = Line::parse(&load)?;
         let line = report::end_to_end(name, &load, accepted, &indexed, projected.as_ref());
         emit(&line.to_text());
+        emit(&cpu_line.to_text());
         let indexer_metrics = e2e.indexer.scrape().await;
         let metrics_name = format!("{name}-indexer-metrics");
         emit(&report::indexer_metrics(&metrics_name, &indexer_metrics, 0.0).to_text());

@@ -5,6 +5,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
+use super::cpu::Sample;
 use super::database::{self, poll_until};
 use super::line::Line;
 use super::services::{run, run_ok, Service};
@@ -47,8 +48,17 @@ impl Bench {
         ]
         .map(str::to_owned);
         let fill = self.settings.binary("fill_ingest_log");
+        let broker = Sample::take(&self.watched(&[]));
+        let fill_started = Instant::now();
         let filled = run_ok("fill_ingest_log", &fill, &args, &env).await?;
         say(&format!("fill: {}", filled.last_line.unwrap_or_default()));
+        let target = i64::try_from(events).context("ESK_BENCH_INDEXER_EVENTS is too large")?;
+        let fill_seconds = fill_started.elapsed().as_secs_f64();
+        emit(
+            &broker
+                .report("fill-ingest-log-cpu", target, fill_seconds)
+                .to_text(),
+        );
         // Statistics as a long-running store would have them (autovacuum may not have run yet).
         database::execute(&pool, "VACUUM ANALYZE append_ledger, event_claims, streams").await?;
 
@@ -66,12 +76,12 @@ impl Bench {
             crate::process::INDEXER,
             log,
         )?;
+        let cpu = Sample::take(&self.watched(&[("indexer", &indexer)]));
         say(&format!(
             "started the indexer (publishing off) on {} (log: {}); timing until {events} are indexed",
             indexer.url(),
             indexer.log().display()
         ));
-        let target = i64::try_from(events).context("ESK_BENCH_INDEXER_EVENTS is too large")?;
         let poll = poll_until(
             &pool,
             "SELECT last_position FROM global_position_counter",
@@ -81,6 +91,7 @@ impl Bench {
             Some(&mut indexer.process),
         )
         .await?;
+        let cpu_line = cpu.report("indexer-cpu", target, poll.seconds);
         let metrics = indexer.scrape().await;
         if !indexer.check_alive() {
             self.failed = true;
@@ -96,6 +107,7 @@ impl Bench {
         }
         let line = report::indexer(events, &poll);
         emit(&line.to_text());
+        emit(&cpu_line.to_text());
         let steady = poll.seconds - poll.first.as_ref().map_or(0.0, |f| f.seconds);
         emit(&report::indexer_metrics("indexer-metrics", &metrics, steady).to_text());
         let indexed = Indexed {

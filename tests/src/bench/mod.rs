@@ -30,6 +30,13 @@
 //!     fill_ingest_log filled with N committed events: from process start (group join
 //!     included) until all N are indexed, and "steady" from the first indexed row to the last
 //!   - `{"bench": "indexer-metrics", ...}` averages from the indexer's /metrics histograms
+//!   - `{"bench": "fill-ingest-log-cpu", "events": N, "broker_us_per_event": .., ...}` the
+//!     broker's CPU while fill_ingest_log writes the N events (the database part included;
+//!     `ESK_FILL_INGEST_LOG_FORMAT=1` makes it write one-event records, the earlier format)
+//!   - `{"bench": "indexer-cpu", "events": N, "indexer_us_per_event": .., "broker_us_per_event":
+//!     .., ...}` CPU per event (user + system, /proc) of the indexer and the stack's broker
+//!     (Tansu) from the indexer's start until all N are indexed; also `<name>_cpu_s`,
+//!     `<name>_cores`
 //!   - `{"anchor": "pg-copy-limit", ...}` bare COPY loop into the seeds' schema (the ceiling)
 //!   - `{"bench": "indexer-vs-copy", "ratio_events_per_s": .., "ratio_steady_events_per_s": ..}`
 //! - `projector`:
@@ -43,6 +50,8 @@
 //!     loadgen, without the projector: what issue #5 names end to end (accepted and indexed,
 //!     the canonical topic published), with ingest, indexer, broker and loadgen sharing the
 //!     cores; `events_per_s` = accepted events / (loadgen start → all indexed)
+//!   - `{"bench": "end-to-end-ingest-indexer-cpu", ...}` CPU per accepted event of ingest, the
+//!     indexer (publishing included) and the broker, from loadgen's start until all is indexed
 //!   - `{"bench": "end-to-end-ingest-indexer-indexer-metrics", ...}` the indexer's /metrics
 //!     averages
 //!   - `{"bench": "end-to-end-ingest-indexer-ingest-metrics", ...}` the ingest's (stages of an
@@ -111,6 +120,7 @@
 
 mod anchors;
 mod auth;
+mod cpu;
 mod curve;
 mod database;
 mod e2e;
@@ -315,6 +325,16 @@ impl Bench {
     fn fail(&mut self, message: &str) {
         self.failed = true;
         say(message);
+    }
+
+    /// `services` and the local stack's broker, for CPU per event.
+    fn watched(&self, services: &[(&'static str, &services::Service)]) -> Vec<cpu::Watched> {
+        let mut watched: Vec<cpu::Watched> = services
+            .iter()
+            .map(|(name, service)| cpu::Watched::new(name, service.process.pid()))
+            .collect();
+        watched.extend(cpu::Watched::broker(&self.settings.state_dir));
+        watched
     }
 
     /// `esk setup --partitions P` with `env` (topics and migrations).

@@ -9,20 +9,25 @@
 //!   first and last versions; append id and fingerprint are the UUIDv5 that ingest derives from
 //!   the stream and event ids), an `event_claims` row per event, and a `streams` row per stream
 //!   at its final version;
-//! - then every event to the `--topic` (ingest-log) topic, key = stream id, value =
-//!   [`IngestLogEventRef`] JSON, with the same headers ingest sets, through the idempotent
-//!   producer of [`esk_runtime::kafka::producer_config`] with many records in flight.
+//! - then every attempt's events to the `--topic` (ingest-log) topic as ingest writes them: one
+//!   format-2 record (`esk_model::ingest_log`) per partition the attempt writes to, placed by
+//!   [`esk_runtime::kafka::partition_for_key`] of the stream id, with the same headers ingest
+//!   sets, through the idempotent producer of [`esk_runtime::kafka::producer_config`] with many
+//!   records in flight.
 //!
 //! The database must already have the schema (`esk setup` or `esk migrate`). Prints one JSON line.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Parser;
 use esk_model::event::derived_append_id;
+use esk_model::ingest_log::{BatchEncoder, BatchEventRef};
 use esk_model::wire::IngestLogEventRef;
-use esk_runtime::records::ingest_log_headers;
+use esk_runtime::kafka::partition_for_key;
+use esk_runtime::records::{ingest_log_batch_headers, ingest_log_headers};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use serde::Serialize;
@@ -33,6 +38,8 @@ use uuid::Uuid;
 
 /// Bytes of COPY data sent to Postgres at a time.
 const COPY_CHUNK_BYTES: usize = 1 << 20;
+/// Largest record events share: ingest's default (`ESK_INGEST_LOG_RECORD_BYTES`).
+const RECORD_BYTES: usize = 1 << 20;
 /// How long a record may wait in the producer's queue.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -74,6 +81,10 @@ struct Args {
     /// Records awaited as one group (producing does not wait for each delivery).
     #[arg(long, default_value_t = 50_000)]
     in_flight: usize,
+    /// Record format: 2 (what ingest writes) or 1 (one event per record, the earlier format;
+    /// to compare the two, or to check an indexer on what an older ingest left).
+    #[arg(long, env = "ESK_FILL_INGEST_LOG_FORMAT", default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+    format: u8,
 }
 
 /// One append of the plan.
@@ -313,17 +324,85 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
             )
         })
         .collect::<Result<_, _>>()?;
+    let settings = esk_runtime::kafka::KafkaSettings::new(&args.brokers);
+    let partitions = esk_runtime::kafka::existing_partitions(&settings, &args.topic).await?;
     let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(args.in_flight);
-    for append in &plan.appends {
+    // The appends of one attempt are consecutive in the plan: each attempt's events go out as
+    // ingest writes them, one format-2 record per partition (split at the record budget).
+    let mut appends = plan.appends.iter().peekable();
+    while let Some(first) = appends.next() {
+        let (attempt_id, created_at) = plan.attempts[first.attempt];
+        let mut attempt = vec![first];
+        while let Some(next) = appends.next_if(|a| a.attempt == first.attempt) {
+            attempt.push(next);
+        }
+        if args.format == 1 {
+            produce_one_event_records(args, plan, &producer, &attempt, &payloads, &mut pending)
+                .await?;
+            continue;
+        }
+        let mut parts: BTreeMap<i32, (BatchEncoder, Vec<&str>)> = BTreeMap::new();
+        for append in attempt {
+            let stream = plan.streams[append.stream].as_str();
+            let partition = partition_for_key(stream.as_bytes(), partitions);
+            let (encoder, streams) = match parts.entry(partition) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert((
+                    BatchEncoder::new(attempt_id, created_at, RECORD_BYTES)?,
+                    Vec::new(),
+                )),
+            };
+            for (k, data) in payloads.iter().take(append.count).enumerate() {
+                encoder.push(&BatchEventRef {
+                    event_id: plan.event_ids[append.first_event + k],
+                    stream_id: stream,
+                    version: append.first_version + k as i64,
+                    event_type: "ItemAdded",
+                    data,
+                    metadata: None,
+                    append_id: append.append_id,
+                })?;
+                streams.push(stream);
+            }
+        }
+        let attempt_text = attempt_id.to_string();
+        for (partition, (encoder, streams)) in parts {
+            for batch in encoder.finish() {
+                let key = streams.get(batch.first_event).copied().unwrap_or_default();
+                let record = FutureRecord::to(&args.topic)
+                    .key(key)
+                    .partition(partition)
+                    .payload(batch.value.as_slice())
+                    .headers(ingest_log_batch_headers(&attempt_text, batch.events));
+                enqueue(&producer, record, &mut pending, args.in_flight).await?;
+            }
+        }
+    }
+    await_deliveries(&mut pending).await?;
+    producer
+        .flush(QUEUE_TIMEOUT)
+        .context("flushing the producer")?;
+    Ok(())
+}
+
+/// The records of one attempt in the earlier format 1: one per event, keyed by stream id (the
+/// client places it), for comparing the two formats and for indexer upgrade checks.
+async fn produce_one_event_records(
+    args: &Args,
+    plan: &Plan,
+    producer: &FutureProducer,
+    attempt: &[&PlannedAppend],
+    payloads: &[Box<serde_json::value::RawValue>],
+    pending: &mut Vec<DeliveryFuture>,
+) -> anyhow::Result<()> {
+    for append in attempt {
         let stream = plan.streams[append.stream].as_str();
         let (attempt_id, created_at) = plan.attempts[append.attempt];
         for (k, data) in payloads.iter().take(append.count).enumerate() {
-            let event_id = plan.event_ids[append.first_event + k];
-            let version = append.first_version + k as i64;
             let value = IngestLogEventRef {
-                event_id,
+                event_id: plan.event_ids[append.first_event + k],
                 stream_id: stream,
-                version,
+                version: append.first_version + k as i64,
                 event_type: "ItemAdded",
                 data,
                 metadata: None,
@@ -332,37 +411,44 @@ async fn produce(args: &Args, plan: &Plan) -> anyhow::Result<()> {
                 created_at,
             };
             let payload = serde_json::to_vec(&value)?;
-            let headers = ingest_log_headers(&value, None, None);
-            let mut record = FutureRecord::to(&args.topic)
+            let record = FutureRecord::to(&args.topic)
                 .key(stream)
-                .payload(&payload)
-                .headers(headers);
-            loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => {
-                        pending.push(delivery);
-                        break;
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        record = back;
-                        if pending.is_empty() {
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        } else {
-                            await_deliveries(&mut pending).await?;
-                        }
-                    }
-                    Err((error, _)) => return Err(error.into()),
-                }
-            }
-            if pending.len() >= args.in_flight {
-                await_deliveries(&mut pending).await?;
-            }
+                .payload(payload.as_slice())
+                .headers(ingest_log_headers(&value, None, None));
+            enqueue(producer, record, pending, args.in_flight).await?;
         }
     }
-    await_deliveries(&mut pending).await?;
-    producer
-        .flush(QUEUE_TIMEOUT)
-        .context("flushing the producer")?;
+    Ok(())
+}
+
+/// Enqueues `record`, waiting out a full local queue; awaits the deliveries once `in_flight`
+/// are outstanding.
+async fn enqueue(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, str, [u8]>,
+    pending: &mut Vec<DeliveryFuture>,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => {
+                pending.push(delivery);
+                break;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                if pending.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                } else {
+                    await_deliveries(pending).await?;
+                }
+            }
+            Err((error, _)) => return Err(error.into()),
+        }
+    }
+    if pending.len() >= in_flight {
+        await_deliveries(pending).await?;
+    }
     Ok(())
 }
 
