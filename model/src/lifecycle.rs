@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::event::{Append, ExpectedVersion, NewEvent, StreamVersion, Version};
 use crate::raw_json::{compact_owned, kind, Kind, Members};
 use crate::validate::{
-    parse_expected_version, parse_uuid, validate_stream_id, InvalidAppend, Limits,
+    parse_expected_version, parse_optional_uuid, validate_stream_id, InvalidAppend, Limits,
 };
 
 /// Streams whose id starts with this are metadata streams (ordinary appends cannot write them:
@@ -311,11 +311,8 @@ pub fn parse_lifecycle_request(
         };
         (change, ExpectedVersion::Any)
     };
-    let append_id = match body.last("append_id") {
-        None => default_append_id(),
-        Some(raw) if kind(raw) == Kind::Null => default_append_id(),
-        Some(raw) => parse_uuid(raw, "append_id")?,
-    };
+    let append_id =
+        parse_optional_uuid(body.last("append_id"), "append_id")?.unwrap_or_else(default_append_id);
     lifecycle_append(
         stream_id,
         change,

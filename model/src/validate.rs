@@ -520,6 +520,18 @@ fn with_trace_defaults(
     (metadata, correlation_id, causation_id)
 }
 
+/// Reads an optional UUID field: absent or null is `None`.
+pub fn parse_optional_uuid(
+    value: Option<&RawValue>,
+    field: &str,
+) -> Result<Option<Uuid>, InvalidAppend> {
+    match value {
+        None => Ok(None),
+        Some(raw) if kind(raw) == Kind::Null => Ok(None),
+        Some(raw) => parse_uuid(raw, field).map(Some),
+    }
+}
+
 /// Reads a UUID given as a JSON string; anything else is `invalid_uuid` naming `field`.
 pub fn parse_uuid(value: &RawValue, field: &str) -> Result<Uuid, InvalidAppend> {
     serde_json::from_str::<String>(value.get())

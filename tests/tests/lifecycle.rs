@@ -866,3 +866,60 @@ async fn kafka_requests_change_metadata_and_delete_like_http() -> anyhow::Result
     assert_eq!(ingest::stream_version(&ctx, "$$Order-1").await?, Some(2));
     Ok(())
 }
+
+#[tokio::test]
+async fn http_retries_with_the_same_append_id_get_the_original_outcome() -> anyhow::Result<()> {
+    let (ctx, _ingest, _indexer, client) = stack("lifecycle_retries").await?;
+    append_indexed(&client, "Order-1", json!("no_stream"), 2).await?;
+
+    // PUT metadata: the append id in the body, as in an append's body.
+    let body = r#"{"append_id":"0b7e5c1a-9d43-4f2e-8a61-3c5d7e9f1b24","max_count":1}"#;
+    let first = put_metadata(&client, "Order-1", body).await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    // Another change in between: a retry must not apply the first one again on top of it.
+    let reply = put_metadata(&client, "Order-1", r#"{"max_count":2}"#).await?;
+    assert_eq!(reply.body["metadata_version"], 1, "{reply:?}");
+    let retry = put_metadata(&client, "Order-1", body).await?;
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(
+        retry.body["metadata_version"],
+        first.body["metadata_version"]
+    );
+    let reply = client.get("/streams/Order-1/metadata").await?;
+    assert_eq!(reply.body["metadata_version"], 1, "{reply:?}");
+    assert_eq!(reply.body["max_count"], 2, "{reply:?}");
+    let reused = put_metadata(
+        &client,
+        "Order-1",
+        r#"{"append_id":"0b7e5c1a-9d43-4f2e-8a61-3c5d7e9f1b24","max_count":3}"#,
+    )
+    .await?;
+    assert_eq!(reused.status, 409, "{reused:?}");
+    assert_eq!(reused.body["error"]["code"], "append_id_reused");
+    let bad = put_metadata(&client, "Order-1", r#"{"append_id":"nope"}"#).await?;
+    assert_eq!(bad.status, 422, "{bad:?}");
+    assert_eq!(bad.body["error"]["code"], "invalid_uuid");
+
+    // DELETE: the append id as a query parameter. Without one, a second delete is refused
+    // (the stream is already deleted); with the first one's id it is the same success.
+    let path = "/streams/Order-1?expected_version=1&append_id=5a2f8c3e-1b7d-4e96-b0c4-7d8e9f0a1b2c";
+    let first = client.delete(path).await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    let retry = client.delete(path).await?;
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(retry.body, first.body);
+    let fresh = client.delete("/streams/Order-1?expected_version=1").await?;
+    assert_eq!(fresh.status, 404, "{fresh:?}");
+    let bad = client.delete("/streams/Order-1?append_id=12").await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    let bad = client.delete("/streams/Order-1?mode=gone").await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(ingest::stream_version(&ctx, "$$Order-1").await?, Some(2));
+    let accepted = ingest::ledger(&ctx)
+        .await?
+        .into_iter()
+        .filter(|r| r.status == "accepted" && r.stream_id == "$$Order-1")
+        .count();
+    assert_eq!(accepted, 3, "two metadata changes and one delete");
+    Ok(())
+}
