@@ -57,6 +57,13 @@ async fn put_metadata(client: &Client, stream: &str, body: &str) -> anyhow::Resu
         .await
 }
 
+/// How many snapshots are stored.
+async fn snapshot_rows(ctx: &TestContext) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM snapshots")
+        .fetch_one(&ctx.pool)
+        .await?)
+}
+
 /// The versions a forward read of `stream` shows.
 async fn visible_versions(client: &Client, stream: &str) -> anyhow::Result<Vec<i64>> {
     let reply = client.get(&format!("/streams/{stream}/events")).await?;
@@ -270,6 +277,13 @@ async fn a_soft_delete_hides_the_stream_until_an_append_recreates_it() -> anyhow
     let reply = client.get("/streams/Order-1/events").await?;
     assert_eq!(reply.status, 404, "{reply:?}");
     assert_eq!(reply.body["error"]["code"], "stream_not_found");
+    // Nor does it take a snapshot (of an event that is still stored, hidden).
+    let reply = client
+        .put_snapshot("Order-1", r#"{"version":2,"data":{}}"#)
+        .await?;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert_eq!(reply.body["error"]["code"], "stream_not_found");
+    assert_eq!(snapshot_rows(&ctx).await?, 0);
     // Deleting twice: the stream is not there any more.
     let reply = client.delete("/streams/Order-1").await?;
     assert_eq!(reply.status, 404, "{reply:?}");
@@ -329,6 +343,12 @@ async fn a_hard_delete_is_a_tombstone_for_http_and_kafka() -> anyhow::Result<()>
     }
     let reply = put_metadata(&client, "Order-1", r#"{"max_count":1}"#).await?;
     assert_eq!(reply.status, 410, "{reply:?}");
+    let reply = client
+        .put_snapshot("Order-1", r#"{"version":1,"data":{}}"#)
+        .await?;
+    assert_eq!(reply.status, 410, "{reply:?}");
+    assert_eq!(reply.body["error"]["code"], "stream_deleted");
+    assert_eq!(snapshot_rows(&ctx).await?, 0);
 
     // Over Kafka: the typed rejection on the results topic, nothing written.
     let producer = kafka::producer(&ctx.brokers)?;
