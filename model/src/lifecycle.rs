@@ -346,8 +346,23 @@ fn positive(body: &Members<'_>, field: &str, min: i64) -> Result<Option<i64>, In
     }
 }
 
+/// The body of `PUT /streams/{stream_id}/metadata`, as a client sends it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PutMetadataRequest {
+    /// The version of the metadata this change replaces (absent: `any`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_metadata_version: Option<ExpectedVersion>,
+    /// The idempotency key (absent: the server picks one, and a retry is a new change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub append_id: Option<Uuid>,
+    /// The new metadata (fields left out are unset).
+    #[serde(flatten)]
+    pub metadata: StreamMetadata,
+}
+
 /// The answer of `GET` and `PUT /streams/{stream_id}/metadata`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "MetadataResponseFields")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamMetadataResponse {
     /// The stream the metadata is about.
@@ -358,6 +373,33 @@ pub struct StreamMetadataResponse {
     /// The metadata.
     #[serde(flatten)]
     pub metadata: StreamMetadata,
+}
+
+/// [`StreamMetadataResponse`] as read: serde cannot read a raw value (`custom`) inside a
+/// flattened struct, so the fields are spelled out here.
+#[derive(Deserialize)]
+struct MetadataResponseFields {
+    stream_id: String,
+    metadata_version: StreamVersion,
+    max_age_s: Option<i64>,
+    max_count: Option<i64>,
+    truncate_before: Option<Version>,
+    custom: Option<Box<RawValue>>,
+}
+
+impl From<MetadataResponseFields> for StreamMetadataResponse {
+    fn from(fields: MetadataResponseFields) -> Self {
+        StreamMetadataResponse {
+            stream_id: fields.stream_id,
+            metadata_version: fields.metadata_version,
+            metadata: StreamMetadata {
+                max_age_s: fields.max_age_s,
+                max_count: fields.max_count,
+                truncate_before: fields.truncate_before,
+                custom: fields.custom,
+            },
+        }
+    }
 }
 
 /// The answer of `DELETE /streams/{stream_id}` (200).
@@ -468,6 +510,16 @@ mod tests {
             || id,
             &Limits::default(),
         )
+    }
+
+    #[test]
+    fn a_metadata_response_reads_back() {
+        let text =
+            r#"{"stream_id":"Order-1","metadata_version":null,"max_count":2,"custom":{"a":[1]}}"#;
+        let answer: StreamMetadataResponse = serde_json::from_str(text).expect("readable");
+        assert_eq!(answer.metadata_version, StreamVersion::NoStream);
+        assert_eq!(answer.metadata.max_count, Some(2));
+        assert_eq!(serde_json::to_string(&answer).expect("writable"), text);
     }
 
     #[test]
