@@ -74,7 +74,9 @@ pub(crate) struct AppendArgs {
 /// `--expected-version`: the server's spellings ([`ExpectedVersion`]'s one codec), plus the
 /// hyphenated words command-line flags usually have. The body always carries the server's
 /// spelling, so the server never sees a hyphen.
-fn parse_expected_version(raw: &str) -> Result<ExpectedVersion, ParseExpectedVersionError> {
+pub(crate) fn parse_expected_version(
+    raw: &str,
+) -> Result<ExpectedVersion, ParseExpectedVersionError> {
     let server_spelling = match raw {
         "no-stream" => "no_stream",
         "stream-exists" => "stream_exists",

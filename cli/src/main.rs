@@ -15,6 +15,7 @@ mod scavenge;
 mod setup;
 mod snapshot;
 mod source;
+mod stream;
 mod tail;
 mod token;
 
@@ -87,6 +88,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// A stream's snapshot (its state as of a version): put, get.
     Snapshot(snapshot::SnapshotArgs),
+    /// A stream's metadata (retention rules, custom data) and deletes.
+    Stream(stream::StreamArgs),
     /// Check Postgres, the broker, the topics and the services; exit 4 on a problem.
     Doctor(doctor::DoctorArgs),
     /// Projections: list, status, rebuild, dead letters (the projector's admin operations).
@@ -141,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Read(args) => read::run(&cli.global.client()?, &out, args).await,
         Command::Tail(args) => tail::run(&cli.global.client()?, &out, args).await,
         Command::Snapshot(args) => snapshot::run(&cli.global.client()?, &out, args).await,
+        Command::Stream(args) => stream::run(&cli.global.client()?, &out, args).await,
         Command::Doctor(args) => doctor::run(&cli.common, &out, args).await,
         Command::Projection(args) => {
             // Logged as the projector logs them (a rebuild's progress lines, its warnings).

@@ -12,8 +12,8 @@ use crate::output::Output;
 /// Options of `esk scavenge`.
 #[derive(Debug, Args)]
 pub(crate) struct ScavengeArgs {
-    /// Most events deleted per transaction.
-    #[arg(long, default_value_t = 1000)]
+    /// Most events deleted per transaction (1 or more).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i32).range(1..))]
     batch: i32,
 }
 
@@ -29,7 +29,7 @@ pub(crate) async fn run(
     out: &Output,
     args: ScavengeArgs,
 ) -> anyhow::Result<()> {
-    let batch = args.batch.max(1);
+    let batch = args.batch;
     let pool = esk_runtime::db::connect(&common.database_url, 1).await?;
     let total = esk_runtime::scavenge::scavengeable(&pool).await?;
     let bar = if out.is_tty() && !out.json {

@@ -58,6 +58,10 @@ use bytes::Bytes;
 use esk_model::api::WaitResponse;
 use esk_model::api::{AppendRequest, AppendResponse, Direction, PositionedPage, StreamPage};
 use esk_model::api::{PutSnapshotRequest, PutSnapshotResponse, Snapshot};
+use esk_model::event::ExpectedVersion;
+use esk_model::lifecycle::{
+    DeleteMode, DeleteStreamResponse, PutMetadataRequest, StreamMetadataResponse,
+};
 use esk_model::wire::CanonicalEvent;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -526,6 +530,68 @@ impl Client {
             .try_collect()
             .await?;
         Ok(Loaded { snapshot, events })
+    }
+
+    /// The metadata of `stream_id` (retention rules, custom data; `metadata_version` null and
+    /// no rules when never set). A hard-deleted stream is an [`ClientError::Api`] 410
+    /// `stream_deleted`.
+    pub async fn get_metadata(
+        &self,
+        stream_id: &str,
+    ) -> Result<StreamMetadataResponse, ClientError> {
+        self.get(self.metadata_url(stream_id), &[], self.timeout)
+            .await
+    }
+
+    /// Replaces the metadata of `stream_id` (fields left out are unset). Give
+    /// `request.append_id` to make a retry safe: the same id gets the original outcome.
+    pub async fn put_metadata(
+        &self,
+        stream_id: &str,
+        request: &PutMetadataRequest,
+    ) -> Result<StreamMetadataResponse, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let request = self
+            .http
+            .put(self.metadata_url(stream_id))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(self.timeout);
+        self.send(request).await
+    }
+
+    /// Deletes `stream_id` (soft: hidden until the next append; hard: for good) if it is at
+    /// `expected_version`. Give `append_id` to make a retry safe: the same id gets the
+    /// original outcome.
+    pub async fn delete_stream(
+        &self,
+        stream_id: &str,
+        expected_version: ExpectedVersion,
+        mode: DeleteMode,
+        append_id: Option<uuid::Uuid>,
+    ) -> Result<DeleteStreamResponse, ClientError> {
+        let mut query = vec![
+            ("expected_version", expected_version.to_string()),
+            ("mode", mode.as_str().to_owned()),
+        ];
+        if let Some(id) = append_id {
+            query.push(("append_id", id.to_string()));
+        }
+        let url = format!(
+            "{}/streams/{}",
+            self.base,
+            utf8_percent_encode(stream_id, SEGMENT)
+        );
+        let request = self.http.delete(url).query(&query).timeout(self.timeout);
+        self.send(request).await
+    }
+
+    fn metadata_url(&self, stream_id: &str) -> String {
+        format!(
+            "{}/streams/{}/metadata",
+            self.base,
+            utf8_percent_encode(stream_id, SEGMENT)
+        )
     }
 
     fn snapshot_url(&self, stream_id: &str) -> String {

@@ -2,7 +2,10 @@
 //! request on `append-results`, request offsets committed only after the outcome is delivered.
 //!
 //! Request (JSON, `schema_version` 1): `{"schema_version": 1, "request_id": str?, "reply_to":
-//! str?, "stream_id": str, "expected_version": ..., "append_id": uuid?, "events": [...]}`.
+//! str?, "stream_id": str, "expected_version": ..., "append_id": uuid?, "events": [...]}`, or
+//! in place of `expected_version` and `events` a lifecycle change of the stream:
+//! `"metadata": {...}` (the body of `PUT /streams/{id}/metadata`) or `"delete": {"mode":
+//! "soft"|"hard", "expected_version": ...}` (see `esk_model::lifecycle`).
 //! The result is keyed by `reply_to` (else the request's key) and carries `request_id`; it goes
 //! to the caller's own results topic when its token has one, else to the shared topic.
 //! The record's `authorization` header carries `Bearer <token>`, checked as over HTTP: without
@@ -15,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use esk_model::event::Append;
+use esk_model::lifecycle::parse_lifecycle_request;
 use esk_model::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
 use esk_model::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
 use esk_runtime::scope::Need;
@@ -24,6 +28,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::auth::{Auth, AuthError};
 use crate::config::IngestConfig;
@@ -213,8 +218,9 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             Ok(principal) => {
                 context.results_topic = principal.results_topic().map(str::to_owned);
                 decoded.map_err(Refusal::Invalid).and_then(|append| {
+                    // A lifecycle change needs the append scope on the stream it is about.
                     principal
-                        .require(Need::Append(&append.stream_id))
+                        .require(Need::Append(append.subject()))
                         .map_err(Refusal::Auth)?;
                     Ok(append)
                 })
@@ -282,13 +288,33 @@ fn decode_request(
             expected: "a string",
         })?;
     context.stream_id = Some(stream_id.clone());
+    let extra = ["schema_version", "request_id", "reply_to", "stream_id"];
+    let default_id = || lifecycle_append_id(&stream_id, context);
+    if let Some(change) = parse_lifecycle_request(&stream_id, &object, &extra, default_id, limits)?
+    {
+        return Ok(change);
+    }
     parse_append(
         &stream_id,
         &object,
-        &["schema_version", "request_id", "reply_to", "stream_id"],
+        &extra,
         limits,
         TraceDefaults::default(),
     )
+}
+
+/// Namespace of the append ids of lifecycle requests that carry none.
+const REQUEST_APPEND_NAMESPACE: Uuid = Uuid::from_u128(0x8b1f_2c6e_45d9_4e07_a3b2_71c4_e09d_5a36);
+
+/// The append id of a lifecycle request without one: derived from its `request_id` (a client
+/// re-sending the request is idempotent), else from the record's partition and offset (a
+/// redelivered record is idempotent). Events have ids to derive from; a change has not.
+fn lifecycle_append_id(stream_id: &str, context: &RequestContext) -> Uuid {
+    let name = match &context.request_id {
+        Some(request_id) => format!("request\0{stream_id}\0{request_id}"),
+        None => format!("record\0{}\0{}", context.partition, context.offset),
+    };
+    Uuid::new_v5(&REQUEST_APPEND_NAMESPACE, name.as_bytes())
 }
 
 fn base_result(context: &RequestContext, outcome: Outcome) -> AppendResult {

@@ -17,7 +17,7 @@ use esk_model::lifecycle::{
     lifecycle_append, parse_metadata_body, DeleteMode, DeleteStreamResponse, LifecycleChange,
     StreamMetadata, StreamMetadataResponse,
 };
-use esk_model::validate::{parse_object, validate_stream_id};
+use esk_model::validate::{parse_object, parse_optional_uuid, validate_stream_id, InvalidAppend};
 use esk_model::wire::ErrorEnvelope;
 use esk_runtime::scope::Need;
 use serde_json::value::RawValue;
@@ -193,16 +193,16 @@ async fn get_metadata(
     tag = "streams",
     security(("bearer" = [])),
     params(("stream_id" = String, Path, description = "The stream")),
-    request_body(content = StreamMetadata, description = "The metadata, with `expected_metadata_version` (\"any\" by default, \"no_stream\" or N): the version of the metadata this change replaces", content_type = "application/json"),
+    request_body(content = StreamMetadata, description = "The metadata, with `expected_metadata_version` (\"any\" by default, \"no_stream\" or N): the version of the metadata this change replaces, and `append_id` (optional UUID, as in an append's body): the idempotency key; a retry with the same id gets the original outcome, the same id with another change is 409 append_id_reused", content_type = "application/json"),
     responses(
         (status = 200, description = "Stored; the metadata now", body = StreamMetadataResponse),
         (status = 400, description = "Malformed JSON or path", body = ErrorEnvelope),
         (status = 401, description = "unauthorized: no valid bearer token; nothing was written", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no append scope for this stream; nothing was written", body = ErrorEnvelope),
-        (status = 409, description = "wrong_expected_version: the metadata is at another version (`actual_version`); nothing was written", body = ErrorEnvelope),
+        (status = 409, description = "wrong_expected_version: the metadata is at another version (`actual_version`), or append_id_reused; nothing was written", body = ErrorEnvelope),
         (status = 410, description = "stream_deleted: the stream was hard-deleted; nothing was written", body = ErrorEnvelope),
         (status = 415, description = "The body is not application/json", body = ErrorEnvelope),
-        (status = 422, description = "wrong_type (a number that is not an integer in range, `custom` not an object), unknown_field, duplicate_field, invalid_expected_version, invalid_stream_id; nothing was written", body = ErrorEnvelope),
+        (status = 422, description = "wrong_type (a number that is not an integer in range, `custom` not an object), unknown_field, duplicate_field, invalid_expected_version, invalid_uuid (`append_id`), invalid_stream_id; nothing was written", body = ErrorEnvelope),
         (status = 503, description = "Overloaded or outcome unknown; retry", body = ErrorEnvelope),
     )
 )]
@@ -237,12 +237,15 @@ async fn put_metadata(
     let body = read_body_within(body, app.max_body_bytes, app.body_timeout).await?;
     let members = parse_object(&body).map_err(|e| ApiError::invalid(&e))?;
     let (metadata, expected) =
-        parse_metadata_body(&members, &[]).map_err(|e| ApiError::invalid(&e))?;
+        parse_metadata_body(&members, &["append_id"]).map_err(|e| ApiError::invalid(&e))?;
+    let append_id = parse_optional_uuid(members.last("append_id"), "append_id")
+        .map_err(|e| ApiError::invalid(&e))?
+        .unwrap_or_else(Uuid::new_v4);
     let append = lifecycle_append(
         &stream_id,
         LifecycleChange::SetMetadata(metadata.clone()),
         expected,
-        Uuid::new_v4(),
+        append_id,
         &app.limits,
     )
     .map_err(|e| ApiError::invalid(&e))?;
@@ -268,6 +271,7 @@ async fn put_metadata(
         ("stream_id" = String, Path, description = "The stream"),
         ("expected_version" = Option<String>, Query, description = "The stream's version (N, \"any\" by default, \"stream_exists\")"),
         ("mode" = Option<DeleteMode>, Query, description = "soft (default) or hard"),
+        ("append_id" = Option<Uuid>, Query, description = "The idempotency key (as in an append's body): a retry with the same id gets the original outcome; the same id with another change is 409 append_id_reused. A random one when absent"),
     ),
     responses(
         (status = 200, description = "Deleted", body = DeleteStreamResponse),
@@ -275,7 +279,7 @@ async fn put_metadata(
         (status = 401, description = "unauthorized: no valid bearer token; nothing was written", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no append scope for this stream; nothing was written", body = ErrorEnvelope),
         (status = 404, description = "stream_not_found: the stream has no events, or was soft-deleted already; nothing was written", body = ErrorEnvelope),
-        (status = 409, description = "wrong_expected_version (`actual_version`); nothing was written", body = ErrorEnvelope),
+        (status = 409, description = "wrong_expected_version (`actual_version`) or append_id_reused; nothing was written", body = ErrorEnvelope),
         (status = 410, description = "stream_deleted: hard-deleted already; nothing was written", body = ErrorEnvelope),
         (status = 503, description = "Overloaded or outcome unknown; retry", body = ErrorEnvelope),
     )
@@ -301,20 +305,24 @@ async fn delete_stream(
     let Query(params) = query.map_err(|e| bad(e.body_text()))?;
     if let Some(unknown) = params
         .keys()
-        .find(|k| !matches!(k.as_str(), "expected_version" | "mode"))
+        .find(|k| !matches!(k.as_str(), "expected_version" | "mode" | "append_id"))
     {
         return Err(bad(format!(
-            "unknown parameter `{unknown}`; known: expected_version, mode"
+            "unknown parameter `{unknown}`; known: expected_version, mode, append_id"
         )));
     }
     let expected_version = match params.get("expected_version") {
         None => ExpectedVersion::Any,
         Some(raw) => raw.parse().map_err(|e| bad(format!("{e}")))?,
     };
-    let mode = match params.get("mode").map(String::as_str) {
-        None | Some("soft") => DeleteMode::Soft,
-        Some("hard") => DeleteMode::Hard,
-        Some(other) => return Err(bad(format!("`mode` must be soft or hard, got {other:?}"))),
+    let mode = match params.get("mode") {
+        None => DeleteMode::Soft,
+        Some(raw) => raw.parse().map_err(|e: InvalidAppend| bad(e.to_string()))?,
+    };
+    let append_id = match params.get("append_id") {
+        None => Uuid::new_v4(),
+        Some(raw) => Uuid::parse_str(raw)
+            .map_err(|_| bad(format!("`append_id` must be a UUID, got {raw:?}")))?,
     };
     let append = lifecycle_append(
         &stream_id,
@@ -323,7 +331,7 @@ async fn delete_stream(
             expected_version,
         },
         ExpectedVersion::Any,
-        Uuid::new_v4(),
+        append_id,
         &app.limits,
     )
     .map_err(|e| ApiError::invalid(&e))?;

@@ -118,9 +118,10 @@ fn refused(stream_id: &str, version: Version, why: NoSuchVersion) -> ApiError {
         (status = 400, description = "Malformed JSON or path", body = ErrorEnvelope),
         (status = 401, description = "unauthorized: no valid bearer token; nothing was written", body = ErrorEnvelope),
         (status = 403, description = "forbidden: the token has no append scope for this stream (whether or not it exists); nothing was written", body = ErrorEnvelope),
-        (status = 404, description = "stream_not_found: the stream has no events; nothing was written", body = ErrorEnvelope),
+        (status = 404, description = "stream_not_found: the stream has no events, or was soft-deleted (and not appended to since); nothing was written", body = ErrorEnvelope),
         (status = 408, description = "The body did not arrive in time; nothing was written", body = ErrorEnvelope),
         (status = 409, description = "version_ahead_of_stream (the stream ends before `version`), or version_not_indexed (accepted, not indexed yet: retry after GET /wait); `actual_version` is the stream's last accepted version; nothing was written", body = ErrorEnvelope),
+        (status = 410, description = "stream_deleted: the stream was hard-deleted; nothing was written", body = ErrorEnvelope),
         (status = 413, description = "snapshot_too_large: `data` is larger than an event may be, or the body is too large", body = ErrorEnvelope),
         (status = 415, description = "The body is not application/json", body = ErrorEnvelope),
         (status = 422, description = "invalid_version (not an integer of 0 or more), missing_field, unknown_field, duplicate_field, wrong_type, unstorable_json, invalid_stream_id; nothing was written", body = ErrorEnvelope),
@@ -158,6 +159,8 @@ async fn put_snapshot(
     let body = read_body_within(body, state.max_body_bytes, state.body_timeout).await?;
     let snapshot =
         parse_snapshot_body(&stream_id, &body, &state.limits).map_err(|e| invalid(&e))?;
+    // A deleted stream takes no snapshot, as it answers no read: 410 (hard), 404 (soft).
+    crate::lifecycle::refuse_deleted(&state.pool, &stream_id).await?;
     let (stored, current) = match snapshot_store::put(&state.pool, &snapshot)
         .await
         .map_err(db_error)?

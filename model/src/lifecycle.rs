@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 use crate::event::{Append, ExpectedVersion, NewEvent, StreamVersion, Version};
 use crate::raw_json::{compact_owned, kind, Kind, Members};
-use crate::validate::{parse_expected_version, validate_stream_id, InvalidAppend, Limits};
+use crate::validate::{
+    parse_expected_version, parse_optional_uuid, validate_stream_id, InvalidAppend, Limits,
+};
 
 /// Streams whose id starts with this are metadata streams (ordinary appends cannot write them:
 /// every id starting with `$` is reserved).
@@ -68,6 +70,18 @@ impl DeleteMode {
     }
 }
 
+impl std::str::FromStr for DeleteMode {
+    type Err = InvalidAppend;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "soft" => Ok(DeleteMode::Soft),
+            "hard" => Ok(DeleteMode::Hard),
+            other => Err(InvalidAppend::InvalidDeleteMode(format!("{other:?}"))),
+        }
+    }
+}
+
 /// What a lifecycle append changes.
 #[derive(Debug, Clone)]
 pub enum LifecycleChange {
@@ -101,7 +115,8 @@ struct StreamDeleted<'a> {
 
 /// The append that makes `change` to `subject`: one event of a reserved type on `$$<subject>`,
 /// under `expected_metadata_version` (the metadata stream's version). Its event id is derived
-/// from the append id, so a redelivered request is the same append.
+/// from the append id and the change, so a redelivered request is the same append and the same
+/// append id sent with another change is `append_id_reused`.
 pub fn lifecycle_append(
     subject: &str,
     change: LifecycleChange,
@@ -124,8 +139,13 @@ pub fn lifecycle_append(
             })?,
         ),
     };
+    let mut name = Vec::with_capacity(16 + event_type.len() + 1 + data.get().len());
+    name.extend_from_slice(append_id.as_bytes());
+    name.extend_from_slice(event_type.as_bytes());
+    name.push(0);
+    name.extend_from_slice(data.get().as_bytes());
     let event = NewEvent {
-        id: Uuid::new_v5(&LIFECYCLE_EVENT_NAMESPACE, append_id.as_bytes()),
+        id: Uuid::new_v5(&LIFECYCLE_EVENT_NAMESPACE, &name),
         event_type: event_type.to_owned(),
         data,
         metadata: None,
@@ -208,6 +228,101 @@ pub fn parse_metadata_body(
     Ok((metadata, expected))
 }
 
+/// The fields of the `delete` object of a Kafka request.
+pub const DELETE_FIELDS: [&str; 2] = ["mode", "expected_version"];
+
+/// Parses the `delete` object of a Kafka request: `mode` (`"soft"` by default, or `"hard"`)
+/// and `expected_version`, the stream's version (`"any"` by default), as the query parameters
+/// of `DELETE /streams/{id}`.
+pub fn parse_delete_object(
+    body: &Members<'_>,
+) -> Result<(DeleteMode, ExpectedVersion), InvalidAppend> {
+    if let Some(name) = body.first_duplicate() {
+        return Err(InvalidAppend::DuplicateField(name.to_owned()));
+    }
+    if let Some((key, _)) = body
+        .0
+        .iter()
+        .find(|(k, _)| !DELETE_FIELDS.contains(&k.as_ref()))
+    {
+        return Err(InvalidAppend::UnknownField(format!("delete.{key}")));
+    }
+    let mode = match body.last("mode") {
+        None => DeleteMode::Soft,
+        Some(raw) if kind(raw) == Kind::Null => DeleteMode::Soft,
+        Some(raw) => match serde_json::from_str::<String>(raw.get()) {
+            Ok(text) => text.parse()?,
+            Err(_) => return Err(InvalidAppend::InvalidDeleteMode(raw.get().to_owned())),
+        },
+    };
+    let expected_version = match body.last("expected_version") {
+        None => ExpectedVersion::Any,
+        Some(raw) if kind(raw) == Kind::Null => ExpectedVersion::Any,
+        Some(raw) => {
+            let value: serde_json::Value = serde_json::from_str(raw.get())
+                .map_err(|_| InvalidAppend::InvalidExpectedVersion(raw.get().to_owned()))?;
+            parse_expected_version(&value)?
+        }
+    };
+    Ok((mode, expected_version))
+}
+
+/// The lifecycle forms of a Kafka append request about `stream_id`: `"metadata": {...}` (the
+/// body of `PUT /streams/{id}/metadata`) or `"delete": {...}` ([`parse_delete_object`]),
+/// with an optional `append_id` (else `default_append_id()`). `None` when the request has
+/// neither (an ordinary append). Fields other than these and `allowed_extra` are refused, so
+/// a request cannot mix events with a change.
+pub fn parse_lifecycle_request(
+    stream_id: &str,
+    body: &Members<'_>,
+    allowed_extra: &[&str],
+    default_append_id: impl FnOnce() -> Uuid,
+    limits: &Limits,
+) -> Result<Option<Append>, InvalidAppend> {
+    let (form, raw) = match (body.last("metadata"), body.last("delete")) {
+        (None, None) => return Ok(None),
+        (Some(raw), _) => ("metadata", raw),
+        (None, Some(raw)) => ("delete", raw),
+    };
+    if let Some(name) = body.first_duplicate() {
+        return Err(InvalidAppend::DuplicateField(name.to_owned()));
+    }
+    for (key, _) in &body.0 {
+        let known = key == form || key == "append_id";
+        if !known && !allowed_extra.contains(&key.as_ref()) {
+            return Err(InvalidAppend::UnknownField(key.to_string()));
+        }
+    }
+    let members = Members::of(raw)
+        .ok()
+        .flatten()
+        .ok_or_else(|| InvalidAppend::WrongType {
+            field: form.into(),
+            expected: "a JSON object",
+        })?;
+    let (change, expected_metadata_version) = if form == "metadata" {
+        let (metadata, expected) = parse_metadata_body(&members, &[])?;
+        (LifecycleChange::SetMetadata(metadata), expected)
+    } else {
+        let (mode, expected_version) = parse_delete_object(&members)?;
+        let change = LifecycleChange::Delete {
+            mode,
+            expected_version,
+        };
+        (change, ExpectedVersion::Any)
+    };
+    let append_id =
+        parse_optional_uuid(body.last("append_id"), "append_id")?.unwrap_or_else(default_append_id);
+    lifecycle_append(
+        stream_id,
+        change,
+        expected_metadata_version,
+        append_id,
+        limits,
+    )
+    .map(Some)
+}
+
 fn wrong_type(field: &str, min: i64) -> InvalidAppend {
     InvalidAppend::WrongType {
         field: field.into(),
@@ -231,8 +346,23 @@ fn positive(body: &Members<'_>, field: &str, min: i64) -> Result<Option<i64>, In
     }
 }
 
+/// The body of `PUT /streams/{stream_id}/metadata`, as a client sends it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PutMetadataRequest {
+    /// The version of the metadata this change replaces (absent: `any`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_metadata_version: Option<ExpectedVersion>,
+    /// The idempotency key (absent: the server picks one, and a retry is a new change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub append_id: Option<Uuid>,
+    /// The new metadata (fields left out are unset).
+    #[serde(flatten)]
+    pub metadata: StreamMetadata,
+}
+
 /// The answer of `GET` and `PUT /streams/{stream_id}/metadata`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "MetadataResponseFields")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StreamMetadataResponse {
     /// The stream the metadata is about.
@@ -243,6 +373,33 @@ pub struct StreamMetadataResponse {
     /// The metadata.
     #[serde(flatten)]
     pub metadata: StreamMetadata,
+}
+
+/// [`StreamMetadataResponse`] as read: serde cannot read a raw value (`custom`) inside a
+/// flattened struct, so the fields are spelled out here.
+#[derive(Deserialize)]
+struct MetadataResponseFields {
+    stream_id: String,
+    metadata_version: StreamVersion,
+    max_age_s: Option<i64>,
+    max_count: Option<i64>,
+    truncate_before: Option<Version>,
+    custom: Option<Box<RawValue>>,
+}
+
+impl From<MetadataResponseFields> for StreamMetadataResponse {
+    fn from(fields: MetadataResponseFields) -> Self {
+        StreamMetadataResponse {
+            stream_id: fields.stream_id,
+            metadata_version: fields.metadata_version,
+            metadata: StreamMetadata {
+                max_age_s: fields.max_age_s,
+                max_count: fields.max_count,
+                truncate_before: fields.truncate_before,
+                custom: fields.custom,
+            },
+        }
+    }
 }
 
 /// The answer of `DELETE /streams/{stream_id}` (200).
@@ -328,5 +485,88 @@ mod tests {
             r#"{"stream_id":"Order-1","mode":"hard","expected_version":3}"#
         );
         assert!(lifecycle_append("$$x", change(), ExpectedVersion::Any, id, &limits).is_err());
+        let soft = LifecycleChange::Delete {
+            mode: DeleteMode::Soft,
+            expected_version: ExpectedVersion::Exact(3.into()),
+        };
+        let other =
+            lifecycle_append("Order-1", soft, ExpectedVersion::Any, id, &limits).expect("valid");
+        assert_ne!(
+            a.fingerprint(),
+            other.fingerprint(),
+            "the same append id with another change is not a retry"
+        );
+    }
+
+    fn kafka(text: &str) -> Result<Option<Append>, InvalidAppend> {
+        let members = Members::parse(text)
+            .map_err(|e| InvalidAppend::MalformedJson(e.to_string()))?
+            .ok_or(InvalidAppend::NotAnObject)?;
+        let id = Uuid::from_u128(9);
+        parse_lifecycle_request(
+            "Order-1",
+            &members,
+            &["stream_id"],
+            || id,
+            &Limits::default(),
+        )
+    }
+
+    #[test]
+    fn a_metadata_response_reads_back() {
+        let text =
+            r#"{"stream_id":"Order-1","metadata_version":null,"max_count":2,"custom":{"a":[1]}}"#;
+        let answer: StreamMetadataResponse = serde_json::from_str(text).expect("readable");
+        assert_eq!(answer.metadata_version, StreamVersion::NoStream);
+        assert_eq!(answer.metadata.max_count, Some(2));
+        assert_eq!(serde_json::to_string(&answer).expect("writable"), text);
+    }
+
+    #[test]
+    fn parses_the_kafka_forms() {
+        let append = kafka(r#"{"stream_id":"Order-1","metadata":{"max_count":2,"expected_metadata_version":"no_stream"}}"#)
+            .expect("valid")
+            .expect("a change");
+        assert_eq!(append.stream_id, "$$Order-1");
+        assert_eq!(append.expected_version, ExpectedVersion::NoStream);
+        assert_eq!(append.append_id, Uuid::from_u128(9));
+        let append = kafka(r#"{"stream_id":"Order-1","append_id":"00000000-0000-0000-0000-000000000001","delete":{"mode":"hard","expected_version":4}}"#)
+            .expect("valid")
+            .expect("a change");
+        assert_eq!(append.append_id, Uuid::from_u128(1));
+        assert!(matches!(
+            append.lifecycle.map(|l| l.change),
+            Some(LifecycleChange::Delete {
+                mode: DeleteMode::Hard,
+                expected_version: ExpectedVersion::Exact(v)
+            }) if v.get() == 4
+        ));
+        assert!(kafka(r#"{"stream_id":"Order-1","events":[]}"#)
+            .expect("not a change")
+            .is_none());
+    }
+
+    #[test]
+    fn refuses_bad_kafka_forms() {
+        for (body, code) in [
+            (r#"{"metadata":{"max_count":"ten"}}"#, "wrong_type"),
+            (r#"{"metadata":[1]}"#, "wrong_type"),
+            (r#"{"delete":{"mode":"gone"}}"#, "invalid_delete_mode"),
+            (r#"{"delete":{"mode":1}}"#, "invalid_delete_mode"),
+            (
+                r#"{"delete":{"expected_version":-2}}"#,
+                "invalid_expected_version",
+            ),
+            (r#"{"delete":{"force":true}}"#, "unknown_field"),
+            (r#"{"delete":{},"metadata":{}}"#, "unknown_field"),
+            (r#"{"delete":{},"events":[]}"#, "unknown_field"),
+            (r#"{"delete":{},"append_id":"x"}"#, "invalid_uuid"),
+        ] {
+            assert_eq!(
+                kafka(body).map(|_| ()).map_err(|e| e.code()),
+                Err(code),
+                "{body}"
+            );
+        }
     }
 }

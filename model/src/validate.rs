@@ -144,6 +144,9 @@ pub enum InvalidAppend {
     /// A Kafka append request with no value (a tombstone).
     #[error("the request record has no value (a tombstone); send a JSON append request")]
     EmptyRequest,
+    /// A delete mode other than `soft` or `hard`.
+    #[error("the delete mode must be \"soft\" or \"hard\", got {0}")]
+    InvalidDeleteMode(String),
 }
 
 impl InvalidAppend {
@@ -170,6 +173,7 @@ impl InvalidAppend {
             InvalidAppend::UnsupportedSchemaVersion(_) => "unsupported_schema_version",
             InvalidAppend::EmptyRequest => "empty_request",
             InvalidAppend::ReservedEventType(_) => "reserved_event_type",
+            InvalidAppend::InvalidDeleteMode(_) => "invalid_delete_mode",
         }
     }
 }
@@ -516,7 +520,20 @@ fn with_trace_defaults(
     (metadata, correlation_id, causation_id)
 }
 
-fn parse_uuid(value: &RawValue, field: &str) -> Result<Uuid, InvalidAppend> {
+/// Reads an optional UUID field: absent or null is `None`.
+pub fn parse_optional_uuid(
+    value: Option<&RawValue>,
+    field: &str,
+) -> Result<Option<Uuid>, InvalidAppend> {
+    match value {
+        None => Ok(None),
+        Some(raw) if kind(raw) == Kind::Null => Ok(None),
+        Some(raw) => parse_uuid(raw, field).map(Some),
+    }
+}
+
+/// Reads a UUID given as a JSON string; anything else is `invalid_uuid` naming `field`.
+pub fn parse_uuid(value: &RawValue, field: &str) -> Result<Uuid, InvalidAppend> {
     serde_json::from_str::<String>(value.get())
         .ok()
         .and_then(|s| Uuid::parse_str(&s).ok())

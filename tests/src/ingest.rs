@@ -80,6 +80,9 @@ impl Client {
         Client {
             http: reqwest::Client::builder()
                 .default_headers(headers)
+                // Ingest closes a connection idle for its header timeout (5 s): a pooled one
+                // reused at that moment fails with "connection closed before message completed".
+                .pool_idle_timeout(std::time::Duration::from_secs(2))
                 .build()
                 .unwrap_or_default(),
             base: base.to_owned(),

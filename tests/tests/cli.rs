@@ -1002,3 +1002,209 @@ async fn snapshot_put_and_get() -> anyhow::Result<()> {
     assert_eq!(versions, vec![1]);
     Ok(())
 }
+
+/// (stream, version) of every stored event row, in position order.
+async fn stored_events(ctx: &TestContext) -> anyhow::Result<Vec<(String, i64)>> {
+    Ok(
+        sqlx::query_as("SELECT stream_id, version FROM events ORDER BY global_position")
+            .fetch_all(&ctx.pool)
+            .await?,
+    )
+}
+
+#[tokio::test]
+async fn scavenge_deletes_the_hidden_rows_and_keeps_the_visible_ones() -> anyhow::Result<()> {
+    let ctx = TestContext::new("cli_scavenge").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    // The indexer's own scavenger is off: the rows must still be there when esk runs.
+    let _indexer = indexer::spawn(&ctx, &[("ESK_SCAVENGE_INTERVAL_SECS", "0")]).await?;
+    let client = Client::new(&ingest_process);
+    for (stream, n) in [("Trim-1", 5), ("Keep-1", 2)] {
+        let reply = client
+            .append(
+                stream,
+                &json!({"expected_version": "no_stream", "events": ingest::events(n)}),
+            )
+            .await?;
+        assert_eq!(reply.status, 201, "{reply:?}");
+    }
+    let reply = client
+        .put_raw(
+            "/streams/Trim-1/metadata",
+            "application/json",
+            br#"{"max_count":2}"#.to_vec(),
+        )
+        .await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // The scavenger takes only rows already on the canonical topic.
+    let published = esk_tests::eventually(Duration::from_secs(30), || async {
+        let (through, head): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT global_position FROM published_through),
+                    (SELECT last_position FROM global_position_counter)",
+        )
+        .fetch_one(&ctx.pool)
+        .await
+        .ok()?;
+        (through == head && head == 8).then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "the 8 events were not all published");
+    let env = ctx.env();
+
+    // Bad input first: a clear usage error, nothing deleted.
+    let run = esk(&env, &["scavenge", "--batch", "0"], None).await?;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("--batch"), "{run:?}");
+    assert_eq!(stored_events(&ctx).await?.len(), 8);
+
+    // Batches of one: the loop goes on until a batch comes back short.
+    let run = esk(&env, &["--json", "scavenge", "--batch", "1"], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()?, json!({"scavenged": 3}), "{run:?}");
+    let expected: Vec<(String, i64)> = [
+        ("Trim-1", 3),
+        ("Trim-1", 4),
+        ("Keep-1", 0),
+        ("Keep-1", 1),
+        ("$$Trim-1", 0),
+    ]
+    .into_iter()
+    .map(|(s, v)| (s.to_owned(), v))
+    .collect();
+    assert_eq!(stored_events(&ctx).await?, expected);
+    let reply = client.get("/streams/Trim-1/events").await?;
+    assert_eq!(versions(&reply.body), vec![3, 4], "{reply:?}");
+
+    // Nothing left: a second run deletes nothing and says so.
+    let run = esk(&env, &["scavenge"], None).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout.trim(), "scavenged 0 hidden events", "{run:?}");
+    assert_eq!(stored_events(&ctx).await?, expected);
+    Ok(())
+}
+
+/// `esk --url URL stream ARGS...`.
+fn stream<'a>(url: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    [&["--url", url, "stream"][..], args].concat()
+}
+
+#[tokio::test]
+async fn stream_metadata_and_delete_commands_go_through_the_api() -> anyhow::Result<()> {
+    let (ctx, ingest_process, _indexer) = stack("cli_stream").await?;
+    let env = ctx.env();
+    let url = ingest_process.http.clone();
+    let client = Client::new(&ingest_process);
+    let reply = client
+        .append(
+            "Order-1",
+            &json!({"expected_version": "no_stream", "events": ingest::events(3)}),
+        )
+        .await?;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    wait_indexed(&ctx, 3, Duration::from_secs(30)).await?;
+
+    let set = esk(
+        &env,
+        &stream(
+            &url,
+            &[
+                "metadata",
+                "set",
+                "Order-1",
+                "--max-count",
+                "2",
+                "--custom",
+                r#"{"owner": "cli"}"#,
+                "--expected-metadata-version",
+                "no_stream",
+                "--json",
+            ],
+        ),
+        None,
+    )
+    .await?;
+    assert_eq!(set.code, 0, "{set:?}");
+    let answer = set.json()?;
+    assert_eq!(answer["metadata_version"], 0, "{set:?}");
+    assert_eq!(answer["max_count"], 2, "{set:?}");
+    let get = esk(
+        &env,
+        &stream(&url, &["metadata", "get", "Order-1", "--json"]),
+        None,
+    )
+    .await?;
+    assert_eq!(get.code, 0, "{get:?}");
+    assert_eq!(get.json()?, answer, "read back as stored");
+    assert_eq!(get.json()?["custom"], json!({"owner": "cli"}));
+    let get = esk(&env, &stream(&url, &["metadata", "get", "Order-1"]), None).await?;
+    assert_eq!(get.code, 0, "{get:?}");
+    assert!(get.stdout.contains("max_count 2"), "{get:?}");
+    let reply = client.get("/streams/Order-1/events").await?;
+    assert_eq!(
+        versions(&reply.body),
+        vec![1, 2],
+        "the rule applies: {reply:?}"
+    );
+
+    // Refusals: a stale metadata version is a conflict (2); bad flags are usage errors (1).
+    let stale = esk(
+        &env,
+        &stream(
+            &url,
+            &[
+                "metadata",
+                "set",
+                "Order-1",
+                "--expected-metadata-version",
+                "5",
+            ],
+        ),
+        None,
+    )
+    .await?;
+    assert_eq!(stale.code, 2, "{stale:?}");
+    assert!(stale.stderr.contains("wrong_expected_version"), "{stale:?}");
+    for args in [
+        &["metadata", "set", "Order-1", "--custom", "[1]"][..],
+        &["metadata", "set", "Order-1", "--custom", "{"][..],
+        &["metadata", "set", "Order-1", "--max-count", "0"][..],
+        &["delete", "Order-1", "--expected-version", "soon"][..],
+    ] {
+        let run = esk(&env, &stream(&url, args), None).await?;
+        assert_eq!(run.code, 1, "{args:?}: {run:?}");
+    }
+    let wrong = esk(
+        &env,
+        &stream(&url, &["delete", "Order-1", "--expected-version", "1"]),
+        None,
+    )
+    .await?;
+    assert_eq!(wrong.code, 2, "{wrong:?}");
+    let reply = client.get("/streams/Order-1/metadata").await?;
+    assert_eq!(
+        reply.body["metadata_version"], 0,
+        "nothing written: {reply:?}"
+    );
+
+    // A hard delete; the stream is then gone for every command.
+    let delete = esk(
+        &env,
+        &stream(
+            &url,
+            &["delete", "Order-1", "--expected-version", "2", "--hard"],
+        ),
+        None,
+    )
+    .await?;
+    assert_eq!(delete.code, 0, "{delete:?}");
+    assert!(
+        delete.stdout.contains("deleted Order-1 (hard"),
+        "{delete:?}"
+    );
+    let reply = client.get("/streams/Order-1/events").await?;
+    assert_eq!(reply.status, 410, "{reply:?}");
+    let get = esk(&env, &stream(&url, &["metadata", "get", "Order-1"]), None).await?;
+    assert_ne!(get.code, 0, "{get:?}");
+    assert!(get.stderr.contains("stream_deleted"), "{get:?}");
+    Ok(())
+}

@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use esk_runtime::scope::Scope;
+use esk_runtime::tokens;
 use esk_tests::indexer;
 use esk_tests::ingest::{self, events, Client};
 use esk_tests::process::Process;
 use esk_tests::{kafka, TestContext};
+use rdkafka::producer::FutureProducer;
 use serde_json::{json, Value};
 
 /// Ingest (HTTP and Kafka) and the indexer on a new database and topics.
@@ -52,6 +55,13 @@ async fn put_metadata(client: &Client, stream: &str, body: &str) -> anyhow::Resu
             body.as_bytes().to_vec(),
         )
         .await
+}
+
+/// How many snapshots are stored.
+async fn snapshot_rows(ctx: &TestContext) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM snapshots")
+        .fetch_one(&ctx.pool)
+        .await?)
 }
 
 /// The versions a forward read of `stream` shows.
@@ -267,6 +277,13 @@ async fn a_soft_delete_hides_the_stream_until_an_append_recreates_it() -> anyhow
     let reply = client.get("/streams/Order-1/events").await?;
     assert_eq!(reply.status, 404, "{reply:?}");
     assert_eq!(reply.body["error"]["code"], "stream_not_found");
+    // Nor does it take a snapshot (of an event that is still stored, hidden).
+    let reply = client
+        .put_snapshot("Order-1", r#"{"version":2,"data":{}}"#)
+        .await?;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert_eq!(reply.body["error"]["code"], "stream_not_found");
+    assert_eq!(snapshot_rows(&ctx).await?, 0);
     // Deleting twice: the stream is not there any more.
     let reply = client.delete("/streams/Order-1").await?;
     assert_eq!(reply.status, 404, "{reply:?}");
@@ -326,6 +343,12 @@ async fn a_hard_delete_is_a_tombstone_for_http_and_kafka() -> anyhow::Result<()>
     }
     let reply = put_metadata(&client, "Order-1", r#"{"max_count":1}"#).await?;
     assert_eq!(reply.status, 410, "{reply:?}");
+    let reply = client
+        .put_snapshot("Order-1", r#"{"version":1,"data":{}}"#)
+        .await?;
+    assert_eq!(reply.status, 410, "{reply:?}");
+    assert_eq!(reply.body["error"]["code"], "stream_deleted");
+    assert_eq!(snapshot_rows(&ctx).await?, 0);
 
     // Over Kafka: the typed rejection on the results topic, nothing written.
     let producer = kafka::producer(&ctx.brokers)?;
@@ -675,5 +698,248 @@ async fn the_indexer_scavenges_in_bounded_batches_while_indexing_goes_on() -> an
     );
     let reply = client.get("/streams/Doomed-1/events").await?;
     assert_eq!(reply.status, 404, "{reply:?}");
+    Ok(())
+}
+
+/// Produces `request` to the appends topic with `token` and returns its result (found by its
+/// `request_id`) from the shared results topic.
+async fn kafka_request(
+    ctx: &TestContext,
+    producer: &FutureProducer,
+    token: &str,
+    request: Value,
+) -> anyhow::Result<Value> {
+    let request_id = request["request_id"].clone();
+    let key = request["stream_id"].as_str().unwrap_or("none").to_owned();
+    kafka::produce_append(
+        producer,
+        &ctx.topics.appends,
+        token,
+        &key,
+        &serde_json::to_vec(&request)?,
+    )
+    .await?;
+    let reader = kafka::reader_from_beginning(&ctx.brokers, &ctx.topics.append_results)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(message) =
+            rdkafka::consumer::BaseConsumer::poll(&reader, Duration::from_millis(100))
+        {
+            let result = kafka::json_payload(&message?.detach())?;
+            if result["request_id"] == request_id {
+                return Ok(result);
+            }
+        }
+    }
+    anyhow::bail!("no result for {request_id} in 30 s")
+}
+
+#[tokio::test]
+async fn kafka_requests_change_metadata_and_delete_like_http() -> anyhow::Result<()> {
+    let (ctx, _ingest, _indexer, client) = stack("kafka_lifecycle").await?;
+    append_indexed(&client, "Order-1", json!("no_stream"), 3).await?;
+    let producer = kafka::producer(&ctx.brokers)?;
+    let token = ctx.token.clone();
+
+    // Metadata over Kafka, read back over HTTP; the retention rule applies at once.
+    let result = kafka_request(
+        &ctx,
+        &producer,
+        &token,
+        json!({"schema_version": 1,
+        "request_id": "meta", "stream_id": "Order-1", "metadata": {"max_count": 2,
+        "custom": {"owner": "kafka"}, "expected_metadata_version": "no_stream"}}),
+    )
+    .await?;
+    assert_eq!(result["outcome"], "accepted", "{result}");
+    assert_eq!(result["stream_id"], "Order-1", "{result}");
+    assert_eq!(result["first_version"], 0, "{result}");
+    let reply = client.get("/streams/Order-1/metadata").await?;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body["metadata_version"], 0);
+    assert_eq!(reply.body["max_count"], 2);
+    assert_eq!(reply.body["custom"], json!({"owner": "kafka"}));
+    assert_eq!(visible_versions(&client, "Order-1").await?, vec![1, 2]);
+
+    // Bad forms and a token without the append scope: typed rejections, nothing written.
+    let reader = tokens::create(&ctx.pool, "reader", &["read:*".parse::<Scope>()?], None).await?;
+    let ledger_before = ingest::ledger(&ctx).await?.len();
+    for (request_id, token, form, code) in [
+        (
+            "types",
+            &token,
+            json!({"metadata": {"max_count": "ten"}}),
+            "wrong_type",
+        ),
+        (
+            "custom",
+            &token,
+            json!({"metadata": {"custom": [1]}}),
+            "wrong_type",
+        ),
+        ("not-object", &token, json!({"metadata": 3}), "wrong_type"),
+        (
+            "mode",
+            &token,
+            json!({"delete": {"mode": "gone"}}),
+            "invalid_delete_mode",
+        ),
+        (
+            "both",
+            &token,
+            json!({"delete": {}, "metadata": {}}),
+            "unknown_field",
+        ),
+        (
+            "mixed",
+            &token,
+            json!({"delete": {}, "events": events(1)}),
+            "unknown_field",
+        ),
+        (
+            "stale",
+            &token,
+            json!({"metadata": {"expected_metadata_version": 5}}),
+            "wrong_expected_version",
+        ),
+        (
+            "scope",
+            &reader,
+            json!({"delete": {"mode": "hard"}}),
+            "forbidden",
+        ),
+    ] {
+        let mut request = json!({"schema_version": 1, "request_id": request_id,
+            "stream_id": "Order-1"});
+        for (key, value) in form.as_object().into_iter().flatten() {
+            request[key] = value.clone();
+        }
+        let result = kafka_request(&ctx, &producer, token, request).await?;
+        assert_eq!(result["outcome"], "rejected", "{request_id}: {result}");
+        assert_eq!(result["error"]["code"], code, "{request_id}: {result}");
+    }
+    // The stale change is decided (and recorded) like any append; the rest never got there.
+    let ledger = ingest::ledger(&ctx).await?;
+    assert_eq!(ledger.len(), ledger_before + 1, "{ledger:?}");
+    assert_eq!(ingest::stream_version(&ctx, "$$Order-1").await?, Some(0));
+    assert_eq!(ingest::stream_version(&ctx, "Order-1").await?, Some(2));
+
+    // A soft delete; the same append id again (a re-sent request) gets the same result and
+    // writes nothing new.
+    let soft = |request_id: &str| {
+        json!({"schema_version": 1, "request_id": request_id, "stream_id": "Order-1",
+            "append_id": "6c1d3f0e-2a57-4c1b-9e64-0d3b9a1f7c25",
+            "delete": {"mode": "soft", "expected_version": 2}})
+    };
+    let first = kafka_request(&ctx, &producer, &token, soft("soft")).await?;
+    assert_eq!(first["outcome"], "accepted", "{first}");
+    assert_eq!(first["first_version"], 1, "{first}");
+    let reply = client.get("/streams/Order-1/events").await?;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    let ledger_before = ingest::ledger(&ctx).await?.len();
+    let again = kafka_request(&ctx, &producer, &token, soft("soft-again")).await?;
+    assert_eq!(again["outcome"], "accepted", "{again}");
+    assert_eq!(again["append_id"], first["append_id"]);
+    assert_eq!(again["first_version"], first["first_version"]);
+    assert_eq!(ingest::ledger(&ctx).await?.len(), ledger_before);
+    assert_eq!(ingest::stream_version(&ctx, "$$Order-1").await?, Some(1));
+    // The same append id with another change is not a retry.
+    let mut reused = soft("reused");
+    reused["delete"]["mode"] = json!("hard");
+    let result = kafka_request(&ctx, &producer, &token, reused).await?;
+    assert_eq!(result["error"]["code"], "append_id_reused", "{result}");
+
+    // An append recreates the soft-deleted stream; a hard delete, then a Kafka append is
+    // refused.
+    let result = kafka_request(
+        &ctx,
+        &producer,
+        &token,
+        json!({"schema_version": 1,
+        "request_id": "recreate", "stream_id": "Order-1", "expected_version": "no_stream",
+        "events": events(1)}),
+    )
+    .await?;
+    assert_eq!(result["first_version"], 3, "{result}");
+    let result = kafka_request(
+        &ctx,
+        &producer,
+        &token,
+        json!({"schema_version": 1,
+        "request_id": "hard", "stream_id": "Order-1", "delete": {"mode": "hard"}}),
+    )
+    .await?;
+    assert_eq!(result["outcome"], "accepted", "{result}");
+    let result = kafka_request(
+        &ctx,
+        &producer,
+        &token,
+        json!({"schema_version": 1,
+        "request_id": "late", "stream_id": "Order-1", "expected_version": "any",
+        "events": events(1)}),
+    )
+    .await?;
+    assert_eq!(result["error"]["code"], "stream_deleted", "{result}");
+    let reply = client.get("/streams/Order-1/events").await?;
+    assert_eq!(reply.status, 410, "{reply:?}");
+    assert_eq!(ingest::stream_version(&ctx, "Order-1").await?, Some(3));
+    assert_eq!(ingest::stream_version(&ctx, "$$Order-1").await?, Some(2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn http_retries_with_the_same_append_id_get_the_original_outcome() -> anyhow::Result<()> {
+    let (ctx, _ingest, _indexer, client) = stack("lifecycle_retries").await?;
+    append_indexed(&client, "Order-1", json!("no_stream"), 2).await?;
+
+    // PUT metadata: the append id in the body, as in an append's body.
+    let body = r#"{"append_id":"0b7e5c1a-9d43-4f2e-8a61-3c5d7e9f1b24","max_count":1}"#;
+    let first = put_metadata(&client, "Order-1", body).await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    // Another change in between: a retry must not apply the first one again on top of it.
+    let reply = put_metadata(&client, "Order-1", r#"{"max_count":2}"#).await?;
+    assert_eq!(reply.body["metadata_version"], 1, "{reply:?}");
+    let retry = put_metadata(&client, "Order-1", body).await?;
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(
+        retry.body["metadata_version"],
+        first.body["metadata_version"]
+    );
+    let reply = client.get("/streams/Order-1/metadata").await?;
+    assert_eq!(reply.body["metadata_version"], 1, "{reply:?}");
+    assert_eq!(reply.body["max_count"], 2, "{reply:?}");
+    let reused = put_metadata(
+        &client,
+        "Order-1",
+        r#"{"append_id":"0b7e5c1a-9d43-4f2e-8a61-3c5d7e9f1b24","max_count":3}"#,
+    )
+    .await?;
+    assert_eq!(reused.status, 409, "{reused:?}");
+    assert_eq!(reused.body["error"]["code"], "append_id_reused");
+    let bad = put_metadata(&client, "Order-1", r#"{"append_id":"nope"}"#).await?;
+    assert_eq!(bad.status, 422, "{bad:?}");
+    assert_eq!(bad.body["error"]["code"], "invalid_uuid");
+
+    // DELETE: the append id as a query parameter. Without one, a second delete is refused
+    // (the stream is already deleted); with the first one's id it is the same success.
+    let path = "/streams/Order-1?expected_version=1&append_id=5a2f8c3e-1b7d-4e96-b0c4-7d8e9f0a1b2c";
+    let first = client.delete(path).await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    let retry = client.delete(path).await?;
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert_eq!(retry.body, first.body);
+    let fresh = client.delete("/streams/Order-1?expected_version=1").await?;
+    assert_eq!(fresh.status, 404, "{fresh:?}");
+    let bad = client.delete("/streams/Order-1?append_id=12").await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    let bad = client.delete("/streams/Order-1?mode=gone").await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(ingest::stream_version(&ctx, "$$Order-1").await?, Some(2));
+    let accepted = ingest::ledger(&ctx)
+        .await?
+        .into_iter()
+        .filter(|r| r.status == "accepted" && r.stream_id == "$$Order-1")
+        .count();
+    assert_eq!(accepted, 3, "two metadata changes and one delete");
     Ok(())
 }
