@@ -24,6 +24,9 @@ use crate::metrics::IndexerMetrics;
 pub(crate) struct Pending {
     pub(crate) partition: i32,
     pub(crate) offset: i64,
+    /// The record's Kafka timestamp (ms since the epoch): when ingest produced it, just before
+    /// it acknowledged the append.
+    pub(crate) produced_ms: Option<i64>,
     /// The record's value (its headers and key are not needed: the value carries everything).
     pub(crate) payload: Vec<u8>,
 }
@@ -138,6 +141,7 @@ impl BatchIndexer {
         }
         let rows = write.rows.len() as u64;
         commit::commit(&self.pool, &self.topic, &mut write, &self.metrics, mode).await?;
+        let now = Utc::now();
         let indexed = Indexed {
             set_aside: write
                 .quarantined
@@ -171,6 +175,10 @@ impl BatchIndexer {
                 .collect();
             self.tail.extend(committed_events);
         }
+        if rows > 0 {
+            // The publisher publishes as soon as it is woken (and was not busy).
+            self.indexed.notify_one();
+        }
 
         self.metrics.batches.inc();
         self.metrics.batch_events.observe(batch.len() as f64);
@@ -191,15 +199,19 @@ impl BatchIndexer {
             }
             .emit();
         }
-        let now = Utc::now();
+        let now_ms = now.timestamp_millis();
+        for source in &row_sources {
+            if let Some(produced_ms) = batch.get(*source).and_then(|p| p.produced_ms) {
+                self.metrics
+                    .ack_to_indexed
+                    .observe((now_ms - produced_ms).max(0) as f64 / 1000.0);
+            }
+        }
         for (partition, created_at) in newest {
             self.metrics
                 .lag_seconds
                 .with_label_values(&[&partition.to_string()])
                 .set((now - created_at).num_seconds().max(0));
-        }
-        if rows > 0 {
-            self.indexed.notify_one();
         }
         Ok(indexed)
     }
