@@ -30,8 +30,10 @@ pub struct IndexerConfig {
     /// just committed.
     #[arg(long, env = "ESK_PUBLISH_BATCH_BYTES", default_value_t = esk_runtime::db::DEFAULT_MAX_READ_BYTES * 2)]
     pub publish_batch_bytes: usize,
-    /// How long a batch waits for more records once it has one (ms).
-    #[arg(long, env = "ESK_INDEXER_LINGER_MS", default_value_t = 20)]
+    /// How long a batch waits for more records once it has taken every record the consumer
+    /// already held (ms). 0: commit at once; under load batches still grow, since records
+    /// arrive while the previous batch commits.
+    #[arg(long, env = "ESK_INDEXER_LINGER_MS", default_value_t = 0)]
     pub linger_ms: u64,
     /// Postgres connections.
     #[arg(long, env = "ESK_INDEXER_PG_CONNECTIONS", default_value_t = 6)]
@@ -40,7 +42,9 @@ pub struct IndexerConfig {
     #[arg(long, env = "ESK_PUBLISH_BATCH", default_value_t = 5000)]
     pub publish_batch: i64,
     /// How long the publisher waits after a partial round, to publish in larger batches (ms).
-    #[arg(long, env = "ESK_PUBLISH_LINGER_MS", default_value_t = 50)]
+    /// 0: publish as soon as the index loop commits (it wakes the publisher); under load rounds
+    /// still grow, since batches commit while the previous round is produced.
+    #[arg(long, env = "ESK_PUBLISH_LINGER_MS", default_value_t = 0)]
     pub publish_linger_ms: u64,
     /// Run the publisher (one instance is elected among those that do).
     #[arg(long, env = "ESK_PUBLISH", default_value_t = true, action = clap::ArgAction::Set)]

@@ -25,6 +25,9 @@ use crate::metrics::IndexerMetrics;
 pub(crate) struct Pending {
     pub(crate) partition: i32,
     pub(crate) offset: i64,
+    /// The record's Kafka timestamp (ms since the epoch): when ingest produced it, just before
+    /// it acknowledged the append.
+    pub(crate) produced_ms: Option<i64>,
     /// The record's value (its headers and key are not needed: the value carries everything).
     pub(crate) payload: Vec<u8>,
 }
@@ -112,6 +115,8 @@ impl BatchIndexer {
         let mut phantoms: Vec<&IngestLogEvent> = Vec::new();
         // The event of write.rows[i], for the publisher's tail.
         let mut row_events: Vec<&IngestLogEvent> = Vec::new();
+        // When the record of write.rows[i] was produced (just before ingest acknowledged it).
+        let mut row_produced_ms: Vec<Option<i64>> = Vec::new();
         let mut newest: HashMap<i32, chrono::DateTime<Utc>> = HashMap::new();
         for (pending, decoded) in batch.iter().zip(&decoded) {
             match decoded {
@@ -123,6 +128,7 @@ impl BatchIndexer {
                         }
                         newest.insert(pending.partition, event.created_at);
                         row_events.push(event);
+                        row_produced_ms.push(pending.produced_ms);
                         write.rows.push(EventRow {
                             global_position: 0,
                             event_id: event.event_id,
@@ -157,6 +163,7 @@ impl BatchIndexer {
         }
         let rows = write.rows.len() as u64;
         commit::commit(&self.pool, &self.topic, &mut write, &self.metrics, mode).await?;
+        let now = Utc::now();
         let indexed = Indexed {
             set_aside: write
                 .quarantined
@@ -187,6 +194,10 @@ impl BatchIndexer {
                 .collect();
             self.tail.extend(committed_events);
         }
+        if rows > 0 {
+            // The publisher publishes as soon as it is woken (and was not busy).
+            self.indexed.notify_one();
+        }
 
         self.metrics.batches.inc();
         let events: usize = decoded
@@ -212,15 +223,17 @@ impl BatchIndexer {
             }
             .emit();
         }
-        let now = Utc::now();
+        let now_ms = now.timestamp_millis();
+        for produced_ms in row_produced_ms.into_iter().flatten() {
+            self.metrics
+                .ack_to_indexed
+                .observe((now_ms - produced_ms).max(0) as f64 / 1000.0);
+        }
         for (partition, created_at) in newest {
             self.metrics
                 .lag_seconds
                 .with_label_values(&[&partition.to_string()])
                 .set((now - created_at).num_seconds().max(0));
-        }
-        if rows > 0 {
-            self.indexed.notify_one();
         }
         Ok(indexed)
     }

@@ -11,6 +11,7 @@ use esk_runtime::kafka::RebalanceLog;
 use esk_runtime::partition_cursor::{Admission, PartitionCursor, Spans};
 use esk_runtime::supervisor::Progress;
 use esk_runtime::telemetry::Health;
+use futures::FutureExt;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -79,12 +80,7 @@ impl Indexer {
     ) -> Result<Self, rdkafka::error::KafkaError> {
         let mut client =
             esk_runtime::kafka::consumer_config(&config.common.kafka(), &config.group_id);
-        client
-            .set("enable.auto.commit", "false")
-            // Fewer, fuller fetches: every request costs the broker (on Tansu each small fetch
-            // slowed ingest's produces); a batch waits at most fetch.wait.max.ms for more.
-            .set("fetch.min.bytes", "65536")
-            .set("fetch.wait.max.ms", "50");
+        client.set("enable.auto.commit", "false");
         let consumer: StreamConsumer<RebalanceLog> =
             client.create_with_context(RebalanceLog::default())?;
         let topic = &config.common.topics.ingest_log;
@@ -137,11 +133,14 @@ impl Indexer {
         tracing::info!("indexer stopped");
     }
 
-    /// Waits for one record, then gathers more until the batch is full or the linger passes.
+    /// Waits for one record, then takes what the client already holds without waiting, until
+    /// the batch is full: under load records pile up while the previous batch commits, so
+    /// batches grow by themselves; when quiet a record is indexed at once. A linger (0 by
+    /// default) waits that much longer for more once nothing is left to take.
     async fn collect(&mut self) -> Vec<Pending> {
         let mut batch = Vec::new();
         let (mut bytes, mut events) = (0usize, 0usize);
-        let deadline = tokio::time::Instant::now() + self.linger;
+        let mut deadline = None;
         loop {
             let next = if batch.is_empty() {
                 if self.halts.any() {
@@ -153,18 +152,25 @@ impl Indexer {
                 } else {
                     Some(self.consumer.recv().await)
                 }
+            } else if let Some(ready) = self.consumer.recv().now_or_never() {
+                Some(ready)
+            } else if self.linger.is_zero() {
+                None
             } else {
+                let deadline =
+                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.linger);
                 tokio::time::timeout_at(deadline, self.consumer.recv())
                     .await
                     .ok()
             };
             let Some(result) = next else { break };
-            // Only where the record is, its value and how many events it says it holds are
-            // kept; nothing else is copied.
+            // Only where the record is, when it was produced, its value and how many events
+            // it says it holds are kept; nothing else is copied.
             let result = result.map(|m| {
                 let pending = Pending {
                     partition: m.partition(),
                     offset: m.offset(),
+                    produced_ms: m.timestamp().to_millis(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 };
                 (pending, event_count(&m))

@@ -1,6 +1,6 @@
 //! The indexer's metrics.
 
-use esk_runtime::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
+use esk_runtime::telemetry::{MetricFactory, LATENCY_BUCKETS, SECONDS_BUCKETS, SIZE_BUCKETS};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 
 /// Counters, gauges and histograms of the indexer process.
@@ -11,6 +11,7 @@ pub(crate) struct IndexerMetrics {
     pub(crate) batch_events: Histogram,
     pub(crate) copy_seconds: Histogram,
     pub(crate) commit_seconds: Histogram,
+    pub(crate) ack_to_indexed: Histogram,
     pub(crate) phantoms: IntCounter,
     pub(crate) dead_letters: IntCounter,
     pub(crate) zombie_rollbacks: IntCounter,
@@ -66,6 +67,11 @@ impl IndexerMetrics {
                 "indexer_transaction_seconds",
                 "Duration of an indexing transaction",
                 SECONDS_BUCKETS,
+            ),
+            ack_to_indexed: m.histogram(
+                "indexer_ack_to_indexed_seconds",
+                "From ingest's produce of an event to ingest-log (just before it acknowledges the append) to the commit that indexed it",
+                LATENCY_BUCKETS,
             ),
             phantoms: m.counter(
                 "indexer_phantoms_dropped_total",

@@ -25,6 +25,10 @@ use crate::internal_events::StepFailed;
 use crate::metrics::IndexerMetrics;
 use esk_runtime::internal_event::InternalEvent;
 
+/// How often an idle publisher looks for rows committed by other indexer processes (its own
+/// index loop wakes it at once).
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
 /// Advisory lock key of the publisher election.
 const PUBLISHER_LOCK: i64 = 0x0065_736b_5f70_7562; // "esk_pub"
 
@@ -41,6 +45,16 @@ pub(crate) struct Publisher {
     pub(crate) tail: Arc<CommittedTail>,
     /// Tells the watchdog whether publishing moves.
     pub(crate) progress: Arc<Progress>,
+}
+
+/// What a publish round did.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// Events published.
+    published: usize,
+    /// Whether it published everything indexed when it began: the next round waits for the
+    /// index loop's wake-up (a commit after that read wakes it) instead of running at once.
+    caught_up: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,19 +132,20 @@ impl Publisher {
             // The lock lives as long as this connection; make sure it still does.
             self.progress.busy();
             sqlx::query("SELECT 1").execute(&mut **lock).await?;
-            let published = self.publish_round().await?;
+            let round = self.publish_round().await?;
             self.progress.progressed();
-            if published == 0 {
+            if round.caught_up {
                 self.progress.idle();
+                // Woken by the index loop's commit (a commit during the round left a permit,
+                // so none is missed); the timeout finds rows another indexer process committed.
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = self.indexed.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
-            }
-            if (published as i64) < self.batch {
-                // Let a few more batches accumulate: fewer, larger produce requests cost the
-                // broker far less (on Tansu, small publish rounds slowed ingest's produces 2x).
+            } else if (round.published as i64) < self.batch && !self.linger.is_zero() {
+                // An optional linger for fuller rounds; by default none: under load, rounds
+                // grow by themselves while the previous one is produced.
                 tokio::time::sleep(self.linger).await;
             }
         }
@@ -151,8 +166,8 @@ impl Publisher {
         Ok(events)
     }
 
-    /// Publishes the next rows; returns how many.
-    async fn publish_round(&self) -> Result<usize, PublishError> {
+    /// Publishes the next rows.
+    async fn publish_round(&self) -> Result<Round, PublishError> {
         let through: i64 = sqlx::query_scalar("SELECT global_position FROM published_through")
             .fetch_one(&self.pool)
             .await?;
@@ -167,7 +182,10 @@ impl Publisher {
             None => self.read_committed(through).await?,
         };
         let Some(last) = events.last().map(|e| e.global_position) else {
-            return Ok(0);
+            return Ok(Round {
+                published: 0,
+                caught_up: true,
+            });
         };
         let records = events
             .iter()
@@ -218,6 +236,9 @@ impl Publisher {
         tx.commit().await?;
         self.metrics.published.inc_by(events.len() as u64);
         self.metrics.publish_lag.set(last_indexed - last);
-        Ok(events.len())
+        Ok(Round {
+            published: events.len(),
+            caught_up: last >= last_indexed,
+        })
     }
 }

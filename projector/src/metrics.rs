@@ -1,6 +1,6 @@
 //! The projector's metrics, labelled by projection.
 
-use esk_runtime::telemetry::MetricFactory;
+use esk_runtime::telemetry::{MetricFactory, LATENCY_BUCKETS};
 use prometheus::{Histogram, IntCounterVec, IntGaugeVec, Registry};
 
 #[derive(Debug)]
@@ -83,9 +83,7 @@ impl ProjectorMetrics {
             event_lag: m.histogram(
                 "projector_event_lag_seconds",
                 "From acceptance at ingest to application by a live projection",
-                &[
-                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                ],
+                LATENCY_BUCKETS,
             ),
         }
     }

@@ -4,7 +4,8 @@
 use clap::{Args, ValueEnum};
 
 use crate::kafka::{
-    KafkaSettings, PropertiesFile, PropertiesFileParser, PropertyList, PropertyParser,
+    FetchTuning, KafkaSettings, PropertiesFile, PropertiesFileParser, PropertyList, PropertyParser,
+    DEFAULT_FETCH_MIN_BYTES, DEFAULT_FETCH_WAIT_MS,
 };
 
 /// Connection settings and topic names shared by all processes.
@@ -46,6 +47,19 @@ pub struct CommonConfig {
     )]
     pub kafka_properties_file: Option<PropertiesFile>,
 
+    /// Longest time the broker holds a consumer's fetch when it has fewer than
+    /// --kafka-fetch-min-bytes to return (ms; `fetch.wait.max.ms`). Records are passed on as
+    /// soon as a fetch returns them, so on a quiet topic this is the wait per hop (on Tansu 0.6
+    /// every fetch takes this long, and 0 makes idle consumers fetch in a busy loop).
+    #[arg(long, env = "ESK_KAFKA_FETCH_WAIT_MS", default_value_t = DEFAULT_FETCH_WAIT_MS)]
+    pub kafka_fetch_wait_ms: u32,
+
+    /// Bytes a consumer's fetch waits for before the broker answers it (`fetch.min.bytes`).
+    /// 1 answers as soon as there is a record; under load fetches fill up on their own while
+    /// the previous batch is being written.
+    #[arg(long, env = "ESK_KAFKA_FETCH_MIN_BYTES", default_value_t = DEFAULT_FETCH_MIN_BYTES)]
+    pub kafka_fetch_min_bytes: u32,
+
     #[command(flatten)]
     pub topics: Topics,
 
@@ -67,13 +81,18 @@ impl CommonConfig {
             .kafka_properties_file
             .iter()
             .flat_map(|file| file.properties.iter().cloned());
-        KafkaSettings::new(&self.kafka_brokers).with_properties(
-            from_file.chain(
-                self.kafka_properties
-                    .iter()
-                    .flat_map(|list| list.0.iter().cloned()),
-            ),
-        )
+        KafkaSettings::new(&self.kafka_brokers)
+            .with_fetch(FetchTuning {
+                wait_ms: self.kafka_fetch_wait_ms,
+                min_bytes: self.kafka_fetch_min_bytes,
+            })
+            .with_properties(
+                from_file.chain(
+                    self.kafka_properties
+                        .iter()
+                        .flat_map(|list| list.0.iter().cloned()),
+                ),
+            )
     }
 
     /// The stall limit as a duration.

@@ -26,7 +26,9 @@ pub use properties::{
     KafkaProperty, PropertiesFile, PropertiesFileParser, PropertyError, PropertyList,
     PropertyParser,
 };
-pub use settings::{ClientBuilder, KafkaSettings};
+pub use settings::{
+    ClientBuilder, FetchTuning, KafkaSettings, DEFAULT_FETCH_MIN_BYTES, DEFAULT_FETCH_WAIT_MS,
+};
 
 /// Failures of topic administration.
 #[derive(Debug, thiserror::Error)]
@@ -181,9 +183,12 @@ pub fn producer_config(settings: &KafkaSettings) -> ClientBuilder {
 }
 
 /// A consumer in `group` that commits only what the caller stores. `session.timeout.ms` is kept
-/// short: Tansu takes about 23 s to form a group at the default.
+/// short: Tansu takes about 23 s to form a group at the default. Fetches are answered as
+/// [`FetchTuning`] says: at once when there are records on Kafka, within a few milliseconds on
+/// Tansu, so no hop holds a record back waiting for fuller fetches.
 pub fn consumer_config(settings: &KafkaSettings, group: &str) -> ClientBuilder {
     let mut config = base_config(settings);
+    let fetch = settings.fetch();
     config
         .set("group.id", group)
         .set("enable.auto.commit", "true")
@@ -194,7 +199,9 @@ pub fn consumer_config(settings: &KafkaSettings, group: &str) -> ClientBuilder {
         .set("max.poll.interval.ms", "300000")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("queued.max.messages.kbytes", "65536")
-        .set("fetch.max.bytes", "16777216");
+        .set("fetch.max.bytes", "16777216")
+        .set("fetch.wait.max.ms", fetch.wait_ms.to_string())
+        .set("fetch.min.bytes", fetch.min_bytes.max(1).to_string());
     config
 }
 

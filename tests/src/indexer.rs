@@ -13,7 +13,6 @@ use crate::{eventually, kafka, TestContext};
 /// Starts `indexer` on the test's database and topics.
 pub async fn spawn(ctx: &TestContext, extra_env: &[(&str, &str)]) -> anyhow::Result<Process> {
     let mut env = ctx.env();
-    env.push(("ESK_INDEXER_LINGER_MS".into(), "10".into()));
     env.extend(
         extra_env
             .iter()

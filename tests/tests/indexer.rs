@@ -129,6 +129,14 @@ async fn phantoms_are_never_indexed_and_garbage_is_dead_lettered() -> anyhow::Re
         metrics.get("esk_indexer_dead_letters_total").copied(),
         Some(1.0)
     );
+    // Acknowledgement → indexed is observed once per indexed event: not for the phantoms, not
+    // for the dead letter.
+    assert_eq!(
+        metrics
+            .get("esk_indexer_ack_to_indexed_seconds_count")
+            .copied(),
+        Some(accepted as f64)
+    );
     check_table(&ctx).await?;
     check_canonical_topic(&ctx, accepted).await?;
     Ok(())

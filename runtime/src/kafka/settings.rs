@@ -8,11 +8,40 @@ use rdkafka::ClientConfig;
 
 use super::properties::KafkaProperty;
 
+/// How a consumer's fetch requests wait on the broker (`fetch.wait.max.ms`,
+/// `fetch.min.bytes`). A fetch is answered once it has `min_bytes` or after `wait_ms`; every
+/// esk consumer passes records on as soon as it has them, so these bound how long a record
+/// waits on the broker when the topic is quiet. On Tansu 0.6 a fetch always takes `wait_ms`
+/// (it sleeps out the wait even when it has records) and 0 answers at once, empty or not: a
+/// busy loop of fetches while idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchTuning {
+    /// Longest time the broker holds a fetch (ms).
+    pub wait_ms: u32,
+    /// Bytes a fetch waits for before it is answered.
+    pub min_bytes: u32,
+}
+
+impl Default for FetchTuning {
+    fn default() -> Self {
+        FetchTuning {
+            wait_ms: DEFAULT_FETCH_WAIT_MS,
+            min_bytes: DEFAULT_FETCH_MIN_BYTES,
+        }
+    }
+}
+
+/// Default `fetch.wait.max.ms` of esk's consumers (see [`FetchTuning`]).
+pub const DEFAULT_FETCH_WAIT_MS: u32 = 10;
+/// Default `fetch.min.bytes` of esk's consumers: answer as soon as there is a record.
+pub const DEFAULT_FETCH_MIN_BYTES: u32 = 1;
+
 /// The brokers and how to talk to them (TLS, SASL, any librdkafka property).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KafkaSettings {
     brokers: String,
     properties: Vec<KafkaProperty>,
+    fetch: FetchTuning,
 }
 
 impl KafkaSettings {
@@ -21,7 +50,19 @@ impl KafkaSettings {
         KafkaSettings {
             brokers: brokers.into(),
             properties: Vec::new(),
+            fetch: FetchTuning::default(),
         }
+    }
+
+    /// These settings with consumers fetching as `fetch` says.
+    pub fn with_fetch(mut self, fetch: FetchTuning) -> Self {
+        self.fetch = fetch;
+        self
+    }
+
+    /// How consumers fetch.
+    pub fn fetch(&self) -> FetchTuning {
+        self.fetch
     }
 
     /// These settings with `properties` added (a later property overrides an earlier one).

@@ -13,8 +13,9 @@
 //! `esk_projector_event_lag_seconds` histogram (from the events' `created_at`, stamped as ingest
 //! writes the attempt to `ingest-log`, just before the commit that acknowledges it, to the live
 //! projection's apply) between a scrape before the step and one after its events were all
-//! applied. The indexer has no histogram of acceptance → indexed (only the
-//! `esk_indexer_lag_seconds` gauge, whole seconds of its last event), so the curve has none.
+//! applied; acknowledgement → indexed is the indexer's `esk_indexer_ack_to_indexed_seconds`
+//! (from the `ingest-log` record's timestamp, ingest's produce just before it acknowledges, to
+//! the indexing commit) over the same scrapes.
 
 use std::time::Instant;
 
@@ -35,6 +36,8 @@ pub(crate) const PROBE_SECONDS: f64 = 10.0;
 const LATENCY_BUDGET_SECONDS: f64 = 0.5;
 /// The projector's histogram of acceptance at ingest → applied by a live projection.
 const PROJECTED_LAG: &str = "esk_projector_event_lag_seconds";
+/// The indexer's histogram of acknowledgement at ingest → indexed.
+const INDEXED_LAG: &str = "esk_indexer_ack_to_indexed_seconds";
 
 /// What one step measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +49,8 @@ pub(crate) struct CurvePoint {
     pub(crate) append_p99_ms: Option<f64>,
     pub(crate) projected_p50_ms: Option<f64>,
     pub(crate) projected_p99_ms: Option<f64>,
+    pub(crate) indexed_p50_ms: Option<f64>,
+    pub(crate) indexed_p99_ms: Option<f64>,
     /// Events the projector's histogram observed during the step.
     pub(crate) observations: i64,
     writers: u32,
@@ -55,15 +60,13 @@ pub(crate) struct CurvePoint {
 }
 
 impl CurvePoint {
-    /// A step's point from loadgen's line and the projector's scrapes around the step.
-    pub(crate) fn new(
-        step: &Step,
-        load: &Line,
-        projector_before: &Scrape,
-        projector_after: &Scrape,
-    ) -> Self {
-        let delta = bucket_delta(projector_before, projector_after, PROJECTED_LAG);
-        let ms = |q: f64| quantile(q, &delta).map(|s| round(1000.0 * s, 1));
+    /// A step's point from loadgen's line and the scrapes around the step (the projector's
+    /// and the indexer's, merged).
+    pub(crate) fn new(step: &Step, load: &Line, before: &Scrape, after: &Scrape) -> Self {
+        let delta = bucket_delta(before, after, PROJECTED_LAG);
+        let indexed = bucket_delta(before, after, INDEXED_LAG);
+        let ms_of = |q: f64, delta: &[(f64, f64)]| quantile(q, delta).map(|s| round(1000.0 * s, 1));
+        let ms = |q: f64| ms_of(q, &delta);
         // loadgen prints 0 ms when it measured no append: no latency, not a fast one.
         let append = |key: &str| {
             load.number(key)
@@ -76,6 +79,8 @@ impl CurvePoint {
             append_p99_ms: append("p99_ms"),
             projected_p50_ms: ms(0.5),
             projected_p99_ms: ms(0.99),
+            indexed_p50_ms: ms_of(0.5, &indexed),
+            indexed_p99_ms: ms_of(0.99, &indexed),
             observations: delta.last().map_or(0, |&(_, count)| count as i64),
             writers: step.writers,
             in_flight: step.in_flight,
@@ -94,6 +99,8 @@ impl CurvePoint {
             .set("ack_to_projected_p50_ms", self.projected_p50_ms)
             .set("ack_to_projected_p99_ms", self.projected_p99_ms)
             .set("projected_observations", self.observations)
+            .set("ack_to_indexed_p50_ms", self.indexed_p50_ms)
+            .set("ack_to_indexed_p99_ms", self.indexed_p99_ms)
             .set("writers", self.writers)
             .set("in_flight_per_writer", self.in_flight)
             .set("seconds", self.load.value("seconds"))
@@ -227,7 +234,7 @@ impl Bench {
     /// projected.
     async fn curve_step(&mut self, e2e: &mut E2e, step: &Step) -> anyhow::Result<CurvePoint> {
         e2e.drain().await?;
-        let before = e2e.projector()?.scrape().await;
+        let before = e2e.lag_scrape().await?;
         let seconds = self.settings.seconds.clone();
         say(&format!(
             "latency curve: {:.0}% of the maximum, {:.0} events/s ({:.1} appends/s, {} writers × {} in flight) for {seconds}s",
@@ -252,7 +259,7 @@ impl Bench {
         };
         say(&format!("loadgen: {load}"));
         e2e.drain().await?;
-        let after = e2e.projector()?.scrape().await;
+        let after = e2e.lag_scrape().await?;
         Ok(CurvePoint::new(step, &load, &before, &after))
     }
 
@@ -377,7 +384,7 @@ mod tests {
         assert_eq!(point.observations, 1000);
         assert_eq!(
             point.line().to_text(),
-            r#"{"bench": "latency-curve", "fraction": 0.5, "rate_events_per_s": 10000, "achieved_events_per_s": 9990, "append_p50_ms": 4.5, "append_p99_ms": 20.25, "ack_to_projected_p50_ms": 25.5, "ack_to_projected_p99_ms": 100.0, "projected_observations": 1000, "writers": 64, "in_flight_per_writer": 16, "seconds": 15.0, "conflicts": 0, "retries_503": 0, "errors": 0}"#
+            r#"{"bench": "latency-curve", "fraction": 0.5, "rate_events_per_s": 10000, "achieved_events_per_s": 9990, "append_p50_ms": 4.5, "append_p99_ms": 20.25, "ack_to_projected_p50_ms": 25.5, "ack_to_projected_p99_ms": 100.0, "projected_observations": 1000, "ack_to_indexed_p50_ms": null, "ack_to_indexed_p99_ms": null, "writers": 64, "in_flight_per_writer": 16, "seconds": 15.0, "conflicts": 0, "retries_503": 0, "errors": 0}"#
         );
         Ok(())
     }

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use super::cpu::Sample;
 use super::database::{self, poll_until, Poll};
 use super::line::Line;
+use super::prometheus::Scrape;
 use super::services::{run, Service};
 use super::{emit, env_of, report, say, Bench, ANCHOR_BATCH, DRAIN_TIMEOUT, STREAM_EVENTS};
 
@@ -50,6 +51,13 @@ impl E2e {
             indexer,
         )
         .await
+    }
+
+    /// The projector's and the indexer's `/metrics`, merged: the histograms of acknowledgement
+    /// → projected and → indexed.
+    pub(crate) async fn lag_scrape(&self) -> anyhow::Result<Scrape> {
+        let projector = self.projector()?.scrape().await;
+        Ok(projector.merged(self.indexer.scrape().await))
     }
 
     /// Polls until `target` events are projected by both projections (None without projector).
@@ -297,7 +305,7 @@ impl Bench {
             say(&format!("warm-up loadgen exited with {}", warmup.status));
         }
         e2e.drain().await?;
-        let projector_before = e2e.projector()?.scrape().await;
+        let before = e2e.lag_scrape().await?;
         let ingest_before = e2e.ingest.scrape().await;
         let seconds = self.settings.seconds.clone();
         say(&format!(
@@ -311,9 +319,9 @@ impl Bench {
         say(&format!("loadgen: {load}"));
         let ingest_after = e2e.ingest.scrape().await;
         e2e.drain().await?;
-        let projector_after = e2e.projector()?.scrape().await;
+        let after = e2e.lag_scrape().await?;
         let load = Line::parse(&load)?;
-        let line = report::lag(&load, rate_value, &projector_before, &projector_after);
+        let line = report::lag(&load, rate_value, &before, &after);
         emit(&line.to_text());
         let averages = report::ingest_averages(
             "projector-live-lag-ingest-metrics",

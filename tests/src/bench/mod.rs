@@ -61,9 +61,11 @@
 //!   `{"bench": "end-to-end", ...}` (with `projected_seconds`, `projected_events_per_s`),
 //!   `end-to-end-indexer-metrics`, `end-to-end-ingest-metrics`, `end-to-end-vs-copy`
 //! - `lag`:
-//!   - `{"bench": "projector-live-lag", "rate_events_per_s": .., "p50_s": .., "p99_s": ..}`
-//!     p50/p99 of `esk_projector_event_lag_seconds` (acceptance at ingest → applied by a live
-//!     projection) over a run of loadgen at a fixed rate
+//!   - `{"bench": "projector-live-lag", "rate_events_per_s": .., "p50_s": .., "p99_s": ..,
+//!     "ack_to_indexed_p50_s": .., "ack_to_indexed_p99_s": .., "append_p99_ms": ..}` p50/p99 of
+//!     `esk_projector_event_lag_seconds` (acceptance at ingest → applied by a live projection)
+//!     and of `esk_indexer_ack_to_indexed_seconds` (ingest's produce of the record, just before
+//!     the acknowledgement → indexed) over a run of loadgen at a fixed rate
 //!   - `{"bench": "projector-live-lag-ingest-metrics", ...}` ingest's averages over that run
 //! - `curve` (on the same services as `e2e`, after it and `lag`; about 5 × `ESK_BENCH_SECONDS`
 //!   plus a warm-up and the drains):
@@ -73,13 +75,14 @@
 //!     accepted events over the time until all of them were projected
 //!   - per step, at 10, 25, 50, 75 and 90% of it: `{"bench": "latency-curve", "fraction": 0.1,
 //!     "rate_events_per_s": .., "achieved_events_per_s": .., "append_p50_ms": ..,
-//!     "append_p99_ms": .., "ack_to_projected_p50_ms": .., "ack_to_projected_p99_ms": .., ...}`:
+//!     "append_p99_ms": .., "ack_to_projected_p50_ms": .., "ack_to_projected_p99_ms": ..,
+//!     "ack_to_indexed_p50_ms": .., "ack_to_indexed_p99_ms": .., ...}`:
 //!     open-loop load (loadgen `--rate` with `ESK_BENCH_LAG_WRITERS` writers and enough
 //!     appends in flight that answers taking up to 0.5 s do not slow the offered rate down, up
 //!     to as many in all as the closed-loop run had); append latency is loadgen's, acceptance →
 //!     projected is `esk_projector_event_lag_seconds` between scrapes before and after the step
-//!     (interpolated within its buckets: 5, 10, 25, 50, 100, 250 ms, ...). No acceptance →
-//!     indexed figure: the indexer has no histogram of it
+//!     (interpolated within its buckets: 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 250 ms, ...),
+//!     and acknowledgement → indexed from `esk_indexer_ack_to_indexed_seconds` likewise
 //!   - the curve as a PNG: `ESK_BENCH_CURVE_PNG` [`$ESK_STATE_DIR/latency-curve.png`]
 //! - `reads` (`reads.rs`): filtered reads over HTTP on a store of `ESK_BENCH_READS_EVENTS`
 //!   events written straight into `events` (89% `Common`, 10% `Uncommon`, 1% `Rare`; a quarter

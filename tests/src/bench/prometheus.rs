@@ -26,6 +26,13 @@ impl Scrape {
         )
     }
 
+    /// This scrape with `other`'s samples added (scrapes of two services, whose metric names
+    /// differ).
+    pub(crate) fn merged(mut self, other: Scrape) -> Self {
+        self.0.extend(other.0);
+        self
+    }
+
     /// The sum of the samples named `name` (all label sets).
     pub(crate) fn value_of(&self, name: &str) -> f64 {
         self.total(name, "")

@@ -143,21 +143,27 @@ pub(crate) fn end_to_end(
     line
 }
 
-/// The live lag line: p50/p99 of `esk_projector_event_lag_seconds` observed between two
-/// scrapes of the projector.
+/// The live lag line: p50/p99 of `esk_projector_event_lag_seconds` (acceptance → applied by a
+/// live projection, as `p50_s`/`p99_s`) and of `esk_indexer_ack_to_indexed_seconds` (ingest's
+/// produce, just before the acknowledgement → indexed, as `ack_to_indexed_p50_s`/`_p99_s`),
+/// observed between two scrapes of the projector and the indexer (merged).
 pub(crate) fn lag(load: &Line, rate_appends_per_s: f64, before: &Scrape, after: &Scrape) -> Line {
-    let delta = bucket_delta(before, after, "esk_projector_event_lag_seconds");
-    let observations = delta.last().map_or(0, |&(_, count)| count as i64);
-    let q = |q: f64| quantile(q, &delta).map(|v| round(v, 4));
+    let projected = bucket_delta(before, after, "esk_projector_event_lag_seconds");
+    let indexed = bucket_delta(before, after, "esk_indexer_ack_to_indexed_seconds");
+    let observations = |delta: &[(f64, f64)]| delta.last().map_or(0, |&(_, count)| count as i64);
+    let q = |q: f64, delta: &[(f64, f64)]| quantile(q, delta).map(|v| round(v, 4));
     let mut line = Line::bench("projector-live-lag");
     line.set("writers", load.value("writers"))
         .set("rate_appends_per_s", rate_appends_per_s)
         .set("achieved_appends_per_s", load.value("appends_per_s"))
         .set("rate_events_per_s", load.value("events_per_s"))
         .set("seconds", load.value("seconds"))
-        .set("observations", observations)
-        .set("p50_s", q(0.5))
-        .set("p99_s", q(0.99))
+        .set("observations", observations(&projected))
+        .set("p50_s", q(0.5, &projected))
+        .set("p99_s", q(0.99, &projected))
+        .set("indexed_observations", observations(&indexed))
+        .set("ack_to_indexed_p50_s", q(0.5, &indexed))
+        .set("ack_to_indexed_p99_s", q(0.99, &indexed))
         .set("append_p99_ms", load.value("p99_ms"))
         .set("errors", load.value("errors"));
     line
