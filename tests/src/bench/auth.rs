@@ -44,7 +44,7 @@ impl Bench {
                 }
             }
         }
-        emit(&report::auth_cost(&on, &off).to_text());
+        emit(&report::on_off_cost("auth-on-vs-off", &on, &off).to_text());
         Ok(())
     }
 

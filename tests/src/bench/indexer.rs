@@ -23,10 +23,57 @@ impl Bench {
     /// the indexer from its start until all are indexed. Prints the indexer and
     /// indexer-metrics lines; returns the first.
     pub(crate) async fn indexer(&mut self) -> anyhow::Result<(Line, Indexed)> {
+        self.indexer_run("indexer", "indexer", true).await
+    }
+
+    /// What the type index (migration 0010) costs the indexer: the indexer benchmark with the
+    /// index and without it (dropped after the migrations), alternating over two rounds so that
+    /// drift on the machine falls on both sides; prints each run and `type-index-on-vs-off`.
+    pub(crate) async fn type_index_cost(&mut self) -> anyhow::Result<()> {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..2 {
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
+            for with_index in order {
+                let (name, tag) = if with_index {
+                    ("indexer-type-index-on", format!("type-index-{round}-on"))
+                } else {
+                    ("indexer-type-index-off", format!("type-index-{round}-off"))
+                };
+                let (line, _) = self.indexer_run(name, &tag, with_index).await?;
+                let rate = line
+                    .number("steady_events_per_s")
+                    .or_else(|| line.number("events_per_s"))
+                    .context("the indexer run printed no rate")?;
+                if with_index {
+                    on.push(rate);
+                } else {
+                    off.push(rate);
+                }
+            }
+        }
+        emit(&report::on_off_cost("type-index-on-vs-off", &on, &off).to_text());
+        Ok(())
+    }
+
+    /// One indexer benchmark on fresh topics `<run id>-<tag>-*`, printed as `name` (and
+    /// `name-cpu`, `name-metrics`), with or without the type index.
+    async fn indexer_run(
+        &mut self,
+        name: &str,
+        tag: &str,
+        type_index: bool,
+    ) -> anyhow::Result<(Line, Indexed)> {
         let events = self.settings.indexer_events;
         let run_id = self.settings.run_id.clone();
-        let (url, topics, mut env) = self.fresh_store("esk_bench_indexer", "indexer").await?;
+        let (url, topics, mut env) = self.fresh_store("esk_bench_indexer", tag).await?;
         let pool = database::connect(&url).await?;
+        if !type_index {
+            database::execute(&pool, "DROP INDEX events_type_position").await?;
+        }
 
         say(&format!(
             "fill_ingest_log: {events} committed events (batch {ANCHOR_BATCH}, {STREAM_EVENTS} per stream) into {} (not timed)",
@@ -63,7 +110,7 @@ impl Bench {
         database::execute(&pool, "VACUUM ANALYZE append_ledger, event_claims, streams").await?;
 
         env.extend(env_of(&[
-            ("ESK_INDEXER_GROUP", &format!("{run_id}-indexer")),
+            ("ESK_INDEXER_GROUP", &format!("{run_id}-{tag}")),
             ("ESK_PUBLISH", "false"),
             ("RUST_LOG", "warn"),
         ]));
@@ -91,7 +138,7 @@ impl Bench {
             Some(&mut indexer.process),
         )
         .await?;
-        let cpu_line = cpu.report("indexer-cpu", target, poll.seconds);
+        let cpu_line = cpu.report(&format!("{name}-cpu"), target, poll.seconds);
         let metrics = indexer.scrape().await;
         if !indexer.check_alive() {
             self.failed = true;
@@ -105,11 +152,12 @@ impl Bench {
                 poll.describe()
             );
         }
-        let line = report::indexer(events, &poll);
+        let mut line = report::indexer(events, &poll);
+        line.set("bench", name);
         emit(&line.to_text());
         emit(&cpu_line.to_text());
         let steady = poll.seconds - poll.first.as_ref().map_or(0.0, |f| f.seconds);
-        emit(&report::indexer_metrics("indexer-metrics", &metrics, steady).to_text());
+        emit(&report::indexer_metrics(&format!("{name}-metrics"), &metrics, steady).to_text());
         let indexed = Indexed {
             database_url: url,
             events_topic: topics.events,

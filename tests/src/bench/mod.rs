@@ -91,11 +91,16 @@
 //!   "reads-all-types-uncommon-rare" | "reads-all-category-invoice", "events": N, "pages": ..,
 //!   "seconds": .., "events_per_s": .., "page_p50_ms": .., "page_p99_ms": ..}` and each filtered
 //!   read's `{"bench": "<name>-vs-all", "ratio_events_per_s": ..}` against the unfiltered one
+//! - `type-index` (`indexer.rs`): the indexer benchmark with the type index (migration 0010) and
+//!   without it, alternating over two rounds: `indexer-type-index-on|off` lines (and their
+//!   `-cpu`, `-metrics`), then `{"bench": "type-index-on-vs-off", "ratio_events_per_s": ..,
+//!   "cost_percent": .., "on_events_per_s": [..], "off_events_per_s": [..]}` over the steady
+//!   rates
 //!
 //! Environment (defaults in brackets):
 //! - `ESK_BENCH_SECONDS` measured seconds per benchmark [15]
 //! - `ESK_BENCH_WHICH` benchmarks to run, comma or space separated: ingest, indexer, projector,
-//!   auth, e2e, e2e-core, lag, curve, reads [all of them]
+//!   auth, e2e, e2e-core, lag, curve, reads, type-index [all of them]
 //! - `ESK_BENCH_INDEXER_EVENTS` events in ingest-log for the indexer benchmark [1000000]
 //! - `ESK_BENCH_READS_EVENTS` events in the store of the reads benchmark [500000]
 //! - `ESK_BENCH_E2E_WRITERS` loadgen writers of the end-to-end benchmark [16, like the anchor]
@@ -230,7 +235,7 @@ impl Bench {
             wants(Benchmark::Lag),
             wants(Benchmark::Curve),
         );
-        let reads = wants(Benchmark::Reads);
+        let (reads, type_index) = (wants(Benchmark::Reads), wants(Benchmark::TypeIndex));
         if ingest {
             // The anchors run on a quiet machine, before our ingest starts.
             let seed = self.anchor_seed().await?;
@@ -305,6 +310,9 @@ impl Bench {
         }
         if reads {
             self.reads().await?;
+        }
+        if type_index {
+            self.type_index_cost().await?;
         }
         say(&format!("done in {}s", self.started.elapsed().as_secs()));
         if self.failed {

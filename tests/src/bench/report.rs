@@ -183,12 +183,12 @@ pub(crate) fn ratio(name: &str, ours: &Line, anchor: &Line, fields: &[&str]) -> 
     line
 }
 
-/// `{"bench": "auth-on-vs-off", ...}`: the sum of the authenticated runs' rates over the sum of
-/// the unauthenticated ones', and what that costs in percent.
-pub(crate) fn auth_cost(on: &[f64], off: &[f64]) -> Line {
+/// `{"bench": name, ...}`: the sum of the rates of the runs with a feature on over the sum of
+/// those with it off, and what it costs in percent (authentication, the type index).
+pub(crate) fn on_off_cost(name: &str, on: &[f64], off: &[f64]) -> Line {
     let (on_sum, off_sum): (f64, f64) = (on.iter().sum(), off.iter().sum());
     let ratio = (off_sum > 0.0).then(|| on_sum / off_sum);
-    let mut line = Line::bench("auth-on-vs-off");
+    let mut line = Line::bench(name);
     line.set("ratio_events_per_s", ratio.map(|r| round(r, 3)))
         .set("cost_percent", ratio.map(|r| round((1.0 - r) * 100.0, 1)))
         .set(
@@ -262,14 +262,14 @@ mod tests {
     }
 
     #[test]
-    fn auth_cost_over_the_sums() {
-        let line = auth_cost(&[950.0, 1000.0], &[1000.0, 1000.0]);
+    fn on_off_cost_over_the_sums() {
+        let line = on_off_cost("auth-on-vs-off", &[950.0, 1000.0], &[1000.0, 1000.0]);
         assert_eq!(
             line.to_text(),
             r#"{"bench": "auth-on-vs-off", "ratio_events_per_s": 0.975, "cost_percent": 2.5, "on_events_per_s": [950.0, 1000.0], "off_events_per_s": [1000.0, 1000.0]}"#
         );
         assert_eq!(
-            auth_cost(&[1.0], &[]).value("ratio_events_per_s"),
+            on_off_cost("auth-on-vs-off", &[1.0], &[]).value("ratio_events_per_s"),
             Value::Null
         );
     }

@@ -18,11 +18,12 @@ pub(crate) enum Benchmark {
     Lag,
     Curve,
     Reads,
+    TypeIndex,
 }
 
 impl Benchmark {
     /// All of them, in the order they run.
-    const ALL: [Benchmark; 9] = [
+    const ALL: [Benchmark; 10] = [
         Benchmark::Ingest,
         Benchmark::Auth,
         Benchmark::Indexer,
@@ -32,6 +33,7 @@ impl Benchmark {
         Benchmark::Lag,
         Benchmark::Curve,
         Benchmark::Reads,
+        Benchmark::TypeIndex,
     ];
 
     fn name(self) -> &'static str {
@@ -45,6 +47,7 @@ impl Benchmark {
             Benchmark::Lag => "lag",
             Benchmark::Curve => "curve",
             Benchmark::Reads => "reads",
+            Benchmark::TypeIndex => "type-index",
         }
     }
 
