@@ -91,7 +91,7 @@
 //!   "reads-all-types-uncommon-rare" | "reads-all-category-invoice", "events": N, "pages": ..,
 //!   "seconds": .., "events_per_s": .., "page_p50_ms": .., "page_p99_ms": ..}` and each filtered
 //!   read's `{"bench": "<name>-vs-all", "ratio_events_per_s": ..}` against the unfiltered one
-//! - `type-index` (`indexer.rs`): the indexer benchmark with the type index (migration 0010) and
+//! - `type-index` (`indexer.rs`): the indexer benchmark with the opt-in type index and
 //!   without it, alternating over two rounds: `indexer-type-index-on|off` lines (and their
 //!   `-cpu`, `-metrics`), then `{"bench": "type-index-on-vs-off", "ratio_events_per_s": ..,
 //!   "cost_percent": .., "on_events_per_s": [..], "off_events_per_s": [..]}` over the steady
