@@ -283,10 +283,10 @@ async fn a_subscriber_that_stops_reading_is_disconnected_with_a_reason_and_memor
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = reader.rss_kib().ok_or_else(|| anyhow::anyhow!("no RSS"))?;
 
-    // 48 MiB of events while the subscriber reads nothing: far more than its buffer and the
+    // 96 MiB of events while the subscriber reads nothing: far more than its buffer and the
     // sockets' buffers hold.
     let payload = "x".repeat(256 * 1024);
-    const APPENDS: i64 = 48;
+    const APPENDS: i64 = 96;
     for _ in 0..APPENDS {
         let events = (0..4)
             .map(|_| json!({"id": uuid::Uuid::new_v4(), "type": "Big", "data": {"blob": payload}}))
@@ -324,9 +324,11 @@ async fn a_subscriber_that_stops_reading_is_disconnected_with_a_reason_and_memor
         ids.len()
     );
     let growth_mib = after.saturating_sub(before) / 1024;
+    // Allocator arenas and one catch-up page (4 MiB of rows) account for a steady 20-odd MiB;
+    // what matters is that it is far below what waited.
     assert!(
-        growth_mib < 24,
-        "the serving process grew {growth_mib} MiB while 48 MiB waited for a stopped reader"
+        growth_mib < 40,
+        "the serving process grew {growth_mib} MiB while 96 MiB waited for a stopped reader"
     );
     // Its slot is free again, and a resume continues after the last id it had.
     let resume_from = ids.last().copied().unwrap_or(0);
