@@ -28,6 +28,22 @@ pub mod header {
     pub const CAUSATION_ID: &str = "causation_id";
     /// Number of events in an `ingest-log` record of format 2 (decimal text).
     pub const EVENT_COUNT: &str = "event_count";
+    /// The multi-stream append a record belongs to (UUID text): on every `ingest-log` record
+    /// of a multi-stream append's attempt, and on every `events` record of one. Absent for
+    /// single-stream appends.
+    pub const GROUP_APPEND_ID: &str = "group_append_id";
+    /// How many `ingest-log` records (over every partition) the attempt of a multi-stream
+    /// append produced (decimal text). The group is keyed by (`group_append_id`,
+    /// `attempt_id`): the indexer commits it only once it holds all of them.
+    pub const GROUP_RECORDS: &str = "group_records";
+    /// The first global position of a multi-stream append's events (decimal text), on
+    /// `events` only. Its events have the contiguous positions first..=last.
+    pub const GROUP_FIRST_POSITION: &str = "group_first_position";
+    /// The last global position of a multi-stream append's events (decimal text), on
+    /// `events` only.
+    pub const GROUP_LAST_POSITION: &str = "group_last_position";
+    /// How many events a multi-stream append wrote (decimal text), on `events` only.
+    pub const GROUP_EVENTS: &str = "group_events";
 }
 
 /// Current version of the append request and result formats.
