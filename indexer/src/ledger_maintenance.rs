@@ -5,43 +5,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
-use crate::internal_events::StepFailed;
 use crate::metrics::IndexerMetrics;
-use esk_runtime::internal_event::InternalEvent;
 
-/// Periodic ledger upkeep.
+/// Ledger upkeep; [`crate::chore::Chore`] runs its round periodically.
 pub(crate) struct LedgerMaintenance {
     pub(crate) pool: PgPool,
     pub(crate) window: Duration,
     pub(crate) alert_after: Duration,
-    pub(crate) every: Duration,
     pub(crate) metrics: Arc<IndexerMetrics>,
 }
 
 impl LedgerMaintenance {
-    pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let mut tick = tokio::time::interval(self.every.max(Duration::from_millis(100)));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            if let Err(error) = self.round().await {
-                StepFailed {
-                    metrics: &self.metrics,
-                    stage: "ledger_maintenance",
-                    error: &error,
-                    partition: None,
-                    message: "ledger maintenance failed",
-                }
-                .emit();
-            }
-        }
-    }
-
-    async fn round(&self) -> Result<(), sqlx::Error> {
+    /// Prunes what may go and counts accepted appends left unindexed too long.
+    pub(crate) async fn round(&self) -> Result<(), sqlx::Error> {
         // Only appends whose last event is in the table (or that were rejected) may go: the
         // ledger is what tells the indexer an ingest-log record is committed. A stream's events
         // are indexed in version order (one partition), so an event at or after the append's

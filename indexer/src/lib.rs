@@ -3,6 +3,7 @@
 //! binary parses [`IndexerConfig`] and calls [`run`]; `esk indexer quarantine` calls
 //! [`request_quarantine`].
 
+mod chore;
 mod classify;
 mod commit;
 mod committed_tail;
@@ -86,22 +87,50 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
         };
         supervisor.spawn("publisher", publisher.run(shutdown.clone()));
     }
-    let maintenance = ledger_maintenance::LedgerMaintenance {
+    let chore = |stage: &'static str, failed: &'static str, every_secs: u64| chore::Chore {
+        stage,
+        failed,
+        every: Duration::from_secs(every_secs),
+        metrics: metrics.clone(),
+        progress: watchdog.register(stage.replace('_', " ")),
+    };
+    let maintenance = Arc::new(ledger_maintenance::LedgerMaintenance {
         pool: pool.clone(),
         window: Duration::from_secs(config.idempotency_window_secs),
         alert_after: Duration::from_secs(config.unindexed_alert_secs),
-        every: Duration::from_secs(config.ledger_maintenance_secs),
         metrics: metrics.clone(),
-    };
-    supervisor.spawn("ledger maintenance", maintenance.run(shutdown.clone()));
+    });
+    supervisor.spawn(
+        "ledger maintenance",
+        chore(
+            "ledger_maintenance",
+            "ledger maintenance failed",
+            config.ledger_maintenance_secs,
+        )
+        .run(shutdown.clone(), move |_| {
+            let maintenance = maintenance.clone();
+            async move { maintenance.round().await }
+        }),
+    );
     if config.scavenge_interval_secs > 0 {
-        let scavenger = scavenger::Scavenger {
+        let scavenger = Arc::new(scavenger::Scavenger {
             pool: pool.clone(),
-            every: Duration::from_secs(config.scavenge_interval_secs),
             batch: config.scavenge_batch.max(1),
             metrics: metrics.clone(),
-        };
-        supervisor.spawn("scavenger", scavenger.run(shutdown.clone()));
+        });
+        let stop = shutdown.clone();
+        supervisor.spawn(
+            "scavenger",
+            chore(
+                "scavenge",
+                "scavenging failed",
+                config.scavenge_interval_secs,
+            )
+            .run(shutdown.clone(), move |progress| {
+                let (scavenger, stop) = (scavenger.clone(), stop.clone());
+                async move { scavenger.round(&stop, &progress).await }
+            }),
+        );
     }
     let lag = lag::LagMonitor {
         pool: pool.clone(),

@@ -75,3 +75,47 @@ async fn a_stalled_index_loop_turns_health_unhealthy_until_it_moves() -> anyhow:
     indexer::wait_indexed(&ctx, 1, Duration::from_secs(30)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_scavenger_that_keeps_failing_turns_health_unhealthy_until_it_works() -> anyhow::Result<()>
+{
+    let ctx = TestContext::new("live_scavenge").await?;
+    // The indexer's scavenging function is gone: every round fails.
+    sqlx::query("ALTER FUNCTION scavenge_events(INT) RENAME TO scavenge_events_gone")
+        .execute(&ctx.pool)
+        .await?;
+    let indexer_process = indexer::spawn(
+        &ctx,
+        &[
+            ("ESK_STALL_AFTER_SECS", "2"),
+            ("ESK_SCAVENGE_INTERVAL_SECS", "1"),
+        ],
+    )
+    .await?;
+    let health_url = format!("{}/health", indexer_process.admin);
+    let unhealthy = eventually(Duration::from_secs(30), || async {
+        let response = reqwest::get(&health_url).await.ok()?;
+        let status = response.status().as_u16();
+        let body = response.text().await.ok()?;
+        (status == 503
+            && body.contains("scavenge has had work")
+            && body.contains("scavenge_events"))
+        .then_some(body)
+    })
+    .await;
+    assert!(
+        unhealthy.is_some(),
+        "/health names the failing scavenger and its error"
+    );
+
+    sqlx::query("ALTER FUNCTION scavenge_events_gone(INT) RENAME TO scavenge_events")
+        .execute(&ctx.pool)
+        .await?;
+    let healthy = eventually(Duration::from_secs(30), || async {
+        let response = reqwest::get(&health_url).await.ok()?;
+        (response.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    assert!(healthy.is_some(), "healthy again once a round succeeds");
+    Ok(())
+}
