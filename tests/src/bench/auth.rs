@@ -6,8 +6,7 @@
 use anyhow::Context;
 
 use super::line::Line;
-use super::services::run;
-use super::{emit, report, say, Bench, ANCHOR_BATCH, ANCHOR_CLIENTS};
+use super::{emit, report, say, Bench};
 
 /// Runs of each side.
 const ROUNDS: usize = 3;
@@ -53,36 +52,14 @@ impl Bench {
     /// ingest with authentication `auth`.
     async fn ingest_run(&mut self, round: usize, auth: bool) -> anyhow::Result<Line> {
         let side = if auth { "on" } else { "off" };
-        let tag = format!("auth-{round}-{side}");
-        let mut ingest = self
-            .start_ingest("esk_bench_auth", &tag, auth, "bench-auth.log")
-            .await?;
-        let in_flight = self.settings.ingest_in_flight;
-        say(&format!(
-            "auth {side} (round {}/{ROUNDS}): loadgen {}s, {ANCHOR_CLIENTS} writers, {in_flight} in flight each",
-            round + 1,
-            self.settings.seconds
-        ));
-        let args = [
-            "--url".to_owned(),
-            ingest.url().to_owned(),
-            "--seconds".into(),
-            self.settings.seconds.clone(),
-            "--writers".into(),
-            ANCHOR_CLIENTS.to_string(),
-            "--batch".into(),
-            ANCHOR_BATCH.to_string(),
-            "--in-flight".into(),
-            in_flight.to_string(),
-        ];
-        let output = run(&self.settings.binary("loadgen"), &args, &self.loadgen_env()).await?;
-        if !output.status.success() {
-            self.fail(&format!("loadgen exited with {}", output.status));
-        }
-        if !ingest.check_alive() {
-            self.failed = true;
-        }
-        ingest.stop().await?;
-        Line::parse(&output.last_line.context("loadgen printed no result")?)
+        say(&format!("auth {side} (round {}/{ROUNDS})", round + 1));
+        self.loadgen_on_fresh_ingest(
+            "esk_bench_auth",
+            &format!("auth-{round}-{side}"),
+            auth,
+            "bench-auth.log",
+            &[],
+        )
+        .await
     }
 }

@@ -96,4 +96,46 @@ impl Bench {
         };
         Ok((Line::parse(&plain)?, pipelined))
     }
+
+    /// One loadgen run ([`ANCHOR_CLIENTS`] writers, `ESK_BENCH_INGEST_IN_FLIGHT` appends in
+    /// flight each, [`ANCHOR_BATCH`] events per stream per append, plus `extra` arguments)
+    /// against a fresh ingest on `database` and topics tagged `tag`, checking tokens or not;
+    /// returns loadgen's line.
+    pub(crate) async fn loadgen_on_fresh_ingest(
+        &mut self,
+        database: &str,
+        tag: &str,
+        auth: bool,
+        log: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Line> {
+        let mut ingest = self.start_ingest(database, tag, auth, log).await?;
+        let in_flight = self.settings.ingest_in_flight;
+        say(&format!(
+            "loadgen {}s, {ANCHOR_CLIENTS} writers, {in_flight} in flight each {extra:?}",
+            self.settings.seconds
+        ));
+        let mut args = vec![
+            "--url".to_owned(),
+            ingest.url().to_owned(),
+            "--seconds".into(),
+            self.settings.seconds.clone(),
+            "--writers".into(),
+            ANCHOR_CLIENTS.to_string(),
+            "--batch".into(),
+            ANCHOR_BATCH.to_string(),
+            "--in-flight".into(),
+            in_flight.to_string(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let output = run(&self.settings.binary("loadgen"), &args, &self.loadgen_env()).await?;
+        if !output.status.success() {
+            self.fail(&format!("loadgen exited with {}", output.status));
+        }
+        if !ingest.check_alive() {
+            self.failed = true;
+        }
+        ingest.stop().await?;
+        Line::parse(&output.last_line.context("loadgen printed no result")?)
+    }
 }

@@ -96,11 +96,14 @@
 //!   `-cpu`, `-metrics`), then `{"bench": "type-index-on-vs-off", "ratio_events_per_s": ..,
 //!   "cost_percent": .., "on_events_per_s": [..], "off_events_per_s": [..]}` over the steady
 //!   rates
+//! - multi: atomic multi-stream appends (2 streams x 5 events, `POST /appends`) against single
+//!   appends of 5 events, ingest alone, alternating over two rounds: `ingest-multi-2x5` and
+//!   `ingest-single-5` lines, then `{"bench": "multi-vs-single", "ratio_events_per_s": ..}`
 //!
 //! Environment (defaults in brackets):
 //! - `ESK_BENCH_SECONDS` measured seconds per benchmark [15]
 //! - `ESK_BENCH_WHICH` benchmarks to run, comma or space separated: ingest, indexer, projector,
-//!   auth, e2e, e2e-core, lag, curve, reads, type-index [all of them]
+//!   auth, e2e, e2e-core, lag, curve, reads, type-index, multi [all of them]
 //! - `ESK_BENCH_INDEXER_EVENTS` events in ingest-log for the indexer benchmark [1000000]
 //! - `ESK_BENCH_READS_EVENTS` events in the store of the reads benchmark [500000]
 //! - `ESK_BENCH_E2E_WRITERS` loadgen writers of the end-to-end benchmark [16, like the anchor]
@@ -135,6 +138,7 @@ mod e2e;
 mod indexer;
 mod ingest;
 mod line;
+mod multi;
 mod peers;
 mod plot;
 mod prometheus;
@@ -235,7 +239,11 @@ impl Bench {
             wants(Benchmark::Lag),
             wants(Benchmark::Curve),
         );
-        let (reads, type_index) = (wants(Benchmark::Reads), wants(Benchmark::TypeIndex));
+        let (reads, type_index, multi) = (
+            wants(Benchmark::Reads),
+            wants(Benchmark::TypeIndex),
+            wants(Benchmark::Multi),
+        );
         if ingest {
             // The anchors run on a quiet machine, before our ingest starts.
             let seed = self.anchor_seed().await?;
@@ -313,6 +321,9 @@ impl Bench {
         }
         if type_index {
             self.type_index_cost().await?;
+        }
+        if multi {
+            self.multi_vs_single().await?;
         }
         say(&format!("done in {}s", self.started.elapsed().as_secs()));
         if self.failed {

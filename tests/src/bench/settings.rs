@@ -19,11 +19,12 @@ pub(crate) enum Benchmark {
     Curve,
     Reads,
     TypeIndex,
+    Multi,
 }
 
 impl Benchmark {
     /// All of them, in the order they run.
-    const ALL: [Benchmark; 10] = [
+    const ALL: [Benchmark; 11] = [
         Benchmark::Ingest,
         Benchmark::Auth,
         Benchmark::Indexer,
@@ -34,6 +35,7 @@ impl Benchmark {
         Benchmark::Curve,
         Benchmark::Reads,
         Benchmark::TypeIndex,
+        Benchmark::Multi,
     ];
 
     fn name(self) -> &'static str {
@@ -48,6 +50,7 @@ impl Benchmark {
             Benchmark::Curve => "curve",
             Benchmark::Reads => "reads",
             Benchmark::TypeIndex => "type-index",
+            Benchmark::Multi => "multi",
         }
     }
 

@@ -21,6 +21,10 @@
 //! append per writer is sent at once to make up for it. Without it each writer sends as fast as it
 //! gets answers. A 503 retry re-sends the same append and takes no token.
 //!
+//! `--streams-per-append K` (K > 1) makes every append an atomic multi-stream append
+//! (`POST /appends`) of `--batch` events to each of K streams the writer owns, with an exact
+//! expected version for each; a 409 moves the writer to K fresh streams.
+//!
 //! The first `--warmup-seconds` run the workload but are not measured. Throughput and latency
 //! (first send of an append to its final response, retries included) cover the appends sent after
 //! the warm-up; conflicts, retries and errors are counted over the whole run. The result is one
@@ -85,6 +89,10 @@ struct Args {
     /// time, like the anchor's writers).
     #[arg(long, default_value_t = 1)]
     in_flight: usize,
+    /// Streams per append: above 1, each append is one atomic multi-stream append
+    /// (`POST /appends`) of `--batch` events to each stream.
+    #[arg(long, default_value_t = 1)]
+    streams_per_append: usize,
 }
 
 /// The token bucket shared by all writers, for `--rate`, kept as the time at which the next
@@ -156,8 +164,8 @@ struct WriterStats {
 /// How one append ended.
 #[derive(Debug)]
 enum Outcome {
-    /// 201, with the stream's new last version.
-    Appended { last_version: i64 },
+    /// 201, with each stream's new last version (in request order).
+    Appended { last_versions: Vec<i64> },
     /// 409.
     Conflict,
     /// Anything else (after retrying 503s).
@@ -169,6 +177,7 @@ enum Outcome {
 struct Report {
     bench: &'static str,
     writers: usize,
+    streams_per_append: usize,
     in_flight_per_writer: usize,
     batch: usize,
     seconds: f64,
@@ -185,6 +194,10 @@ fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     anyhow::ensure!(args.writers > 0, "--writers must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(
+        args.streams_per_append > 0,
+        "--streams-per-append must be at least 1"
+    );
     anyhow::ensure!(args.stream_events > 0, "--stream-events must be at least 1");
     if let Some(rate) = args.rate {
         anyhow::ensure!(
@@ -218,7 +231,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(token) = &args.token {
         builder = builder.token(token);
     }
-    let client = builder.build().context("building the HTTP client")?;
+    let client = Sender {
+        client: builder.build().context("building the HTTP client")?,
+        multi: multi_client(&args)?,
+        token: args.token.clone(),
+    };
     let run_id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let payload = Arc::new(event_payloads(args.batch));
 
@@ -239,11 +256,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let payload = Arc::clone(&payload);
         let prefix = format!("Order-{run_id}-{writer}-{lane}");
         let stream_events = args.stream_events;
+        let streams = args.streams_per_append;
         let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
             run_writer(
                 &client,
                 &prefix,
+                streams,
                 &payload,
                 stream_events,
                 schedule,
@@ -267,8 +286,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     latencies.sort_by(f64::total_cmp);
     let appends = latencies.len() as f64;
     let report = Report {
-        bench: "ingest-http",
+        bench: if args.streams_per_append > 1 {
+            "ingest-http-multi"
+        } else {
+            "ingest-http"
+        },
         writers: args.writers,
+        streams_per_append: args.streams_per_append,
         in_flight_per_writer: lanes,
         batch: args.batch,
         seconds: round2(elapsed),
@@ -302,10 +326,11 @@ fn event_payloads(batch: usize) -> Vec<String> {
         .collect()
 }
 
-/// One writer: appends to its own streams until the schedule ends.
+/// One writer: appends to its own streams (`streams` at a time) until the schedule ends.
 async fn run_writer(
-    client: &Client,
+    client: &Sender,
     prefix: &str,
+    streams: usize,
     payload: &[String],
     stream_events: usize,
     schedule: Schedule,
@@ -313,8 +338,8 @@ async fn run_writer(
 ) -> WriterStats {
     let mut stats = WriterStats::default();
     let mut stream = 0_u64;
-    // The stream's last version; `None` until its first append succeeded.
-    let mut version: Option<i64> = None;
+    // Each stream's last version; `None` until its first append succeeded.
+    let mut versions: Vec<Option<i64>> = vec![None; streams];
     let mut stream_len = 0_usize;
     let mut reported = 0_u64;
     loop {
@@ -328,20 +353,30 @@ async fn run_writer(
             break;
         }
         if stream_len >= stream_events {
-            (stream, version, stream_len) = (stream + 1, None, 0);
+            (stream, stream_len) = (stream + 1, 0);
+            versions.fill(None);
         }
-        let stream_id = format!("{prefix}-{stream}");
-        let body = append_body(version, payload);
-        let (outcome, retries) = send_append(client, &stream_id, &body, schedule.end).await;
+        let stream_ids: Vec<String> = if streams == 1 {
+            vec![format!("{prefix}-{stream}")]
+        } else {
+            (0..streams)
+                .map(|k| format!("{prefix}-{stream}-s{k}"))
+                .collect()
+        };
+        let (outcome, retries) = client
+            .send(&stream_ids, &versions, payload, schedule.end)
+            .await;
         let latency = sent.elapsed();
         stats.retries_503 += retries;
         match outcome {
-            Outcome::Appended { last_version } => {
-                version = Some(last_version);
+            Outcome::Appended { last_versions } => {
+                for (version, last) in versions.iter_mut().zip(last_versions) {
+                    *version = Some(last);
+                }
                 stream_len += payload.len();
                 if sent >= schedule.measure_from {
                     stats.latencies_ms.push(latency.as_secs_f64() * 1000.0);
-                    stats.events += payload.len() as u64;
+                    stats.events += (payload.len() * streams) as u64;
                 }
             }
             Outcome::Conflict => {
@@ -352,19 +387,155 @@ async fn run_writer(
                 stats.errors += 1;
                 if reported < ERRORS_REPORTED_PER_WRITER {
                     reported += 1;
-                    eprintln!(
-                        "loadgen: POST {}/streams/{stream_id}/events: {message}",
-                        client.base_url()
-                    );
+                    eprintln!("loadgen: append to {stream_ids:?}: {message}");
                 }
-                // The stream's version is unknown now: move on to a fresh one, after a pause so a
-                // dead server is not hammered in a tight loop.
+                // The streams' versions are unknown now: move on to fresh ones, after a pause so
+                // a dead server is not hammered in a tight loop.
                 stream_len = stream_events;
                 tokio::time::sleep(RETRY_SLEEP).await;
             }
         }
     }
     stats
+}
+
+/// Sends appends: single-stream ones through the client crate, multi-stream ones as
+/// `POST /appends`.
+#[derive(Clone)]
+struct Sender {
+    client: Client,
+    /// For multi-stream appends (`--streams-per-append` > 1).
+    multi: Option<reqwest::Client>,
+    token: Option<String>,
+}
+
+/// The HTTP client for multi-stream appends, when they are asked for.
+fn multi_client(args: &Args) -> anyhow::Result<Option<reqwest::Client>> {
+    if args.streams_per_append <= 1 {
+        return Ok(None);
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.writers * args.in_flight.max(1))
+        .tcp_nodelay(true)
+        .timeout(REQUEST_TIMEOUT)
+        .connect_timeout(REQUEST_TIMEOUT)
+        .build()
+        .context("building the HTTP client")?;
+    Ok(Some(client))
+}
+
+impl Sender {
+    /// Sends one append of `payload` to each of `stream_ids` (one stream: a plain append),
+    /// re-sending the same body while the answer is 503. Returns the outcome and the number of
+    /// retries.
+    async fn send(
+        &self,
+        stream_ids: &[String],
+        versions: &[Option<i64>],
+        payload: &[String],
+        end: Instant,
+    ) -> (Outcome, u64) {
+        match (&self.multi, stream_ids) {
+            (Some(http), _) if stream_ids.len() > 1 => {
+                let body = multi_body(stream_ids, versions, payload);
+                self.send_multi(http, &body, end).await
+            }
+            _ => {
+                let stream_id = stream_ids.first().map(String::as_str).unwrap_or_default();
+                let body = append_body(versions.first().copied().flatten(), payload);
+                send_append(&self.client, stream_id, &body, end).await
+            }
+        }
+    }
+
+    async fn send_multi(&self, http: &reqwest::Client, body: &str, end: Instant) -> (Outcome, u64) {
+        let url = format!("{}/appends", self.client.base_url());
+        let mut retries = 0;
+        loop {
+            let mut request = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.to_owned());
+            if let Some(token) = &self.token {
+                request = request.bearer_auth(token);
+            }
+            let response = match request.send().await {
+                Ok(response) => response,
+                Err(error) => {
+                    return (Outcome::Failed(format!("request failed: {error}")), retries)
+                }
+            };
+            let status = response.status().as_u16();
+            match status {
+                201 => {
+                    let parsed = response.json::<MultiAppended>().await;
+                    return match parsed {
+                        Ok(appended) => (
+                            Outcome::Appended {
+                                last_versions: appended
+                                    .results
+                                    .iter()
+                                    .map(|r| r.last_version)
+                                    .collect(),
+                            },
+                            retries,
+                        ),
+                        Err(error) => (
+                            Outcome::Failed(format!(
+                                "201 with a body that does not parse: {error}"
+                            )),
+                            retries,
+                        ),
+                    };
+                }
+                409 => return (Outcome::Conflict, retries),
+                503 if Instant::now() < end + RETRY_GRACE => {
+                    retries += 1;
+                    tokio::time::sleep(RETRY_SLEEP).await;
+                }
+                _ => {
+                    let text = response.text().await.unwrap_or_default();
+                    return (Outcome::Failed(format!("{status}: {text}")), retries);
+                }
+            }
+        }
+    }
+}
+
+/// The answer to an accepted multi-stream append, as far as the writer needs it.
+#[derive(Debug, serde::Deserialize)]
+struct MultiAppended {
+    results: Vec<MultiResult>,
+}
+
+/// One stream's versions in a multi-stream answer.
+#[derive(Debug, serde::Deserialize)]
+struct MultiResult {
+    last_version: i64,
+}
+
+/// The JSON body of one multi-stream append: `payload` (fresh event ids) to each stream.
+fn multi_body(stream_ids: &[String], versions: &[Option<i64>], payload: &[String]) -> String {
+    let appends: Vec<serde_json::Value> = stream_ids
+        .iter()
+        .zip(versions)
+        .map(|(stream_id, version)| {
+            let expected = match version {
+                None => json!("no_stream"),
+                Some(v) => json!(v),
+            };
+            let events: Vec<serde_json::Value> = payload
+                .iter()
+                .map(|data| {
+                    let data: serde_json::Value =
+                        serde_json::from_str(data).unwrap_or(serde_json::Value::Null);
+                    json!({"id": Uuid::new_v4(), "type": "ItemAdded", "data": data})
+                })
+                .collect();
+            json!({"stream_id": stream_id, "expected_version": expected, "events": events})
+        })
+        .collect();
+    json!({ "appends": appends }).to_string()
 }
 
 /// The JSON body of one append (fresh event ids), written once so retries send identical
@@ -405,8 +576,8 @@ async fn send_append(
     loop {
         let error = match client.append_encoded(stream_id, body).await {
             Ok(appended) => {
-                let last_version = appended.last_version.get();
-                return (Outcome::Appended { last_version }, retries);
+                let last_versions = vec![appended.last_version.get()];
+                return (Outcome::Appended { last_versions }, retries);
             }
             Err(error) => error,
         };
