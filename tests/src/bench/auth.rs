@@ -15,14 +15,9 @@ impl Bench {
     /// Prints one line per run (`ingest-auth-on`, `ingest-auth-off`) and then
     /// `{"bench": "auth-on-vs-off", "ratio_events_per_s": on/off, ...}` over the sums.
     pub(crate) async fn auth_cost(&mut self) -> anyhow::Result<()> {
-        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let mut rates = report::OnOff::default();
         for round in 0..ROUNDS {
-            let order = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for auth in order {
+            for auth in report::OnOff::sides(round) {
                 let line = self.ingest_run(round, auth).await?;
                 let name = if auth {
                     "ingest-auth-on"
@@ -36,14 +31,10 @@ impl Bench {
                 let rate = line
                     .number("events_per_s")
                     .context("loadgen printed no events_per_s")?;
-                if auth {
-                    on.push(rate);
-                } else {
-                    off.push(rate);
-                }
+                rates.add(auth, rate);
             }
         }
-        emit(&report::on_off_cost("auth-on-vs-off", &on, &off).to_text());
+        emit(&rates.cost("auth-on-vs-off").to_text());
         Ok(())
     }
 

@@ -34,14 +34,9 @@ impl Bench {
     /// benchmark with the index (created after the migrations) and without it, alternating over two rounds so that
     /// drift on the machine falls on both sides; prints each run and `type-index-on-vs-off`.
     pub(crate) async fn type_index_cost(&mut self) -> anyhow::Result<()> {
-        let (mut on, mut off) = (Vec::new(), Vec::new());
+        let mut rates = report::OnOff::default();
         for round in 0..2 {
-            let order = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for with_index in order {
+            for with_index in report::OnOff::sides(round) {
                 let (name, tag) = if with_index {
                     ("indexer-type-index-on", format!("type-index-{round}-on"))
                 } else {
@@ -52,14 +47,10 @@ impl Bench {
                     .number("steady_events_per_s")
                     .or_else(|| line.number("events_per_s"))
                     .context("the indexer run printed no rate")?;
-                if with_index {
-                    on.push(rate);
-                } else {
-                    off.push(rate);
-                }
+                rates.add(with_index, rate);
             }
         }
-        emit(&report::on_off_cost("type-index-on-vs-off", &on, &off).to_text());
+        emit(&rates.cost("type-index-on-vs-off").to_text());
         Ok(())
     }
 

@@ -17,15 +17,10 @@ impl Bench {
     /// Prints one line per run (`ingest-multi-2x5`, `ingest-single-5`), then
     /// `{"bench": "multi-vs-single", "ratio_events_per_s": multi/single, ...}` over the sums.
     pub(crate) async fn multi_vs_single(&mut self) -> anyhow::Result<()> {
-        let (mut multi, mut single) = (Vec::new(), Vec::new());
+        let mut rates = report::OnOff::default();
         let streams = STREAMS.to_string();
         for round in 0..ROUNDS {
-            let order = if round % 2 == 0 {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for is_multi in order {
+            for is_multi in report::OnOff::sides(round) {
                 let (name, extra) = if is_multi {
                     (
                         format!("ingest-multi-{STREAMS}x{ANCHOR_BATCH}"),
@@ -49,14 +44,10 @@ impl Bench {
                 let rate = line
                     .number("events_per_s")
                     .context("loadgen printed no events_per_s")?;
-                if is_multi {
-                    multi.push(rate);
-                } else {
-                    single.push(rate);
-                }
+                rates.add(is_multi, rate);
             }
         }
-        emit(&report::on_off_cost("multi-vs-single", &multi, &single).to_text());
+        emit(&rates.cost("multi-vs-single").to_text());
         Ok(())
     }
 }

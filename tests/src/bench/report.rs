@@ -183,6 +183,40 @@ pub(crate) fn ratio(name: &str, ours: &Line, anchor: &Line, fields: &[&str]) -> 
     line
 }
 
+/// The rates of an on/off comparison (authentication, the type index, multi-stream appends),
+/// one per run, taken over rounds that alternate which side runs first ([`OnOff::sides`]) so
+/// drift on the machine falls on both sides.
+#[derive(Debug, Default)]
+pub(crate) struct OnOff {
+    on: Vec<f64>,
+    off: Vec<f64>,
+}
+
+impl OnOff {
+    /// The sides of `round`, in the order they run: on first in even rounds, off first in odd.
+    pub(crate) fn sides(round: usize) -> [bool; 2] {
+        if round.is_multiple_of(2) {
+            [true, false]
+        } else {
+            [false, true]
+        }
+    }
+
+    /// Notes the rate of one run of side `on`.
+    pub(crate) fn add(&mut self, on: bool, rate: f64) {
+        if on {
+            self.on.push(rate);
+        } else {
+            self.off.push(rate);
+        }
+    }
+
+    /// The comparison's line ([`on_off_cost`]).
+    pub(crate) fn cost(&self, name: &str) -> Line {
+        on_off_cost(name, &self.on, &self.off)
+    }
+}
+
 /// `{"bench": name, ...}`: the sum of the rates of the runs with a feature on over the sum of
 /// those with it off, and what it costs in percent (authentication, the type index).
 pub(crate) fn on_off_cost(name: &str, on: &[f64], off: &[f64]) -> Line {
