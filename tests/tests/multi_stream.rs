@@ -23,9 +23,8 @@ use uuid::Uuid;
 const HTTP_ONLY: &[(&str, &str)] = &[("ESK_INGEST_KAFKA_APPENDS", "false")];
 /// Streams the writers share (so multi-stream appends overlap and contend).
 const STREAMS: usize = 8;
-/// Writers of multi-stream appends, and appends each.
+/// Writers of multi-stream appends.
 const MULTI_WRITERS: usize = 4;
-const APPENDS_EACH: usize = 30;
 
 /// Tells the background readers and writers to stop.
 #[derive(Debug, Clone, Default)]
@@ -40,6 +39,25 @@ impl Stop {
     }
     fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Ingest's base URL, which changes when the test restarts it.
+#[derive(Debug, Clone)]
+struct Endpoint(Arc<Mutex<String>>);
+
+impl Endpoint {
+    fn new(base: &str) -> Self {
+        Endpoint(Arc::new(Mutex::new(base.to_owned())))
+    }
+    fn url(&self, path: &str) -> String {
+        let base = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        format!("{base}{path}")
+    }
+    fn set(&self, base: &str) {
+        if let Ok(mut current) = self.0.lock() {
+            *current = base.to_owned();
+        }
     }
 }
 
@@ -76,16 +94,16 @@ fn stream(n: usize) -> String {
 }
 
 /// Sends `body` to `path` until it gets a definite answer (201 or 409), re-sending the same body
-/// (same append id: idempotent) while the answer is 503 or the connection fails. `None`: no
-/// definite answer in time (the append's fate is then unknown to the writer).
+/// (same append id: idempotent) while the answer is 503 or the connection fails (ingest killed
+/// and restarted meanwhile). `None`: no definite answer in time.
 async fn send_until_definite(
     http: &reqwest::Client,
-    url: &str,
+    endpoint: &Endpoint,
+    path: &str,
     body: &Value,
 ) -> Option<(u16, Value)> {
-    for _ in 0..100 {
-        // A failed connection (ingest busy, restarting) is retried like a 503.
-        if let Ok(response) = http.post(url).json(body).send().await {
+    for _ in 0..300 {
+        if let Ok(response) = http.post(endpoint.url(path)).json(body).send().await {
             let status = response.status().as_u16();
             let value = response.json::<Value>().await.unwrap_or(Value::Null);
             if status == 201 || status == 409 {
@@ -102,12 +120,14 @@ async fn send_until_definite(
 /// selection and order), 1 or 2 events per stream, expected version `any`.
 async fn multi_writer(
     http: reqwest::Client,
-    base: String,
+    endpoint: Endpoint,
     writer: usize,
     acknowledged: Arc<Mutex<Vec<Acknowledged>>>,
+    stop: Stop,
 ) {
-    let url = format!("{base}/appends");
-    for i in 0..APPENDS_EACH {
+    let mut i = 0;
+    while !stop.is_cancelled() {
+        i += 1;
         let width = 2 + (i + writer) % 2;
         let streams: Vec<String> = (0..width)
             .map(|k| stream((writer * 3 + i * 5 + k * 3) % STREAMS))
@@ -128,7 +148,8 @@ async fn multi_writer(
             })
             .collect();
         let body = json!({"append_id": append_id, "appends": appends});
-        let Some((status, answer)) = send_until_definite(&http, &url, &body).await else {
+        let Some((status, answer)) = send_until_definite(&http, &endpoint, "/appends", &body).await
+        else {
             continue;
         };
         assert_eq!(status, 201, "an `any` append is accepted: {answer}");
@@ -151,13 +172,13 @@ async fn multi_writer(
 }
 
 /// Single appends to the same streams, so groups interleave with ordinary events.
-async fn single_writer(http: reqwest::Client, base: String, stop: Stop) {
+async fn single_writer(http: reqwest::Client, endpoint: Endpoint, stop: Stop) {
     let mut i = 0;
     while !stop.is_cancelled() {
-        let url = format!("{base}/streams/{}/events", stream(i % STREAMS));
+        let path = format!("/streams/{}/events", stream(i % STREAMS));
         let body = json!({"append_id": Uuid::new_v4(), "expected_version": "any",
             "events": [ingest::event("Noted")]});
-        let _ = send_until_definite(&http, &url, &body).await;
+        let _ = send_until_definite(&http, &endpoint, &path, &body).await;
         i += 1;
     }
 }
@@ -187,12 +208,12 @@ async fn poller(ctx_pool: sqlx::PgPool, stop: Stop) -> Vec<(i64, Vec<i64>)> {
 
 /// Pages `$all` over HTTP with pages of 1, 2 and 3 events in turn, following `next`, and
 /// records each page's positions.
-async fn pager(http: reqwest::Client, base: String, stop: Stop) -> Vec<Vec<i64>> {
+async fn pager(http: reqwest::Client, endpoint: Endpoint, stop: Stop) -> Vec<Vec<i64>> {
     let mut pages = Vec::new();
     let mut from = 1_i64;
     let mut limit = 1;
     while !stop.is_cancelled() {
-        let url = format!("{base}/streams/$all/events?from={from}&limit={limit}");
+        let url = endpoint.url(&format!("/streams/$all/events?from={from}&limit={limit}"));
         let page: Option<Value> = match http.get(&url).send().await {
             Ok(response) if response.status().is_success() => response.json().await.ok(),
             _ => None,
@@ -239,36 +260,46 @@ async fn restart_indexer(ctx: &TestContext, process: &mut Process) -> anyhow::Re
 }
 
 #[tokio::test]
-async fn multi_stream_appends_are_never_partly_visible_while_indexers_are_killed(
+async fn multi_stream_appends_are_never_partly_visible_while_processes_are_killed(
 ) -> anyhow::Result<()> {
     let ctx = TestContext::new("multi_e2e").await?;
-    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let mut ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
     let mut first = indexer::spawn(&ctx, &[]).await?;
     let mut second = indexer::spawn(&ctx, &[]).await?;
     let http = ctx.http()?;
-    let base = ingest_process.http.clone();
+    let endpoint = Endpoint::new(&ingest_process.http);
 
     let stop = Stop::new();
     let polling = tokio::spawn(poller(ctx.pool.clone(), stop.clone()));
-    let paging = tokio::spawn(pager(http.clone(), base.clone(), stop.clone()));
-    let singles = tokio::spawn(single_writer(http.clone(), base.clone(), stop.clone()));
+    let paging = tokio::spawn(pager(http.clone(), endpoint.clone(), stop.clone()));
+    let singles = tokio::spawn(single_writer(http.clone(), endpoint.clone(), stop.clone()));
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let stop_writers = Stop::new();
     let writers: Vec<_> = (0..MULTI_WRITERS)
         .map(|w| {
             tokio::spawn(multi_writer(
                 http.clone(),
-                base.clone(),
+                endpoint.clone(),
                 w,
                 acknowledged.clone(),
+                stop_writers.clone(),
             ))
         })
         .collect();
 
-    // Kill each indexer once mid-load (one of them is the leader), each restarted at once.
+    // Kill each indexer once mid-load (one of them is the leader), each restarted at once;
+    // then ingest, with multi-stream appends between produce and commit (their parts on
+    // ingest-log become phantoms; the writers retry with the same append id).
     tokio::time::sleep(Duration::from_secs(2)).await;
     first = restart_indexer(&ctx, &mut first).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     second = restart_indexer(&ctx, &mut second).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ingest_process.kill9()?;
+    ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    endpoint.set(&ingest_process.http);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop_writers.cancel();
 
     for writer in writers {
         writer.await?;
@@ -278,8 +309,8 @@ async fn multi_stream_appends_are_never_partly_visible_while_indexers_are_killed
         .map(|list| list.clone())
         .unwrap_or_default();
     assert!(
-        acknowledged.len() >= MULTI_WRITERS * APPENDS_EACH / 2,
-        "most multi-stream appends were acknowledged: {}",
+        acknowledged.len() >= 20,
+        "multi-stream appends were acknowledged: {}",
         acknowledged.len()
     );
     // Let the readers see the tail, then stop them.
