@@ -165,13 +165,18 @@ pub fn is_too_large(error: &KafkaError) -> bool {
 /// largest HTTP body on `appends`. Producers are configured for the same size.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024 + 64 * 1024;
 
-/// An idempotent, `acks=all` producer tuned for throughput.
+/// An idempotent, `acks=all` producer. No linger: a record goes out at once when the producer
+/// is idle, and batches form by themselves while requests are in flight (up to 5 per
+/// connection), so a quiet store pays no wait and a busy one still sends full batches. Measured
+/// here, one attempt's records to two partitions: acknowledged in 0.7 ms at p50 without a linger
+/// against 2.1 ms with `linger.ms=1` (docs/design.md, "Latency"). The Kafka properties setting
+/// can set one.
 pub fn producer_config(settings: &KafkaSettings) -> ClientBuilder {
     let mut config = base_config(settings);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "1")
+        .set("linger.ms", "0")
         .set("socket.nagle.disable", "true")
         .set("batch.num.messages", "10000")
         .set("batch.size", "1048576")
