@@ -286,7 +286,7 @@ pub(crate) async fn load_group(
 /// Writes the end of step 4 for a multi-stream append in one statement: the new versions of
 /// its streams (rows this attempt holds locked) and its outcome in its ledger row, `parts`
 /// holding the per-stream results (accepted) or the streams at fault (rejected; `[]` when the
-/// rejection names none).
+/// rejection names none), `first_version`/`last_version` those of the first stream.
 pub(crate) async fn record_group(
     conn: &mut PgConnection,
     append_id: Uuid,
@@ -306,6 +306,15 @@ pub(crate) async fn record_group(
             serde_json::to_string(&rejected.streams).map_err(encode)?,
         ),
     };
+    // The first stream's versions in the row's own columns: ledger pruning and the
+    // unindexed-append alert look for the row's stream at its last version, and M's parts are
+    // indexed together, so the first stream's last event stands for all of M.
+    let (first, last) = match outcome {
+        GroupOutcome::Accepted(results) => results.first().map_or((None, None), |r| {
+            (Some(r.first_version.get()), Some(r.last_version.get()))
+        }),
+        GroupOutcome::Rejected(_) => (None, None),
+    };
     let (streams, versions): (Vec<&str>, Vec<i64>) = stream_versions
         .iter()
         .map(|(stream, version)| (*stream, version.get()))
@@ -316,7 +325,8 @@ pub(crate) async fn record_group(
              FROM unnest($4::text[], $5::int8[]) AS v(stream_id, version)
              WHERE s.stream_id = v.stream_id
          )
-         UPDATE append_ledger SET status = $2, reject_code = $3, parts = $6::jsonb
+         UPDATE append_ledger SET status = $2, reject_code = $3, parts = $6::jsonb,
+                first_version = $7, last_version = $8
          WHERE append_id = $1",
     )
     .bind(append_id)
@@ -325,6 +335,8 @@ pub(crate) async fn record_group(
     .bind(&streams)
     .bind(&versions)
     .bind(parts)
+    .bind(first)
+    .bind(last)
     .execute(conn)
     .await?;
     Ok(())

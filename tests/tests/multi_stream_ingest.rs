@@ -145,6 +145,15 @@ async fn a_multi_stream_append_writes_every_stream_once_and_its_records_name_the
         ("accepted", None, "Order-1", 6)
     );
     assert_eq!(parts, Some(reply.body["results"].clone()));
+    // The first stream's versions in the row's own columns, for ledger pruning and the
+    // unindexed-append alert.
+    let columns: (Option<i64>, Option<i64>) = sqlx::query_as(
+        "SELECT first_version, last_version FROM append_ledger WHERE append_id = $1",
+    )
+    .bind(append_id)
+    .fetch_one(&ctx.pool)
+    .await?;
+    assert_eq!(columns, (Some(2), Some(3)));
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM append_ledger")
         .fetch_one(&ctx.pool)
         .await?;
@@ -459,5 +468,63 @@ async fn kafka_multi_stream_requests_get_every_streams_result_or_the_conflicts(
     assert_eq!(twice_result["error"]["code"], "duplicate_stream");
     assert_eq!(ingest::stream_version(&ctx, "Kafm-3").await?, None);
     assert_eq!(ingest::stream_version(&ctx, "Kafm-4").await?, None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_typed_client_appends_to_several_streams_and_reads_the_conflicts() -> anyhow::Result<()>
+{
+    use esk_model::api::{EventData, MultiAppendRequest, StreamAppend};
+    use esk_model::event::{ExpectedVersion, StreamVersion};
+
+    let ctx = TestContext::new("multi_client").await?;
+    let ingest_process = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let client = Client::new(&ingest_process);
+    let api = client.api()?;
+    let event = || -> anyhow::Result<EventData> {
+        Ok(EventData {
+            id: Uuid::new_v4(),
+            event_type: "Happened".into(),
+            data: serde_json::value::RawValue::from_string("{}".into())?,
+            metadata: None,
+        })
+    };
+    let request = |expected: ExpectedVersion| -> anyhow::Result<MultiAppendRequest> {
+        Ok(MultiAppendRequest {
+            append_id: None,
+            appends: vec![
+                StreamAppend {
+                    stream_id: "Typed-1".into(),
+                    expected_version: expected,
+                    events: vec![event()?, event()?],
+                },
+                StreamAppend {
+                    stream_id: "Typed-2".into(),
+                    expected_version: ExpectedVersion::Any,
+                    events: vec![event()?],
+                },
+            ],
+        })
+    };
+    let first = request(ExpectedVersion::NoStream)?;
+    let accepted = api.append_multi(&first).await?;
+    assert_eq!(accepted.results.len(), 2);
+    assert_eq!(accepted.results[0].last_version, 1.into());
+    assert_eq!(accepted.results[1].first_version, 0.into());
+    assert_eq!(api.append_multi(&first).await?, accepted, "a retry");
+
+    let refused = api
+        .append_multi(&request(ExpectedVersion::NoStream)?)
+        .await
+        .expect_err("Typed-1 exists");
+    assert!(refused.is_conflict(), "{refused}");
+    let streams = refused
+        .error_body()
+        .and_then(|b| b.streams.clone())
+        .unwrap_or_default();
+    assert_eq!(streams.len(), 1);
+    assert_eq!(streams[0].stream_id, "Typed-1");
+    assert_eq!(streams[0].actual_version, StreamVersion::At(1.into()));
+    assert_eq!(ingest::stream_version(&ctx, "Typed-2").await?, Some(0));
     Ok(())
 }
