@@ -159,7 +159,7 @@ pub(crate) async fn run(client: &Client, out: &Output, args: AppendArgs) -> anyh
 }
 
 /// When the outcome is unknown or the store was unavailable, says how to retry safely.
-fn retry_hint(error: anyhow::Error, append_id: Uuid, ids: &[Uuid]) -> anyhow::Error {
+pub(crate) fn retry_hint(error: anyhow::Error, append_id: Uuid, ids: &[Uuid]) -> anyhow::Error {
     if classify(&error) != Some(Exit::Unavailable) {
         return error;
     }
@@ -195,18 +195,22 @@ fn event_from_flags(args: &AppendArgs) -> anyhow::Result<Box<RawValue>> {
     Ok(serde_json::value::to_raw_value(&event)?)
 }
 
-fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Box<RawValue>>> {
-    let (name, text) = if file.as_os_str() == "-" {
+/// The text of FILE (`-`: stdin), with the name to quote in messages.
+pub(crate) fn read_input(file: &PathBuf) -> anyhow::Result<(String, String)> {
+    if file.as_os_str() == "-" {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
             .map_err(|e| Failure::usage(format!("cannot read stdin: {e}")))?;
-        ("stdin".to_owned(), text)
-    } else {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
-        (file.display().to_string(), text)
-    };
+        return Ok(("stdin".to_owned(), text));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
+    Ok((file.display().to_string(), text))
+}
+
+fn events_from_file(file: &PathBuf) -> anyhow::Result<Vec<Box<RawValue>>> {
+    let (name, text) = read_input(file)?;
     let not_json = |e: serde_json::Error| Failure::usage(format!("{name} is not valid JSON: {e}"));
     let value: Box<RawValue> = serde_json::from_str(&text).map_err(not_json)?;
     let events: Vec<Box<RawValue>> = match kind(&value) {

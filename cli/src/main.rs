@@ -2,6 +2,7 @@
 //! and for people working with events (append, read, tail, snapshots, projections).
 
 mod append;
+mod append_multi;
 mod doctor;
 mod events;
 mod exit;
@@ -82,6 +83,8 @@ enum Command {
     Migrate,
     /// Append one event (or several from a file) to a stream.
     Append(append::AppendArgs),
+    /// Append to several streams at once, all or nothing, from a JSON file.
+    AppendMulti(append_multi::AppendMultiArgs),
     /// Read a stream, `$all` or a category.
     Read(read::ReadArgs),
     /// Print events as they arrive, until Ctrl-C.
@@ -141,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             setup::migrate(&cli.common).await
         }
         Command::Append(args) => append::run(&cli.global.client()?, &out, args).await,
+        Command::AppendMulti(args) => append_multi::run(&cli.global.client()?, &out, args).await,
         Command::Read(args) => read::run(&cli.global.client()?, &out, args).await,
         Command::Tail(args) => tail::run(&cli.global.client()?, &out, args).await,
         Command::Snapshot(args) => snapshot::run(&cli.global.client()?, &out, args).await,

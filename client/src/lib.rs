@@ -55,8 +55,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use esk_model::api::WaitResponse;
 use esk_model::api::{AppendRequest, AppendResponse, Direction, PositionedPage, StreamPage};
+use esk_model::api::{MultiAppendRequest, MultiAppendResponse, WaitResponse};
 use esk_model::api::{PutSnapshotRequest, PutSnapshotResponse, Snapshot};
 use esk_model::event::ExpectedVersion;
 use esk_model::lifecycle::{
@@ -361,6 +361,25 @@ impl Client {
             .post(self.stream_url(stream_id))
             .header(CONTENT_TYPE, "application/json")
             .body(body.0.clone())
+            .timeout(self.timeout);
+        self.send(request).await
+    }
+
+    /// Appends to several streams at once, all or nothing (`POST /appends`): each part has its
+    /// own expected version, and if one fails nothing is written (`ClientError` with code
+    /// `wrong_expected_version` and the error's `streams`). Sending the same request again
+    /// after a transport error or a 503 is safe: without an `append_id` the server derives one
+    /// from every part's stream and event ids.
+    pub async fn append_multi(
+        &self,
+        request: &MultiAppendRequest,
+    ) -> Result<MultiAppendResponse, ClientError> {
+        let body = serde_json::to_vec(request).map_err(ClientError::Encode)?;
+        let request = self
+            .http
+            .post(format!("{}/appends", self.base))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
             .timeout(self.timeout);
         self.send(request).await
     }

@@ -21,10 +21,10 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{Auth, AuthError};
+use crate::auth::{Auth, AuthError, Principal};
 use crate::metrics::IngestMetrics;
-use crate::outcome::{AppendOutcome, Rejection};
-use crate::pipeline::{AppendCommand, Pipeline};
+use crate::outcome::{AppendOutcome, Rejection, Unavailable};
+use crate::pipeline::{AppendCommand, BytesHeld, Pipeline};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -35,6 +35,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: Arc<IngestMetrics>,
     pub(crate) max_body_bytes: usize,
     pub(crate) body_timeout: std::time::Duration,
+    /// Most streams in one multi-stream append.
+    pub(crate) max_append_streams: usize,
 }
 
 /// The append route and the OpenAPI document's route, documented, behind load shedding (the
@@ -43,6 +45,7 @@ pub(crate) fn routes(max_concurrency: usize) -> OpenApiRouter<AppState> {
     shed_load(
         OpenApiRouter::new()
             .routes(routes!(append))
+            .routes(routes!(crate::group_api::append_multi))
             .routes(routes!(openapi_document)),
         max_concurrency,
     )
@@ -72,7 +75,8 @@ pub(crate) fn with_json_fallbacks(router: Router) -> Router {
 #[derive(Debug)]
 pub(crate) struct ApiError {
     status: StatusCode,
-    body: ErrorBody,
+    /// Boxed: a multi-stream conflict lists streams, and every handler returns this type.
+    body: Box<ErrorBody>,
     retry_after: Option<u32>,
     /// Close the connection after answering (the rest of the request is not read).
     close: bool,
@@ -86,11 +90,12 @@ impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         ApiError {
             status,
-            body: ErrorBody {
+            body: Box::new(ErrorBody {
                 code: code.into(),
                 message: message.into(),
                 actual_version: None,
-            },
+                streams: None,
+            }),
             retry_after: None,
             close: false,
             challenge: false,
@@ -137,8 +142,61 @@ impl ApiError {
         self
     }
 
+    /// The answer to an append the store rejected (`body`: its error object).
+    pub(crate) fn rejected(rejection: &Rejection, body: ErrorBody) -> Self {
+        let status = match rejection {
+            Rejection::WrongExpectedVersion { .. }
+            | Rejection::DuplicateEventId
+            | Rejection::AppendIdReused
+            | Rejection::AppendExpired => StatusCode::CONFLICT,
+            Rejection::StreamDeleted => StatusCode::GONE,
+            Rejection::StreamNotFound => StatusCode::NOT_FOUND,
+            Rejection::RefusedByBroker {
+                too_large: true, ..
+            } => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::RefusedByBroker { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let mut error = ApiError::new(status, "", "");
+        error.body = Box::new(body);
+        error
+    }
+
+    /// 503: the store could not decide now; retry with the same append id.
+    pub(crate) fn unavailable(unavailable: &Unavailable) -> Self {
+        let mut error = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", "");
+        error.body = Box::new(unavailable.to_error_body());
+        error.retry_after = Some(1);
+        error.detail = Some(unavailable.message.clone());
+        error
+    }
+
+    /// 503: the pipeline's queue is full; nothing was written.
+    pub(crate) fn queue_full(state: &AppState) -> Self {
+        state
+            .metrics
+            .unavailable
+            .with_label_values(&["overloaded"])
+            .inc();
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "ingest is at capacity; nothing was written: retry with the same append id",
+        )
+        .retry_after(1)
+    }
+
+    /// 503: ingest stopped before answering.
+    pub(crate) fn shutting_down() -> Self {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "ingest is shutting down; retry with the same append id",
+        )
+    }
+
+    /// The answer to an append refused before it reached the store.
     pub(crate) fn invalid(error: &InvalidAppend) -> Self {
-        let status = match error {
+        let status = match error.innermost() {
             InvalidAppend::MalformedJson(_) => StatusCode::BAD_REQUEST,
             InvalidAppend::EventTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -171,7 +229,7 @@ impl IntoResponse for ApiError {
             }
             self.body.message = format!("{} (error id {error_id})", self.body.message);
         }
-        let mut response = (self.status, Json(ErrorEnvelope { error: self.body })).into_response();
+        let mut response = (self.status, Json(ErrorEnvelope { error: *self.body })).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -226,23 +284,68 @@ async fn append(
 ) -> Result<Response, ApiError> {
     let Path(stream_id) = path
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_stream_id", e.body_text()))?;
+    let Admitted {
+        trace, body, _held, ..
+    } = admit(&state, &headers, body, Some(&stream_id)).await?;
+    let append = parse_append_body(&stream_id, &body, &state.limits, trace).map_err(|e| {
+        state.metrics.invalid(e.code());
+        ApiError::invalid(&e)
+    })?;
+    let append_id = append.append_id;
+    let (first_version, last_version) = submit(&state, append).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AppendResponse {
+            stream_id,
+            first_version,
+            last_version,
+            append_id,
+        }),
+    )
+        .into_response())
+}
+
+/// An append request let in: its caller, its trace defaults, its body, and the room it holds
+/// in the in-flight byte budget until the answer.
+pub(crate) struct Admitted<'h> {
+    pub(crate) principal: Principal,
+    pub(crate) trace: TraceDefaults<'h>,
+    pub(crate) body: Vec<u8>,
+    pub(crate) _held: BytesHeld,
+}
+
+/// Lets an append request in, or refuses it: an unknown caller, or one without the append
+/// scope on `stream` (when the stream is known before the body), a body that is not JSON,
+/// bad trace headers, no room in the byte budget, a body too large or too slow.
+pub(crate) async fn admit<'h>(
+    state: &AppState,
+    headers: &'h HeaderMap,
+    body: Body,
+    stream: Option<&str>,
+) -> Result<Admitted<'h>, ApiError> {
     // Cheap refusals first: a body that will be refused is not parsed or buffered, only
     // drained (see `refuse_unread`). The caller first: nothing else is told to a stranger.
-    let allowed = match state.auth.authenticate(authorization(&headers)).await {
-        Ok(principal) => principal.require(Need::Append(&stream_id)),
+    let allowed = match state.auth.authenticate(authorization(headers)).await {
+        Ok(principal) => match stream {
+            Some(stream) => principal.require(Need::Append(stream)).map(|()| principal),
+            None => Ok(principal),
+        },
         Err(e) => Err(e),
     };
-    if let Err(e) = allowed {
-        state.metrics.invalid(e.code());
-        return Err(refuse_unread(
-            state.max_body_bytes,
-            state.body_timeout,
-            body,
-            ApiError::auth(&e),
-        )
-        .await);
-    }
-    if !is_json(&headers) {
+    let principal = match allowed {
+        Ok(principal) => principal,
+        Err(e) => {
+            state.metrics.invalid(e.code());
+            return Err(refuse_unread(
+                state.max_body_bytes,
+                state.body_timeout,
+                body,
+                ApiError::auth(&e),
+            )
+            .await);
+        }
+    };
+    if !is_json(headers) {
         state.metrics.invalid("unsupported_media_type");
         let error = ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -251,7 +354,7 @@ async fn append(
         );
         return Err(refuse_unread(state.max_body_bytes, state.body_timeout, body, error).await);
     }
-    let trace = match trace_defaults(&headers) {
+    let trace = match trace_defaults(headers) {
         Ok(trace) => trace,
         Err(e) => {
             state.metrics.invalid(e.code());
@@ -267,7 +370,7 @@ async fn append(
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(state.max_body_bytes)
         .min(state.max_body_bytes);
-    let Some(_held) = state.pipeline.try_hold_bytes(declared) else {
+    let Some(held) = state.pipeline.try_hold_bytes(declared) else {
         state
             .metrics
             .unavailable
@@ -287,22 +390,12 @@ async fn append(
                 state.metrics.invalid("request_timeout");
             }
         })?;
-    let append = parse_append_body(&stream_id, &body, &state.limits, trace).map_err(|e| {
-        state.metrics.invalid(e.code());
-        ApiError::invalid(&e)
-    })?;
-    let append_id = append.append_id;
-    let (first_version, last_version) = submit(&state, append).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(AppendResponse {
-            stream_id,
-            first_version,
-            last_version,
-            append_id,
-        }),
-    )
-        .into_response())
+    Ok(Admitted {
+        principal,
+        trace,
+        body,
+        _held: held,
+    })
 }
 
 /// Queues `append` and waits for its outcome: its first and last versions when accepted, else
@@ -313,58 +406,18 @@ pub(crate) async fn submit(
 ) -> Result<(Version, Version), ApiError> {
     let (command, reply) = AppendCommand::new(append);
     if state.pipeline.try_submit(command).is_err() {
-        state
-            .metrics
-            .unavailable
-            .with_label_values(&["overloaded"])
-            .inc();
-        let mut error = ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
-            "ingest is at capacity; nothing was written: retry with the same append id",
-        );
-        error.retry_after = Some(1);
-        return Err(error);
+        return Err(ApiError::queue_full(state));
     }
-    let outcome = reply.await.map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "ingest is shutting down; retry with the same append id",
-        )
-    })?;
+    let outcome = reply.await.map_err(|_| ApiError::shutting_down())?;
     match outcome {
         Ok(AppendOutcome::Accepted {
             first_version,
             last_version,
         }) => Ok((first_version, last_version)),
-        Ok(AppendOutcome::Rejected(rejection)) => Err(ApiError {
-            status: match rejection {
-                Rejection::WrongExpectedVersion { .. }
-                | Rejection::DuplicateEventId
-                | Rejection::AppendIdReused
-                | Rejection::AppendExpired => StatusCode::CONFLICT,
-                Rejection::StreamDeleted => StatusCode::GONE,
-                Rejection::StreamNotFound => StatusCode::NOT_FOUND,
-                Rejection::RefusedByBroker {
-                    too_large: true, ..
-                } => StatusCode::PAYLOAD_TOO_LARGE,
-                Rejection::RefusedByBroker { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            },
-            body: rejection.to_error_body(),
-            retry_after: None,
-            close: false,
-            challenge: false,
-            detail: None,
-        }),
-        Err(unavailable) => Err(ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            body: unavailable.to_error_body(),
-            retry_after: Some(1),
-            close: false,
-            challenge: false,
-            detail: Some(unavailable.message),
-        }),
+        Ok(AppendOutcome::Rejected(rejection)) => {
+            Err(ApiError::rejected(&rejection, rejection.to_error_body()))
+        }
+        Err(unavailable) => Err(ApiError::unavailable(&unavailable)),
     }
 }
 

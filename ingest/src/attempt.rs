@@ -145,7 +145,7 @@ pub(crate) async fn run(
     if !decision.accepted.is_empty() {
         let producing = Instant::now();
         ingest_log
-            .produce(&decision.accepted, attempt_id, Utc::now())
+            .produce(&decision.accepted, attempt_id, Utc::now(), None)
             .await?;
         stage("produce", producing);
     }

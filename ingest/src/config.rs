@@ -34,6 +34,11 @@ pub struct IngestConfig {
     /// across them so one stream's appends stay in arrival order.
     #[arg(long, env = "ESK_INGEST_WORKERS", default_value_t = 2)]
     pub workers: usize,
+    /// Most streams one multi-stream append (`POST /appends`, or an `appends` request with
+    /// `"appends": [...]`) may write; more are refused with `too_many_streams`. Its events
+    /// count toward ESK_MAX_EVENTS_PER_APPEND together.
+    #[arg(long, env = "ESK_INGEST_MAX_APPEND_STREAMS", default_value_t = 1000)]
+    pub max_append_streams: usize,
     /// Most appends in one ingest transaction.
     #[arg(long, env = "ESK_INGEST_MAX_BATCH", default_value_t = 400)]
     pub max_batch: usize,

@@ -91,7 +91,7 @@ impl StreamState {
 
     /// Whether an append with `expected` may go on: a soft-deleted stream also admits
     /// `no_stream`, as it reads as not found (its versions still continue).
-    fn admits(&self, expected: ExpectedVersion) -> bool {
+    pub(crate) fn admits(&self, expected: ExpectedVersion) -> bool {
         expected.admits(self.version)
             || (expected == ExpectedVersion::NoStream && self.soft_deleted())
     }
@@ -399,7 +399,7 @@ fn check(append: &Append, own: StreamState, about: StreamState) -> Result<(), Re
 }
 
 /// Step 3 for one claimed append: the rejection when one of its event ids is held by someone.
-fn event_claim_conflict(
+pub(crate) fn event_claim_conflict(
     append: &Append,
     claimed_events: &EventClaims,
     event_owners: &HashMap<Uuid, Uuid>,

@@ -11,8 +11,9 @@ use esk_model::ingest_log::{BatchEncoder, BatchEventRef};
 use esk_runtime::kafka::{
     existing_partitions, partition_for_key, send_all, KafkaSettings, OutgoingRecord, TopicError,
 };
-use esk_runtime::records::ingest_log_batch_headers;
+use esk_runtime::records::{ingest_log_batch_headers, with_group_headers};
 use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::OnceCell;
 
@@ -79,12 +80,15 @@ impl IngestLog {
 
     /// Produces every event of `accepted`, one record per partition the attempt writes to
     /// (more when they exceed the record budget), each partition's events in arrival order;
-    /// returns once all are acknowledged (acks=all), or with the first failure.
+    /// returns once all are acknowledged (acks=all), or with the first failure. For a
+    /// multi-stream append (`group`: its append id) every record names the group and how many
+    /// records the attempt produced.
     pub(crate) async fn produce(
         &self,
         accepted: &[Accepted<'_>],
         attempt_id: uuid::Uuid,
         created_at: DateTime<Utc>,
+        group: Option<uuid::Uuid>,
     ) -> Result<(), ProduceError> {
         let partitions = *self
             .partitions
@@ -138,6 +142,14 @@ impl IngestLog {
                     payload: batch.value,
                     headers: ingest_log_batch_headers(&attempt, batch.events),
                 });
+            }
+        }
+        if let Some(group) = group {
+            // The count is known only once every partition's records are split to size.
+            let (group, count) = (group.to_string(), records.len());
+            for record in &mut records {
+                let headers = std::mem::replace(&mut record.headers, OwnedHeaders::new());
+                record.headers = with_group_headers(headers, &group, count);
             }
         }
         send_all(&self.producer, &self.topic, records, self.queue_timeout).await?;

@@ -6,6 +6,10 @@
 //! in place of `expected_version` and `events` a lifecycle change of the stream:
 //! `"metadata": {...}` (the body of `PUT /streams/{id}/metadata`) or `"delete": {"mode":
 //! "soft"|"hard", "expected_version": ...}` (see `esk_model::lifecycle`).
+//! A multi-stream append: `{"schema_version": 1, "request_id"?, "reply_to"?, "append_id"?,
+//! "appends": [{"stream_id", "expected_version", "events"}, ...]}` (the body of `POST
+//! /appends`); its result carries `results` (one per stream) or, rejected, the error's
+//! `streams`.
 //! The result is keyed by `reply_to` (else the request's key) and carries `request_id`; it goes
 //! to the caller's own results topic when its token has one, else to the shared topic.
 //! The record's `authorization` header carries `Bearer <token>`, checked as over HTTP: without
@@ -17,7 +21,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use esk_model::event::Append;
+use esk_model::event::{Append, GroupAppend};
+use esk_model::group::{parse_group, APPENDS_FIELD};
 use esk_model::lifecycle::parse_lifecycle_request;
 use esk_model::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
 use esk_model::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
@@ -34,8 +39,8 @@ use crate::auth::{Auth, AuthError};
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::offsets::OffsetTracker;
-use crate::outcome::{AppendOutcome, AppendReply};
-use crate::pipeline::{AppendCommand, Pipeline};
+use crate::outcome::{AppendOutcome, AppendReply, GroupOutcome, GroupReply};
+use crate::pipeline::{AppendCommand, GroupCommand, Pipeline};
 
 /// Where a request came from and where its answer goes.
 #[derive(Debug, Clone)]
@@ -144,10 +149,22 @@ pub(crate) fn consumer_loop(
             topics: Mutex::default(),
         },
     });
-    Ok(consume(shared, config.limits.clone()))
+    Ok(consume(
+        shared,
+        config.limits.clone(),
+        config.max_append_streams.max(1),
+    ))
 }
 
-async fn consume(shared: Arc<Shared>, limits: Limits) {
+/// A decoded request: an append to one stream (or a lifecycle change), or a multi-stream
+/// append.
+#[derive(Debug)]
+enum Request {
+    Single(Append),
+    Group(GroupAppend),
+}
+
+async fn consume(shared: Arc<Shared>, limits: Limits, max_streams: usize) {
     loop {
         let message = tokio::select! {
             _ = shared.shutdown.cancelled() => break,
@@ -199,7 +216,7 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
         if let Ok(mut tracker) = shared.tracker.lock() {
             tracker.begin(context.partition, context.offset);
         }
-        let decoded = decode_request(message.payload(), &limits, &mut context);
+        let decoded = decode_request(message.payload(), &limits, max_streams, &mut context);
         let authorization = authorization(&message);
         drop(message);
         // The caller first: a request without a valid token is refused whatever it holds.
@@ -217,12 +234,21 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
             Err(e) => Err(Refusal::Auth(e)),
             Ok(principal) => {
                 context.results_topic = principal.results_topic().map(str::to_owned);
-                decoded.map_err(Refusal::Invalid).and_then(|append| {
-                    // A lifecycle change needs the append scope on the stream it is about.
-                    principal
-                        .require(Need::Append(append.subject()))
-                        .map_err(Refusal::Auth)?;
-                    Ok(append)
+                decoded.map_err(Refusal::Invalid).and_then(|request| {
+                    // A lifecycle change needs the append scope on the stream it is about; a
+                    // multi-stream append on every stream.
+                    let subjects: Vec<&str> = match &request {
+                        Request::Single(append) => vec![append.subject()],
+                        Request::Group(group) => {
+                            group.parts.iter().map(|p| p.stream_id.as_str()).collect()
+                        }
+                    };
+                    for subject in subjects {
+                        principal
+                            .require(Need::Append(subject))
+                            .map_err(Refusal::Auth)?;
+                    }
+                    Ok(request)
                 })
             }
         };
@@ -236,7 +262,23 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
                     drop((permit, held));
                 });
             }
-            Ok(append) => {
+            Ok(Request::Group(group)) => {
+                let (command, reply) = GroupCommand::new(group.clone());
+                if let Err(command) = shared.pipeline.try_submit_group(command) {
+                    esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, true);
+                    let submitted = shared.pipeline.submit_group(command).await;
+                    esk_runtime::kafka::set_paused(&shared.consumer, &shared.appends_topic, false);
+                    if submitted.is_err() {
+                        break;
+                    }
+                }
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    await_group_and_respond(shared, context, group, reply).await;
+                    drop((permit, held));
+                });
+            }
+            Ok(Request::Single(append)) => {
                 let (command, reply) = AppendCommand::new(append.clone());
                 if let Err(command) = shared.pipeline.try_submit(command) {
                     // Backpressure: stop fetching while the pipeline is full.
@@ -262,8 +304,9 @@ async fn consume(shared: Arc<Shared>, limits: Limits) {
 fn decode_request(
     payload: Option<&[u8]>,
     limits: &Limits,
+    max_streams: usize,
     context: &mut RequestContext,
-) -> Result<Append, InvalidAppend> {
+) -> Result<Request, InvalidAppend> {
     let object = parse_object(payload.ok_or(InvalidAppend::EmptyRequest)?)?;
     let text = |key: &str| {
         object
@@ -279,6 +322,17 @@ fn decode_request(
         Some(v) => return Err(InvalidAppend::UnsupportedSchemaVersion(v.get().to_owned())),
         None => return Err(InvalidAppend::MissingField("schema_version".into())),
     }
+    if object.last(APPENDS_FIELD).is_some() {
+        let extra = ["schema_version", "request_id", "reply_to"];
+        let group = parse_group(
+            &object,
+            &extra,
+            limits,
+            max_streams,
+            TraceDefaults::default(),
+        )?;
+        return Ok(Request::Group(group));
+    }
     let stream_id = object
         .last("stream_id")
         .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?;
@@ -292,7 +346,7 @@ fn decode_request(
     let default_id = || lifecycle_append_id(&stream_id, context);
     if let Some(change) = parse_lifecycle_request(&stream_id, &object, &extra, default_id, limits)?
     {
-        return Ok(change);
+        return Ok(Request::Single(change));
     }
     parse_append(
         &stream_id,
@@ -301,6 +355,7 @@ fn decode_request(
         limits,
         TraceDefaults::default(),
     )
+    .map(Request::Single)
 }
 
 /// Namespace of the append ids of lifecycle requests that carry none.
@@ -328,6 +383,7 @@ fn base_result(context: &RequestContext, outcome: Outcome) -> AppendResult {
         outcome,
         first_version: None,
         last_version: None,
+        results: None,
         error: None,
     }
 }
@@ -376,6 +432,7 @@ fn refusal_result(context: &RequestContext, refusal: &Refusal) -> AppendResult {
         code: code.into(),
         message,
         actual_version: None,
+        streams: None,
     });
     result
 }
@@ -426,6 +483,51 @@ async fn await_and_respond(
         AppendOutcome::Rejected(rejection) => {
             result.outcome = Outcome::Rejected;
             result.error = Some(rejection.to_error_body());
+        }
+    }
+    respond(shared, context, result).await;
+}
+
+/// Waits for a multi-stream append's outcome, resubmitting it while it is "unavailable" (as
+/// [`await_and_respond`] does for single appends), then delivers its result.
+async fn await_group_and_respond(
+    shared: Arc<Shared>,
+    context: RequestContext,
+    group: GroupAppend,
+    mut reply: tokio::sync::oneshot::Receiver<GroupReply>,
+) {
+    let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(100));
+    let outcome = loop {
+        match reply.await {
+            Ok(Ok(outcome)) => break outcome,
+            Ok(Err(unavailable)) => {
+                tracing::warn!(append_id = %group.append_id, code = unavailable.code,
+                    "multi-stream append unavailable; resubmitting");
+            }
+            Err(_) => {
+                tracing::warn!(append_id = %group.append_id, "pipeline dropped an append; resubmitting")
+            }
+        }
+        let delay = backoff
+            .next()
+            .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY);
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let (command, next) = GroupCommand::new(group.clone());
+        if shared.pipeline.submit_group(command).await.is_err() {
+            return;
+        }
+        reply = next;
+    };
+    let mut result = base_result(&context, Outcome::Accepted);
+    result.append_id = Some(group.append_id);
+    match outcome {
+        GroupOutcome::Accepted(results) => result.results = Some(results),
+        GroupOutcome::Rejected(rejected) => {
+            result.outcome = Outcome::Rejected;
+            result.error = Some(rejected.to_error_body());
         }
     }
     respond(shared, context, result).await;

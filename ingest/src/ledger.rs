@@ -2,13 +2,14 @@
 
 use std::collections::HashMap;
 
-use esk_model::event::{Append, StreamVersion, Version};
+use esk_model::api::{StreamAppendResult, StreamConflict};
+use esk_model::event::{Append, GroupAppend, StreamVersion, Version};
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::decide::LedgerEntry;
-use crate::outcome::{AppendOutcome, Rejection};
+use crate::outcome::{AppendOutcome, GroupOutcome, GroupRejection, Rejection};
 
 /// Inserts a pending row per append, in append-id order (so concurrent attempts cannot
 /// deadlock); waits for an in-flight attempt holding the same id. Returns the ids claimed now.
@@ -17,12 +18,55 @@ pub(crate) async fn claim(
     attempt_id: Uuid,
     appends: &[&Append],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let ids: Vec<Uuid> = appends.iter().map(|a| a.append_id).collect();
-    let streams: Vec<&str> = appends.iter().map(|a| a.stream_id.as_str()).collect();
-    let fingerprints: Vec<Uuid> = appends.iter().map(|a| a.fingerprint()).collect();
-    let counts: Vec<i32> = appends
+    let rows: Vec<Claim<'_>> = appends
         .iter()
-        .map(|a| i32::try_from(a.events.len()).unwrap_or(i32::MAX))
+        .map(|a| Claim {
+            append_id: a.append_id,
+            stream_id: &a.stream_id,
+            fingerprint: a.fingerprint(),
+            event_count: a.events.len(),
+        })
+        .collect();
+    claim_rows(conn, attempt_id, &rows).await
+}
+
+/// Claims the one ledger row of a multi-stream append (rule 1): its fingerprint covers every
+/// part, it names the first stream, and counts every event. True when claimed now; false when
+/// an earlier attempt decided it (waiting for one still in flight).
+pub(crate) async fn claim_group(
+    conn: &mut PgConnection,
+    attempt_id: Uuid,
+    group: &GroupAppend,
+) -> Result<bool, sqlx::Error> {
+    let row = Claim {
+        append_id: group.append_id,
+        stream_id: group.first_stream(),
+        fingerprint: group.fingerprint(),
+        event_count: group.event_count(),
+    };
+    Ok(!claim_rows(conn, attempt_id, &[row]).await?.is_empty())
+}
+
+/// A ledger row to claim.
+struct Claim<'a> {
+    append_id: Uuid,
+    stream_id: &'a str,
+    fingerprint: Uuid,
+    event_count: usize,
+}
+
+/// The claim statement: `ON CONFLICT DO NOTHING` waits for an in-flight holder of the id.
+async fn claim_rows(
+    conn: &mut PgConnection,
+    attempt_id: Uuid,
+    rows: &[Claim<'_>],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.append_id).collect();
+    let streams: Vec<&str> = rows.iter().map(|r| r.stream_id).collect();
+    let fingerprints: Vec<Uuid> = rows.iter().map(|r| r.fingerprint).collect();
+    let counts: Vec<i32> = rows
+        .iter()
+        .map(|r| i32::try_from(r.event_count).unwrap_or(i32::MAX))
         .collect();
     sqlx::query_scalar(
         "INSERT INTO append_ledger (append_id, attempt_id, stream_id, fingerprint, event_count, status)
@@ -47,7 +91,8 @@ pub(crate) async fn load(
     append_ids: &[Uuid],
 ) -> Result<HashMap<Uuid, LedgerEntry>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT append_id, fingerprint, status, first_version, last_version, reject_code, actual_version
+        "SELECT append_id, fingerprint, status, first_version, last_version, reject_code,
+                actual_version, parts IS NOT NULL AS grouped
          FROM append_ledger WHERE append_id = ANY($1)",
     )
     .bind(append_ids)
@@ -56,7 +101,11 @@ pub(crate) async fn load(
     let mut entries = HashMap::with_capacity(rows.len());
     for row in rows {
         let status: String = row.try_get("status")?;
+        // A multi-stream append's row: its fingerprint never matches a single append's, so
+        // the retry is told `append_id_reused` (`LedgerEntry::outcome_for`).
+        let grouped: bool = row.try_get("grouped")?;
         let outcome = match status.as_str() {
+            _ if grouped => None,
             "accepted" => Some(AppendOutcome::Accepted {
                 first_version: version_column(&row, "first_version")?,
                 last_version: version_column(&row, "last_version")?,
@@ -164,6 +213,130 @@ pub(crate) async fn record_outcomes_and_versions(
     .bind(&actuals)
     .bind(&streams)
     .bind(&versions)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A multi-stream append's committed ledger row, as a retry sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupLedgerEntry {
+    /// Fingerprint of the append that claimed the id first.
+    pub(crate) fingerprint: Uuid,
+    /// Its recorded outcome; `None` for a row still pending, of a single append, or with a
+    /// code this ingest does not know.
+    pub(crate) outcome: Option<GroupOutcome>,
+}
+
+impl GroupLedgerEntry {
+    /// The outcome a retry of `group` gets: the original one, or `append_id_reused` when the
+    /// id was used for different events (or for a single append).
+    pub(crate) fn outcome_for(&self, group: &GroupAppend) -> Option<GroupOutcome> {
+        if self.fingerprint != group.fingerprint() {
+            return Some(GroupOutcome::Rejected(GroupRejection::of(
+                Rejection::AppendIdReused,
+            )));
+        }
+        self.outcome.clone()
+    }
+}
+
+/// Reads the ledger row of a multi-stream append decided earlier.
+pub(crate) async fn load_group(
+    conn: &mut PgConnection,
+    append_id: Uuid,
+) -> Result<Option<GroupLedgerEntry>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT fingerprint, status, reject_code, parts::text AS parts
+         FROM append_ledger WHERE append_id = $1",
+    )
+    .bind(append_id)
+    .fetch_optional(conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let status: String = row.try_get("status")?;
+    let parts: Option<String> = row.try_get("parts")?;
+    let decode = |e: serde_json::Error| sqlx::Error::ColumnDecode {
+        index: "parts".to_owned(),
+        source: Box::new(e),
+    };
+    let outcome = match (status.as_str(), parts) {
+        ("accepted", Some(parts)) => Some(GroupOutcome::Accepted(
+            serde_json::from_str::<Vec<StreamAppendResult>>(&parts).map_err(decode)?,
+        )),
+        ("rejected", Some(parts)) => {
+            let streams: Vec<StreamConflict> = serde_json::from_str(&parts).map_err(decode)?;
+            let code: Option<String> = row.try_get("reject_code")?;
+            let actual = streams
+                .first()
+                .map_or(StreamVersion::NoStream, |s| s.actual_version);
+            code.and_then(|c| Rejection::from_ledger(&c, actual))
+                .map(|rejection| GroupOutcome::Rejected(GroupRejection { rejection, streams }))
+        }
+        _ => None,
+    };
+    Ok(Some(GroupLedgerEntry {
+        fingerprint: row.try_get("fingerprint")?,
+        outcome,
+    }))
+}
+
+/// Writes the end of step 4 for a multi-stream append in one statement: the new versions of
+/// its streams (rows this attempt holds locked) and its outcome in its ledger row, `parts`
+/// holding the per-stream results (accepted) or the streams at fault (rejected; `[]` when the
+/// rejection names none), `first_version`/`last_version` those of the first stream.
+pub(crate) async fn record_group(
+    conn: &mut PgConnection,
+    append_id: Uuid,
+    outcome: &GroupOutcome,
+    stream_versions: &[(&str, Version)],
+) -> Result<(), sqlx::Error> {
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let (status, code, parts) = match outcome {
+        GroupOutcome::Accepted(results) => (
+            "accepted",
+            None,
+            serde_json::to_string(results).map_err(encode)?,
+        ),
+        GroupOutcome::Rejected(rejected) => (
+            "rejected",
+            Some(rejected.rejection.code()),
+            serde_json::to_string(&rejected.streams).map_err(encode)?,
+        ),
+    };
+    // The first stream's versions in the row's own columns: ledger pruning and the
+    // unindexed-append alert look for the row's stream at its last version, and M's parts are
+    // indexed together, so the first stream's last event stands for all of M.
+    let (first, last) = match outcome {
+        GroupOutcome::Accepted(results) => results.first().map_or((None, None), |r| {
+            (Some(r.first_version.get()), Some(r.last_version.get()))
+        }),
+        GroupOutcome::Rejected(_) => (None, None),
+    };
+    let (streams, versions): (Vec<&str>, Vec<i64>) = stream_versions
+        .iter()
+        .map(|(stream, version)| (*stream, version.get()))
+        .unzip();
+    sqlx::query(
+        "WITH stream_versions AS (
+             UPDATE streams AS s SET version = v.version
+             FROM unnest($4::text[], $5::int8[]) AS v(stream_id, version)
+             WHERE s.stream_id = v.stream_id
+         )
+         UPDATE append_ledger SET status = $2, reject_code = $3, parts = $6::jsonb,
+                first_version = $7, last_version = $8
+         WHERE append_id = $1",
+    )
+    .bind(append_id)
+    .bind(status)
+    .bind(code)
+    .bind(&streams)
+    .bind(&versions)
+    .bind(parts)
+    .bind(first)
+    .bind(last)
     .execute(conn)
     .await?;
     Ok(())

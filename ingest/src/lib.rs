@@ -8,8 +8,11 @@ mod auth;
 mod config;
 mod credential_cache;
 mod decide;
+mod decide_group;
 mod event_claims;
 mod filters;
+mod group_api;
+mod group_attempt;
 mod ingest_log;
 mod internal_events;
 mod jwks;
@@ -104,6 +107,7 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
         metrics,
         max_body_bytes: config.max_body_bytes,
         body_timeout,
+        max_append_streams: config.max_append_streams.max(1),
     };
     let lifecycle_state = lifecycle::LifecycleState {
         app: app_state.clone(),

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use esk_model::event::Append;
+use esk_model::event::{Append, GroupAppend};
 use esk_runtime::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
-use crate::outcome::{AppendOutcome, AppendReply, Rejection};
+use crate::outcome::{AppendOutcome, AppendReply, GroupOutcome, GroupReply, Rejection};
 
 /// Counters, gauges and histograms of the ingest process.
 #[derive(Debug)]
@@ -111,6 +111,24 @@ impl IngestMetrics {
                 self.events_accepted.inc_by(append.events.len() as u64);
             }
             Ok(AppendOutcome::Rejected(rejection)) => self.rejected(rejection.code(), rejection),
+            Err(unavailable) => self
+                .unavailable
+                .with_label_values(&[unavailable.code])
+                .inc(),
+        }
+    }
+
+    /// Counts the outcome of a multi-stream append and observes its latency.
+    pub(crate) fn record_group(&self, group: &GroupAppend, reply: &GroupReply, latency: Duration) {
+        self.append_latency.observe(latency.as_secs_f64());
+        match reply {
+            Ok(GroupOutcome::Accepted(_)) => {
+                self.appends_accepted.inc();
+                self.events_accepted.inc_by(group.event_count() as u64);
+            }
+            Ok(GroupOutcome::Rejected(rejected)) => {
+                self.rejected(rejected.rejection.code(), &rejected.rejection)
+            }
             Err(unavailable) => self
                 .unavailable
                 .with_label_values(&[unavailable.code])

@@ -96,6 +96,7 @@ mod tests {
         // A plain axum route would serve a path the document does not describe.
         let sources = [
             ("api.rs", include_str!("api.rs")),
+            ("group_api.rs", include_str!("group_api.rs")),
             ("reads.rs", include_str!("reads.rs")),
             ("subscriptions.rs", include_str!("subscriptions.rs")),
             ("filters.rs", include_str!("filters.rs")),
@@ -139,6 +140,7 @@ mod tests {
         }
         let expected: BTreeSet<String> = [
             "post /streams/{stream_id}/events",
+            "post /appends",
             "get /streams/{stream_id}/events",
             "get /categories/{category}/events",
             "get /types/{event_type}/events",
@@ -180,6 +182,9 @@ mod tests {
         for name in [
             "AppendRequest",
             "AppendResponse",
+            "MultiAppendRequest",
+            "MultiAppendResponse",
+            "StreamConflict",
             "StreamPage",
             "PositionedPage",
             "WaitResponse",
@@ -205,6 +210,7 @@ mod tests {
         );
         for (path, method, secured) in [
             ("/streams/{stream_id}/events", "post", true),
+            ("/appends", "post", true),
             ("/streams/{stream_id}/events", "get", true),
             ("/categories/{category}/events", "get", true),
             ("/types/{event_type}/events", "get", true),

@@ -1,6 +1,7 @@
 //! What an append gets back: accepted with versions, rejected with a reason, or "unavailable,
 //! retry with the same append id".
 
+use esk_model::api::{StreamAppendResult, StreamConflict};
 use esk_model::event::{StreamVersion, Version};
 use esk_model::wire::ErrorBody;
 
@@ -77,16 +78,19 @@ impl Rejection {
                     StreamVersion::NoStream => "the stream does not exist".into(),
                 },
                 actual_version: Some(*actual),
+                streams: None,
             },
             Rejection::DuplicateEventId => ErrorBody {
                 code: self.code().into(),
                 message: "an event id in this append already belongs to another append".into(),
                 actual_version: None,
+                streams: None,
             },
             Rejection::AppendIdReused => ErrorBody {
                 code: self.code().into(),
                 message: "this append id was already used for different events".into(),
                 actual_version: None,
+                streams: None,
             },
             Rejection::AppendExpired => ErrorBody {
                 code: self.code().into(),
@@ -94,12 +98,14 @@ impl Rejection {
                           its original outcome is no longer kept (its events are in the store)"
                     .into(),
                 actual_version: None,
+                streams: None,
             },
             Rejection::StreamDeleted => ErrorBody {
                 code: self.code().into(),
                 message: "the stream was deleted for good (hard delete); nothing was written"
                     .into(),
                 actual_version: None,
+                streams: None,
             },
             Rejection::StreamNotFound => ErrorBody {
                 code: self.code().into(),
@@ -107,6 +113,7 @@ impl Rejection {
                           written"
                     .into(),
                 actual_version: None,
+                streams: None,
             },
             Rejection::RefusedByBroker { reason, .. } => ErrorBody {
                 code: self.code().into(),
@@ -114,10 +121,64 @@ impl Rejection {
                     "the broker refuses this append's records ({reason}); nothing was written"
                 ),
                 actual_version: None,
+                streams: None,
             },
         }
     }
 }
+
+/// The final outcome of a multi-stream append (also what its ledger row records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum GroupOutcome {
+    /// Every part written: one result per part, in request order.
+    Accepted(Vec<StreamAppendResult>),
+    /// Nothing written.
+    Rejected(GroupRejection),
+}
+
+/// Why a multi-stream append was not written: the reason, and for `wrong_expected_version` and
+/// `stream_deleted` the streams at fault (every failing one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GroupRejection {
+    pub(crate) rejection: Rejection,
+    pub(crate) streams: Vec<StreamConflict>,
+}
+
+impl GroupRejection {
+    /// A rejection that names no stream.
+    pub(crate) fn of(rejection: Rejection) -> Self {
+        GroupRejection {
+            rejection,
+            streams: Vec::new(),
+        }
+    }
+
+    /// The error object clients see: the single-append one, with the streams at fault.
+    pub(crate) fn to_error_body(&self) -> ErrorBody {
+        let mut body = self.rejection.to_error_body();
+        if self.streams.is_empty() {
+            return body;
+        }
+        let names: Vec<&str> = self.streams.iter().map(|s| s.stream_id.as_str()).collect();
+        body.message = match self.rejection {
+            Rejection::StreamDeleted => format!(
+                "deleted for good (hard delete): {}; nothing was written",
+                names.join(", ")
+            ),
+            _ => format!(
+                "not at the expected version: {}; nothing was written",
+                names.join(", ")
+            ),
+        };
+        // Each stream's own version is in `streams`.
+        body.actual_version = None;
+        body.streams = Some(self.streams.clone());
+        body
+    }
+}
+
+/// What the pipeline answers for one multi-stream append.
+pub(crate) type GroupReply = Result<GroupOutcome, Unavailable>;
 
 /// The store could not decide now; all of the append or none of it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +204,7 @@ impl Unavailable {
                 "{cause}; all of the append or none of it was written: retry with the same append id"
             ),
             actual_version: None,
+            streams: None,
         }
     }
 }

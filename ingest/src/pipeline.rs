@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use esk_model::event::Append;
+use esk_model::event::{Append, GroupAppend};
 use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::supervisor::{Progress, Watchdog};
 use sqlx::PgPool;
@@ -16,10 +16,13 @@ use uuid::Uuid;
 
 use crate::attempt::{self, AttemptError};
 use crate::config::IngestConfig;
+use crate::group_attempt;
 use crate::ingest_log::IngestLog;
 use crate::internal_events::{AttemptGaveUp, AttemptRetried};
 use crate::metrics::IngestMetrics;
-use crate::outcome::{AppendOutcome, AppendReply, Rejection, Unavailable};
+use crate::outcome::{
+    AppendOutcome, AppendReply, GroupOutcome, GroupRejection, GroupReply, Rejection, Unavailable,
+};
 
 /// An append waiting for its outcome.
 #[derive(Debug)]
@@ -44,10 +47,53 @@ impl AppendCommand {
     }
 }
 
+/// A multi-stream append waiting for its outcome.
+#[derive(Debug)]
+pub(crate) struct GroupCommand {
+    pub(crate) group: GroupAppend,
+    pub(crate) reply: oneshot::Sender<GroupReply>,
+    pub(crate) received: Instant,
+}
+
+impl GroupCommand {
+    /// A command and the receiver of its reply.
+    pub(crate) fn new(group: GroupAppend) -> (Self, oneshot::Receiver<GroupReply>) {
+        let (reply, rx) = oneshot::channel();
+        (
+            GroupCommand {
+                group,
+                reply,
+                received: Instant::now(),
+            },
+            rx,
+        )
+    }
+}
+
+/// What a shard's queue carries.
+#[derive(Debug)]
+enum Command {
+    /// Batched with the other single appends queued with it.
+    Single(AppendCommand),
+    /// Decided in an attempt of its own.
+    Group(GroupCommand),
+}
+
+impl Command {
+    /// The stream whose shard the command goes to (a multi-stream append: its first stream;
+    /// its other streams' rows are locked in sorted order like any attempt's).
+    fn shard_key(&self) -> &str {
+        match self {
+            Command::Single(c) => c.append.subject(),
+            Command::Group(c) => c.group.first_stream(),
+        }
+    }
+}
+
 /// Handle to the workers; cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Pipeline {
-    shards: Arc<Vec<mpsc::Sender<AppendCommand>>>,
+    shards: Arc<Vec<mpsc::Sender<Command>>>,
     metrics: Arc<IngestMetrics>,
     /// Bytes of requests held at once, over both entry points (I6: counts alone do not bound
     /// memory when a request may be megabytes).
@@ -106,7 +152,7 @@ impl Pipeline {
         (pipeline, loops)
     }
 
-    fn shard(&self, stream_id: &str) -> &mpsc::Sender<AppendCommand> {
+    fn shard(&self, stream_id: &str) -> &mpsc::Sender<Command> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         stream_id.hash(&mut hasher);
         let index = (hasher.finish() % self.shards.len() as u64) as usize;
@@ -137,7 +183,22 @@ impl Pipeline {
 
     /// Queues a command, or hands it back when its shard's queue is full.
     pub(crate) fn try_submit(&self, command: AppendCommand) -> Result<(), AppendCommand> {
-        match self.shard(command.append.subject()).try_send(command) {
+        match self.try_send(Command::Single(command)) {
+            Err(Command::Single(c)) => Err(c),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues a multi-stream append, or hands it back when its shard's queue is full.
+    pub(crate) fn try_submit_group(&self, command: GroupCommand) -> Result<(), GroupCommand> {
+        match self.try_send(Command::Group(command)) {
+            Err(Command::Group(c)) => Err(c),
+            _ => Ok(()),
+        }
+    }
+
+    fn try_send(&self, command: Command) -> Result<(), Command> {
+        match self.shard(command.shard_key()).try_send(command) {
             Ok(()) => {
                 self.metrics.in_flight.inc();
                 Ok(())
@@ -150,7 +211,22 @@ impl Pipeline {
 
     /// Queues a command, waiting for room.
     pub(crate) async fn submit(&self, command: AppendCommand) -> Result<(), AppendCommand> {
-        let shard = self.shard(command.append.subject()).clone();
+        match self.send(Command::Single(command)).await {
+            Err(Command::Single(c)) => Err(c),
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues a multi-stream append, waiting for room.
+    pub(crate) async fn submit_group(&self, command: GroupCommand) -> Result<(), GroupCommand> {
+        match self.send(Command::Group(command)).await {
+            Err(Command::Group(c)) => Err(c),
+            _ => Ok(()),
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Command> {
+        let shard = self.shard(command.shard_key()).clone();
         self.metrics.in_flight.inc();
         shard.send(command).await.map_err(|e| {
             self.metrics.in_flight.dec();
@@ -160,17 +236,30 @@ impl Pipeline {
 }
 
 impl Worker {
-    async fn run(self, mut rx: mpsc::Receiver<AppendCommand>) {
+    async fn run(self, mut rx: mpsc::Receiver<Command>) {
         while let Some(first) = rx.recv().await {
             self.progress.busy();
-            let mut batch = vec![first];
-            while batch.len() < self.max_batch {
+            let mut commands = vec![first];
+            while commands.len() < self.max_batch {
                 match rx.try_recv() {
-                    Ok(command) => batch.push(command),
+                    Ok(command) => commands.push(command),
                     Err(_) => break,
                 }
             }
-            self.process(batch).await;
+            let mut batch = Vec::with_capacity(commands.len());
+            let mut groups = Vec::new();
+            for command in commands {
+                match command {
+                    Command::Single(c) => batch.push(c),
+                    Command::Group(c) => groups.push(c),
+                }
+            }
+            if !batch.is_empty() {
+                self.process(batch).await;
+            }
+            for group in groups {
+                self.process_group(group).await;
+            }
             self.progress.progressed();
             if rx.is_empty() {
                 self.progress.idle();
@@ -225,6 +314,64 @@ impl Worker {
 }
 
 impl Worker {
+    /// Decides a multi-stream append in an attempt of its own (retried while it fails
+    /// transiently) and answers it.
+    async fn process_group(&self, command: GroupCommand) {
+        self.metrics.in_flight.dec();
+        let group = &command.group;
+        self.metrics.batch_appends.observe(1.0);
+        self.metrics
+            .batch_events
+            .observe(group.event_count() as f64);
+        let started = Instant::now();
+        let reply =
+            match (|| group_attempt::run(&self.pool, &self.ingest_log, group, &self.metrics))
+                .retry(self.backoff())
+                .when(|error: &AttemptError| error.refused_by_broker().is_none())
+                .notify(|error: &AttemptError, delay| {
+                    AttemptRetried {
+                        metrics: &self.metrics,
+                        error,
+                        appends: 1,
+                        retry_in: delay,
+                    }
+                    .emit();
+                })
+                .await
+            {
+                Ok(outcome) => Ok(outcome),
+                Err(error) => self
+                    .gave_up(&error, 1)
+                    .map(|rejection| GroupOutcome::Rejected(GroupRejection::of(rejection))),
+            };
+        self.metrics
+            .attempt_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .record_group(group, &reply, command.received.elapsed());
+        match &reply {
+            Ok(GroupOutcome::Accepted(_)) => tracing::debug!(
+                append_id = %group.append_id, streams = group.parts.len(),
+                "multi-stream append accepted"
+            ),
+            Ok(GroupOutcome::Rejected(rejected)) => tracing::info!(
+                append_id = %group.append_id, streams = group.parts.len(),
+                reason = rejected.rejection.code(), "multi-stream append rejected"
+            ),
+            Err(_) => {}
+        }
+        // The client may have gone; its outcome is in the ledger either way.
+        let _ = command.reply.send(reply);
+    }
+
+    /// How a transiently failed attempt is retried.
+    fn backoff(&self) -> ExponentialBuilder {
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(20))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(self.retries)
+    }
+
     /// One reply per append. An attempt the broker refuses for good (a record too large for
     /// it) is not retried; if it held several appends, each is tried alone so that only the
     /// one at fault is rejected and the others are not held back by it.
@@ -248,12 +395,7 @@ impl Worker {
     /// One attempt, retried while it fails transiently.
     async fn attempt(&self, appends: &[&Append]) -> Result<Vec<AppendOutcome>, AttemptError> {
         (|| attempt::run(&self.pool, &self.ingest_log, appends, &self.metrics))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(20))
-                    .with_max_delay(Duration::from_secs(1))
-                    .with_max_times(self.retries),
-            )
+            .retry(self.backoff())
             .when(|error: &AttemptError| error.refused_by_broker().is_none())
             .notify(|error: &AttemptError, delay| {
                 AttemptRetried {
@@ -269,20 +411,22 @@ impl Worker {
 
     /// The replies of `count` appends whose attempt failed with `error`.
     fn failed(&self, error: &AttemptError, count: usize) -> Vec<AppendReply> {
+        vec![self.gave_up(error, count).map(AppendOutcome::Rejected); count]
+    }
+
+    /// What the `count` appends of an attempt that failed with `error` get: the broker's
+    /// refusal, or "unavailable, retry".
+    fn gave_up(&self, error: &AttemptError, count: usize) -> Result<Rejection, Unavailable> {
         AttemptGaveUp {
             metrics: &self.metrics,
             error,
             appends: count,
         }
         .emit();
-        if let Some(rejection) = error.refused_by_broker() {
-            return vec![Ok(AppendOutcome::Rejected(rejection)); count];
-        }
-        let unavailable = Unavailable {
+        error.refused_by_broker().ok_or_else(|| Unavailable {
             code: error.code(),
             message: error.to_string(),
-        };
-        vec![Err(unavailable); count]
+        })
     }
 }
 

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use crate::event::{ExpectedVersion, Version};
+use crate::event::{ExpectedVersion, StreamVersion, Version};
 use crate::wire::CanonicalEvent;
 
 /// The body of `POST /streams/{stream_id}/events`. The server validates the body as text
@@ -60,6 +60,67 @@ pub struct AppendResponse {
     pub last_version: Version,
     /// The append's idempotency key (given or derived).
     pub append_id: Uuid,
+}
+
+/// The body of `POST /appends`: events for several streams, written all or nothing. Validated
+/// as text like [`AppendRequest`] (`crate::group`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MultiAppendRequest {
+    /// Idempotency key of the whole append; derived from every part's stream and event ids
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_id: Option<Uuid>,
+    /// One part per stream, each stream once; at least one.
+    pub appends: Vec<StreamAppend>,
+}
+
+/// One stream's part of a [`MultiAppendRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamAppend {
+    /// The stream.
+    pub stream_id: String,
+    /// The optimistic-concurrency condition on this stream.
+    pub expected_version: ExpectedVersion,
+    /// Its events, in order; at least one.
+    pub events: Vec<EventData>,
+}
+
+/// The answer to an accepted multi-stream append (201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MultiAppendResponse {
+    /// The append's idempotency key (given or derived).
+    pub append_id: Uuid,
+    /// One result per part, in request order.
+    pub results: Vec<StreamAppendResult>,
+}
+
+/// Where one stream's part of a multi-stream append was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamAppendResult {
+    /// The stream.
+    pub stream_id: String,
+    /// The version of the part's first event.
+    pub first_version: Version,
+    /// The version of its last event (the stream's version now).
+    pub last_version: Version,
+}
+
+/// A stream that kept a multi-stream append from being written (in the error's `streams`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StreamConflict {
+    /// The stream.
+    pub stream_id: String,
+    /// What the append expected of it.
+    pub expected_version: ExpectedVersion,
+    /// Where it was (null: no stream).
+    pub actual_version: StreamVersion,
 }
 
 /// Which way a stream page reads.

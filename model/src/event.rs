@@ -290,6 +290,60 @@ impl Append {
     }
 }
 
+/// A validated multi-stream append: several streams written all or nothing, under one append
+/// id (docs/design.md, "Multi-stream appends"). Every part carries the group's append id.
+#[derive(Debug, Clone)]
+pub struct GroupAppend {
+    /// Idempotency key of the whole append (given, or derived from every part).
+    pub append_id: Uuid,
+    /// One append per stream, in request order; distinct streams, never empty.
+    pub parts: Vec<Append>,
+}
+
+impl GroupAppend {
+    /// Identifies the content of the whole append (every part's stream and event ids, in
+    /// order), to tell a retry from a reuse of its id. Never equal to a single append's
+    /// fingerprint: the bytes hashed start with a byte no stream id has.
+    pub fn fingerprint(&self) -> Uuid {
+        derived_group_append_id(
+            self.parts
+                .iter()
+                .map(|p| (p.stream_id.as_str(), p.events.iter().map(|e| e.id))),
+        )
+    }
+
+    /// How many events the parts hold together.
+    pub fn event_count(&self) -> usize {
+        self.parts.iter().map(|p| p.events.len()).sum()
+    }
+
+    /// The first stream in request order (what the ledger row names).
+    pub fn first_stream(&self) -> &str {
+        self.parts.first().map_or("", |p| p.stream_id.as_str())
+    }
+}
+
+/// The append id of a multi-stream append the client gives none: UUIDv5 over every part's
+/// stream and event ids in order, so re-sending the same request is idempotent.
+pub fn derived_group_append_id<'a, I>(parts: impl IntoIterator<Item = (&'a str, I)>) -> Uuid
+where
+    I: IntoIterator<Item = Uuid>,
+{
+    // 0xFF never occurs in UTF-8, so no single append hashes the same bytes; each part is its
+    // stream id, a NUL (never in a stream id), its event count and its event ids.
+    let mut bytes = vec![0xFF];
+    for (stream_id, event_ids) in parts {
+        bytes.extend_from_slice(stream_id.as_bytes());
+        bytes.push(0);
+        let ids: Vec<Uuid> = event_ids.into_iter().collect();
+        bytes.extend_from_slice(&(ids.len() as u64).to_be_bytes());
+        for id in ids {
+            bytes.extend_from_slice(id.as_bytes());
+        }
+    }
+    Uuid::new_v5(&DERIVED_ID_NAMESPACE, &bytes)
+}
+
 /// The append id used when the client gives none: UUIDv5 over the stream and event ids, so
 /// that re-sending the same events is idempotent.
 pub fn derived_append_id(stream_id: &str, event_ids: impl IntoIterator<Item = Uuid>) -> Uuid {
@@ -443,5 +497,27 @@ mod tests {
             derived_append_id("s", [b, a])
         );
         assert_ne!(derived_append_id("s", [a]), derived_append_id("t", [a]));
+    }
+
+    #[test]
+    fn derived_group_append_id_depends_on_every_part_and_differs_from_single_ids() {
+        let a = Uuid::from_u128(1);
+        let b = Uuid::from_u128(2);
+        let id = |parts: &[(&str, &[Uuid])]| {
+            derived_group_append_id(parts.iter().map(|(s, ids)| (*s, ids.iter().copied())))
+        };
+        assert_eq!(
+            id(&[("s", &[a]), ("t", &[b])]),
+            id(&[("s", &[a]), ("t", &[b])])
+        );
+        assert_ne!(
+            id(&[("s", &[a]), ("t", &[b])]),
+            id(&[("t", &[b]), ("s", &[a])])
+        );
+        assert_ne!(
+            id(&[("s", &[a, b]), ("t", &[])]),
+            id(&[("s", &[a]), ("t", &[b])])
+        );
+        assert_ne!(id(&[("s", &[a])]), derived_append_id("s", [a]));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod event;
+pub mod group;
 pub mod ingest_log;
 pub mod lifecycle;
 #[cfg(feature = "openapi")]

@@ -147,6 +147,28 @@ pub enum InvalidAppend {
     /// A delete mode other than `soft` or `hard`.
     #[error("the delete mode must be \"soft\" or \"hard\", got {0}")]
     InvalidDeleteMode(String),
+    /// A multi-stream append whose `appends` list is empty.
+    #[error("a multi-stream append needs at least one stream in `appends`")]
+    EmptyAppends,
+    /// A multi-stream append naming one stream in two parts.
+    #[error("stream {0:?} appears more than once in `appends`; put all its events in one part")]
+    DuplicateStream(String),
+    /// A multi-stream append over more streams than the limit allows.
+    #[error("{count} streams in one append; the limit is {limit}")]
+    TooManyStreams {
+        /// Streams sent.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A part of a multi-stream append is invalid (the whole append is refused).
+    #[error("appends[{index}]: {error}")]
+    InPart {
+        /// The part's position in `appends`.
+        index: usize,
+        /// What is wrong with it.
+        error: Box<InvalidAppend>,
+    },
 }
 
 impl InvalidAppend {
@@ -174,6 +196,18 @@ impl InvalidAppend {
             InvalidAppend::EmptyRequest => "empty_request",
             InvalidAppend::ReservedEventType(_) => "reserved_event_type",
             InvalidAppend::InvalidDeleteMode(_) => "invalid_delete_mode",
+            InvalidAppend::EmptyAppends => "empty_appends",
+            InvalidAppend::DuplicateStream(_) => "duplicate_stream",
+            InvalidAppend::TooManyStreams { .. } => "too_many_streams",
+            InvalidAppend::InPart { error, .. } => error.code(),
+        }
+    }
+
+    /// The error itself, out of the part of a multi-stream append it was found in.
+    pub fn innermost(&self) -> &InvalidAppend {
+        match self {
+            InvalidAppend::InPart { error, .. } => error.innermost(),
+            other => other,
         }
     }
 }

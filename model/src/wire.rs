@@ -127,6 +127,9 @@ pub struct AppendResult {
     /// Last version written, when accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_version: Option<i64>,
+    /// For an accepted multi-stream append: one result per part, in request order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub results: Option<Vec<crate::api::StreamAppendResult>>,
     /// Why, when rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
@@ -153,6 +156,10 @@ pub struct ErrorBody {
     /// The stream's version, for `wrong_expected_version` (null: no stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actual_version: Option<StreamVersion>,
+    /// For a multi-stream append: the streams that kept it from being written, with what was
+    /// expected of each and where each was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streams: Option<Vec<crate::api::StreamConflict>>,
 }
 
 /// The envelope every HTTP error body has: `{"error": {...}}`.

@@ -85,6 +85,26 @@ pub fn ingest_log_batch_headers(attempt_id: &str, events: usize) -> OwnedHeaders
         })
 }
 
+/// `headers` of a format-2 `ingest-log` record of a multi-stream append's attempt, with the
+/// group's append id and how many records the attempt produced over every partition (rule 2:
+/// the indexer commits the group, keyed by (append id, attempt id), once it holds them all).
+pub fn with_group_headers(
+    headers: OwnedHeaders,
+    group_append_id: &str,
+    records: usize,
+) -> OwnedHeaders {
+    let records = records.to_string();
+    headers
+        .insert(Header {
+            key: header::GROUP_APPEND_ID,
+            value: Some(group_append_id),
+        })
+        .insert(Header {
+            key: header::GROUP_RECORDS,
+            value: Some(&records),
+        })
+}
+
 /// Adds the correlation and causation headers, when the event has them.
 fn with_trace_ids(
     mut headers: OwnedHeaders,

@@ -1208,3 +1208,42 @@ async fn stream_metadata_and_delete_commands_go_through_the_api() -> anyhow::Res
     assert!(get.stderr.contains("stream_deleted"), "{get:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn append_multi_writes_several_streams_or_exits_2_naming_the_conflicts() -> anyhow::Result<()>
+{
+    let ctx = TestContext::new("cli_append_multi").await?;
+    let ingest = ingest::spawn(&ctx, HTTP_ONLY).await?;
+    let env = ctx.env();
+    let url = ingest.http.as_str();
+    let file = json!({"appends": [
+        {"stream_id": "Order-1", "expected_version": "no_stream",
+         "events": [{"type": "OrderPlaced", "data": {"n": 1.50}}, {"type": "OrderPaid", "data": {}}]},
+        {"stream_id": "Invoice-1", "expected_version": "no_stream",
+         "events": [{"type": "InvoiceIssued", "data": {}}]},
+    ]})
+    .to_string();
+    let args = ["append-multi", "--file", "-", "--url", url, "--json"];
+    let run = esk(&env, &args, Some(&file)).await?;
+    assert_eq!(run.code, 0, "{run:?}");
+    let appended = run.json()?;
+    assert_eq!(
+        appended["results"],
+        json!([
+            {"stream_id": "Order-1", "first_version": 0, "last_version": 1},
+            {"stream_id": "Invoice-1", "first_version": 0, "last_version": 0},
+        ])
+    );
+
+    // The same file again: new random event ids, so a new append, refused as a whole.
+    let run = esk(&env, &args[..5], Some(&file)).await?;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("wrong_expected_version"), "{run:?}");
+    assert!(run.stderr.contains("Order-1, Invoice-1"), "{run:?}");
+
+    for bad in [r#"{"appends": []}"#, r#"{"appends": [{"stream_id": "X"}]}"#] {
+        let run = esk(&env, &args[..5], Some(bad)).await?;
+        assert_eq!(run.code, 1, "{bad}: {run:?}");
+    }
+    Ok(())
+}
