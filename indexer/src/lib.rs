@@ -8,6 +8,9 @@ mod commit;
 mod committed_tail;
 mod config;
 mod copy_batch;
+mod election;
+mod frontier;
+mod group;
 mod halts;
 mod index_batch;
 mod index_loop;
@@ -20,6 +23,7 @@ mod offsets;
 mod publisher;
 mod quarantine;
 mod scavenger;
+mod units;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,7 +73,7 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
         indexed.clone(),
         tail.clone(),
         watchdog.register("index loop"),
-    )?;
+    );
     supervisor.spawn("index loop", indexer.run(shutdown.clone()));
     if config.publish {
         let publisher = publisher::Publisher {
