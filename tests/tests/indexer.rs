@@ -215,12 +215,16 @@ async fn survives_indexer_kill_mid_batch_and_between_commit_and_publish() -> any
     // Killed repeatedly mid-load.
     for round in 0..3 {
         let mut process = indexer::spawn(&ctx, &[("ESK_INDEXER_MAX_BATCH", "200")]).await?;
-        indexer::pause(1200 + 300 * round).await;
+        indexer::pause(400 + 300 * round).await;
         process.kill9()?;
     }
-    // Indexes without publishing, then dies: committed rows wait for the next publisher.
+    // Indexes without publishing, then dies: committed rows wait for the next publisher. (The
+    // elected committer starts at once, so the load may be indexed by now: more follows.)
     let mut unpublished = indexer::spawn(&ctx, &[("ESK_PUBLISH", "false")]).await?;
-    let accepted = load.finish(false).await?;
+    let accepted = load.finish(false).await?
+        + Load::start(&client, "Unpublished", 2, 2, 10)
+            .finish(false)
+            .await?;
     wait_indexed(&ctx, accepted, Duration::from_secs(60)).await?;
     let through: i64 = sqlx::query_scalar("SELECT global_position FROM published_through")
         .fetch_one(&ctx.pool)
