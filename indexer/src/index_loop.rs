@@ -53,7 +53,8 @@ fn event_count(record: &BorrowedMessage<'_>) -> usize {
 /// How long a wait for records lasts before the leader looks at its lock and at quarantine
 /// requests again.
 const WAIT_FOR_RECORDS: Duration = Duration::from_secs(1);
-/// How often the leader checks that its lock connection is alive.
+/// How often the leader checks that its lock connection is alive (and looks for quarantine
+/// requests while a partition is halted).
 const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 /// How often a standby tries to take the lock.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
@@ -294,9 +295,11 @@ impl Indexer {
                     .await
                     .map_err(StepDown::LockLost)?;
                 lead.confirmed = Instant::now();
-            }
-            if self.halts.any() && !self.halts.release_quarantined(&self.pool).await.is_empty() {
-                self.assign(lead).await?;
+                // Quarantine requests are looked for as often.
+                if self.halts.any() && !self.halts.release_quarantined(&self.pool).await.is_empty()
+                {
+                    self.assign(lead).await?;
+                }
             }
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -573,3 +573,79 @@ async fn the_standby_takes_over_when_the_leader_is_killed() -> anyhow::Result<()
     );
     Ok(())
 }
+
+/// Terminates the Postgres session holding the index committer's advisory lock.
+async fn cut_the_committer_lock(ctx: &TestContext) -> anyhow::Result<u64> {
+    // A bigint advisory key shows in pg_locks as classid (high half) and objid (low half).
+    const KEY: i64 = 0x0065_736b_5f69_6478;
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND objsubid = 1
+           AND classid::int8 = $1 AND objid::int8 = $2
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .bind(KEY >> 32)
+    .bind(KEY & 0xffff_ffff)
+    .fetch_all(&ctx.pool)
+    .await?;
+    Ok(terminated.into_iter().filter(|t| *t).count() as u64)
+}
+
+#[tokio::test]
+async fn a_leader_that_loses_its_lock_connection_stands_by_and_one_leader_finishes(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::new("ms_lock_lost").await?;
+    let producer = kafka::producer(&ctx.brokers)?;
+    let first = indexer::spawn(&ctx, &[("ESK_INDEXER_MAX_BATCH", "3")]).await?;
+    let led = eventually(Duration::from_secs(20), || async {
+        (role(&first).await.as_deref() == Some("leader")).then_some(())
+    })
+    .await;
+    assert!(led.is_some(), "the first indexer leads");
+    let second = indexer::spawn(&ctx, &[("ESK_INDEXER_MAX_BATCH", "3")]).await?;
+    let before = produce_groups(&ctx, &producer, "S", 20).await?;
+    assert_eq!(cut_the_committer_lock(&ctx).await?, 1, "one lock holder");
+    let after = produce_groups(&ctx, &producer, "T", 20).await?;
+    let expected: usize = before.values().chain(after.values()).sum::<usize>() + 40;
+    wait_rows(&ctx, expected as i64, Duration::from_secs(90)).await?;
+    let table = rows(&ctx).await?;
+    assert_eq!(table.len(), expected);
+    let mut groups = before;
+    groups.extend(after);
+    check(&table, &groups)?;
+    // The old leader notices at its next lock check (within a couple of seconds; meanwhile the
+    // offsets compare-and-set keeps two committers safe).
+    let noticed = eventually(Duration::from_secs(15), || async {
+        first
+            .log_text()
+            .contains("index committer stepping down")
+            .then_some(())
+    })
+    .await;
+    assert!(noticed.is_some(), "the leader noticed the lost lock");
+    // Then exactly one leader, and each process says which it is in /health and the gauge.
+    let one_leader = eventually(Duration::from_secs(15), || async {
+        let mut leaders = 0.0;
+        for process in [&first, &second] {
+            let gauge = indexer::metrics(process)
+                .await
+                .ok()?
+                .get("esk_indexer_committer_leader")
+                .copied()?;
+            let shown = role(process).await;
+            let expected = if gauge == 1.0 { "leader" } else { "standby" };
+            if shown.as_deref() != Some(expected) {
+                return None;
+            }
+            leaders += gauge;
+        }
+        (leaders == 1.0).then_some(())
+    })
+    .await;
+    assert!(one_leader.is_some(), "one committer, and /health agrees");
+    for process in [&first, &second] {
+        let health = reqwest::get(format!("{}/health", process.admin)).await?;
+        assert!(health.status().is_success(), "a standby is healthy too");
+    }
+    Ok(())
+}
