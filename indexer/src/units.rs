@@ -110,13 +110,29 @@ pub(crate) fn commit_blocks(records: &[(i32, Option<GroupKey>)]) -> Vec<Vec<usiz
     let mut taken = vec![false; members.len()];
     let mut blocks = Vec::new();
     loop {
-        let Some(start) = by_partition
+        let heads: Vec<usize> = by_partition
             .iter()
-            .find_map(|(p, list)| list.get(head[p]).copied())
-        else {
+            .filter_map(|(p, list)| list.get(head[p]).copied())
+            .collect();
+        let Some(&first) = heads.first() else {
             return blocks;
         };
-        // The start's unit, and every unit with a record before one of the block's records.
+        // A unit with nothing before it on any partition is a block alone (so a refused group
+        // halts at its own parts); the first head's unit otherwise, with every unit that has a
+        // record before one of the block's records.
+        let ready = |unit: usize| {
+            members[unit].iter().all(|&m| {
+                let list = &by_partition[&records[m].0];
+                list[head[&records[m].0]..rank[m]]
+                    .iter()
+                    .all(|r| unit_of[*r] == unit)
+            })
+        };
+        let start = heads
+            .iter()
+            .copied()
+            .find(|r| ready(unit_of[*r]))
+            .unwrap_or(first);
         let mut block_units = vec![unit_of[start]];
         taken[unit_of[start]] = true;
         let mut next = 0;
@@ -198,6 +214,14 @@ mod tests {
             rec(Some(g1), &["b"]),
         ];
         assert_eq!(row_order(&records), vec![0, 3, 1, 2]);
+    }
+
+    #[test]
+    fn a_group_behind_single_records_is_a_block_of_its_own() {
+        let g = key();
+        // Partition 0: x, G; partition 1: y, G.
+        let records = vec![(0, None), (0, Some(g)), (1, None), (1, Some(g))];
+        assert_eq!(commit_blocks(&records), vec![vec![0], vec![2], vec![1, 3]]);
     }
 
     #[test]

@@ -47,14 +47,26 @@ impl Part {
 }
 
 /// Writes `part` as one format-2 record of `attempt` to its stream's partition, with the group
-/// headers when `group` is (append id, records of the attempt).
+/// headers when `group` is (append id, records of the attempt); returns (partition, offset).
 async fn produce_part(
     ctx: &TestContext,
     producer: &FutureProducer,
     part: &Part,
     attempt: Uuid,
     group: Option<(Uuid, usize)>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(i32, i64)> {
+    produce_typed(ctx, producer, part, "Manual", attempt, group).await
+}
+
+/// [`produce_part`] with events of type `event_type`.
+async fn produce_typed(
+    ctx: &TestContext,
+    producer: &FutureProducer,
+    part: &Part,
+    event_type: &str,
+    attempt: Uuid,
+    group: Option<(Uuid, usize)>,
+) -> anyhow::Result<(i32, i64)> {
     let data = RawValue::from_string(r#"{"n":1}"#.to_owned())?;
     let mut encoder = BatchEncoder::new(attempt, Utc::now(), 1 << 20)?;
     for i in 0..part.count {
@@ -62,7 +74,7 @@ async fn produce_part(
             event_id: Uuid::new_v4(),
             stream_id: &part.stream,
             version: part.first_version + i as i64,
-            event_type: "Manual",
+            event_type,
             data: &data,
             metadata: None,
             append_id: part.append,
@@ -94,7 +106,7 @@ async fn produce_part(
             });
     }
     let partition = partition_for_key(part.stream.as_bytes(), TEST_PARTITIONS);
-    producer
+    let delivered = producer
         .send(
             FutureRecord::to(&ctx.topics.ingest_log)
                 .partition(partition)
@@ -105,7 +117,7 @@ async fn produce_part(
         )
         .await
         .map_err(|(e, _)| anyhow::anyhow!("produce failed: {e}"))?;
-    Ok(())
+    Ok((delivered.partition, delivered.offset))
 }
 
 /// Records the ledger row of `append`: accepted by `attempt` (its parts' streams and versions),
@@ -162,7 +174,8 @@ async fn single(
     let part = Part::new(stream, version, 1, Uuid::new_v4());
     let attempt = Uuid::new_v4();
     ledger(ctx, part.append, attempt, &[&part], true).await?;
-    produce_part(ctx, producer, &part, attempt, None).await
+    produce_part(ctx, producer, &part, attempt, None).await?;
+    Ok(())
 }
 
 /// One row of `events` as the checker reads it.
@@ -647,5 +660,103 @@ async fn a_leader_that_loses_its_lock_connection_stands_by_and_one_leader_finish
         let health = reqwest::get(format!("{}/health", process.admin)).await?;
         assert!(health.status().is_success(), "a standby is healthy too");
     }
+    Ok(())
+}
+
+/// Runs `esk indexer quarantine` against the test's database and topics; returns its exit code.
+async fn quarantine(ctx: &TestContext, partition: i32, offset: i64) -> anyhow::Result<i32> {
+    let output = tokio::process::Command::new(esk_tests::process::bin_dir()?.join("esk"))
+        .envs(ctx.env())
+        .args([
+            "indexer",
+            "quarantine",
+            "--partition",
+            &partition.to_string(),
+            "--offset",
+            &offset.to_string(),
+        ])
+        .output()
+        .await?;
+    Ok(output.status.code().unwrap_or(-1))
+}
+
+#[tokio::test]
+async fn a_refused_part_halts_every_partition_of_its_group_and_quarantine_takes_the_group(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::new("ms_refused").await?;
+    let producer = kafka::producer(&ctx.brokers)?;
+    let (a, after_a) = (stream_on(0, "A"), stream_on(0, "AfterA"));
+    let (b, after_b) = (stream_on(1, "B"), stream_on(1, "AfterB"));
+    let x = stream_on(2, "X");
+    single(&ctx, &producer, &a, 0).await?;
+    single(&ctx, &producer, &b, 0).await?;
+    // A group whose part on partition 0 Postgres refuses (NUL in a text column); its part on
+    // partition 1 is fine, and must not commit alone.
+    let g = Uuid::new_v4();
+    let parts = [Part::new(&a, 1, 1, g), Part::new(&b, 1, 2, g)];
+    let (_, attempt) = accepted_group(&ctx, &[&parts[0], &parts[1]]).await?;
+    let bad = produce_typed(
+        &ctx,
+        &producer,
+        &parts[0],
+        "Bad\u{0}Type",
+        attempt,
+        Some((g, 2)),
+    )
+    .await?;
+    let good = produce_part(&ctx, &producer, &parts[1], attempt, Some((g, 2))).await?;
+    single(&ctx, &producer, &after_a, 0).await?;
+    single(&ctx, &producer, &after_b, 0).await?;
+    for version in 0..5 {
+        single(&ctx, &producer, &x, version).await?;
+    }
+    let process = indexer::spawn(&ctx, &[]).await?;
+    // Partition 2 indexes; partitions 0 and 1 halt at the group's parts.
+    let halted = eventually(Duration::from_secs(60), || async {
+        let response = reqwest::get(format!("{}/health", process.admin))
+            .await
+            .ok()?;
+        let text = response.text().await.ok()?;
+        (text.contains(&format!("partition {} halted at offset {}", bad.0, bad.1))
+            && text.contains(&format!("partition {} halted at offset {}", good.0, good.1)))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        halted.is_some(),
+        "both partitions of the group halt: {}",
+        process.log_text()
+    );
+    wait_rows(&ctx, 7, Duration::from_secs(30)).await?;
+    pause(1500).await;
+    let table = rows(&ctx).await?;
+    assert_eq!(table.len(), 7, "a0, b0 and partition 2's five: {table:?}");
+    assert!(
+        table.iter().all(|r| r.group_append_id.is_none()),
+        "no part of the group"
+    );
+
+    // Quarantining the refused part sets the whole group aside; both partitions go on.
+    assert_eq!(quarantine(&ctx, bad.0, bad.1).await?, 0);
+    wait_rows(&ctx, 9, Duration::from_secs(60)).await?;
+    pause(1000).await;
+    let table = rows(&ctx).await?;
+    assert_eq!(table.len(), 9, "the appends behind the group: {table:?}");
+    check(&table, &HashMap::new())?;
+    let set_aside: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT partition_id, kafka_offset FROM indexer_quarantine
+         WHERE topic = $1 AND quarantined_at IS NOT NULL AND payload IS NOT NULL
+         ORDER BY partition_id",
+    )
+    .bind(&ctx.topics.ingest_log)
+    .fetch_all(&ctx.pool)
+    .await?;
+    assert_eq!(
+        set_aside,
+        vec![bad, good],
+        "both parts set aside, bytes kept"
+    );
+    let response = reqwest::get(format!("{}/health", process.admin)).await?;
+    assert!(response.status().is_success());
     Ok(())
 }
