@@ -58,8 +58,14 @@ const WAIT_FOR_RECORDS: Duration = Duration::from_secs(1);
 const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 /// How often a standby tries to take the lock.
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How long the leader pauses after a consumer error.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// Failed indexing transactions in a row before `/health` says so (a blip is not a problem).
 const FAILURES_BEFORE_UNHEALTHY: u32 = 3;
+
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
 /// Records read ahead, per partition in offset order, and their size.
 #[derive(Debug, Default)]
@@ -108,6 +114,8 @@ struct Lead {
     cursor: PartitionCursor,
     ahead: ReadAhead,
     confirmed: Instant,
+    /// When the leader last said it reads past the caps.
+    warned_past_caps: Option<Instant>,
 }
 
 /// Why a leader stops leading.
@@ -205,6 +213,8 @@ impl Indexer {
             );
             let outcome = self.lead(&mut lead, &shutdown).await;
             self.halts.forget_halts();
+            self.indexing_recovered();
+            self.metrics.read_ahead_events.set(0);
             lead.leadership.release().await;
             match outcome {
                 Ok(()) => break,
@@ -253,6 +263,7 @@ impl Indexer {
             cursor: PartitionCursor::new(self.topic.as_str()),
             ahead: ReadAhead::default(),
             confirmed: Instant::now(),
+            warned_past_caps: None,
         };
         if let Err(error) = self.assign(&mut lead).await {
             return Err((lead.leadership, error));
@@ -321,22 +332,28 @@ impl Indexer {
     /// second, so the caller looks at its lock and at quarantine requests.
     async fn collect(&mut self, lead: &mut Lead) -> Vec<Pending> {
         let mut deadline = None;
+        // The frontier was empty with the read-ahead at its caps: read on past them.
+        let mut past_caps = false;
         loop {
-            while lead.ahead.events < self.max_batch && lead.ahead.bytes < self.max_batch_bytes {
+            while past_caps || self.under_caps(&lead.ahead) {
                 let Some(next) = lead.consumer.recv().now_or_never() else {
                     break;
                 };
                 if !self.accept(&mut lead.cursor, &lead.consumer, &mut lead.ahead, next) {
+                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                     return Vec::new();
                 }
             }
-            let under_caps =
-                lead.ahead.events < self.max_batch && lead.ahead.bytes < self.max_batch_bytes;
+            let under_caps = self.under_caps(&lead.ahead);
             let lingering = !lead.ahead.is_empty() && under_caps && !self.linger.is_zero();
             if !lead.ahead.is_empty() && !lingering {
                 let batch = self.take_closed(lead).await;
                 if !batch.is_empty() {
                     return batch;
+                }
+                if !under_caps {
+                    past_caps = true;
+                    self.waiting_for_parts(lead);
                 }
             }
             let wait = if lingering {
@@ -347,19 +364,43 @@ impl Indexer {
             match tokio::time::timeout_at(wait, lead.consumer.recv()).await {
                 Ok(next) => {
                     if !self.accept(&mut lead.cursor, &lead.consumer, &mut lead.ahead, next) {
+                        tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                         return Vec::new();
                     }
                 }
-                Err(_) if lingering => {
-                    let batch = self.take_closed(lead).await;
-                    if !batch.is_empty() {
-                        return batch;
-                    }
-                    return Vec::new();
-                }
+                Err(_) if lingering => return self.take_closed(lead).await,
                 Err(_) => return Vec::new(),
             }
         }
+    }
+
+    fn under_caps(&self, ahead: &ReadAhead) -> bool {
+        ahead.events < self.max_batch && ahead.bytes < self.max_batch_bytes
+    }
+
+    /// Says (at most every ten seconds) that the read-ahead went past its caps because no
+    /// group in it is whole yet: normal for a moment (a group's last part is in flight), a
+    /// problem if it lasts (a part that never comes holds its partitions).
+    fn waiting_for_parts(&self, lead: &mut Lead) {
+        if lead
+            .warned_past_caps
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        lead.warned_past_caps = Some(Instant::now());
+        let waiting: Vec<String> = lead
+            .ahead
+            .buffers
+            .iter()
+            .filter_map(|(p, b)| Some(format!("partition {p} at offset {}", b.front()?.offset)))
+            .collect();
+        tracing::warn!(
+            events = lead.ahead.events,
+            bytes = lead.ahead.bytes,
+            waiting = ?waiting,
+            "reading past the batch caps: no multi-stream group read ahead is whole yet"
+        );
     }
 
     /// Keeps a record the consumer delivered if it is the next of its partition; `false` on a
@@ -426,7 +467,9 @@ impl Indexer {
             }
         };
         let cut = frontier::closed(&lead.ahead.buffers, &accepted, self.halts.quarantined());
-        lead.ahead.take(&cut)
+        let batch = lead.ahead.take(&cut);
+        self.metrics.read_ahead_events.set(gauge(lead.ahead.events));
+        batch
     }
 
     /// Indexes one batch: commit, retrying transient failures; a lost compare-and-set (another
