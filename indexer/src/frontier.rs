@@ -1,5 +1,6 @@
-//! The closed frontier (rule 5 of the multi-stream design): per partition, the largest prefix of
-//! the records read ahead in which every accepted group has all of its records. Records past it
+//! The records read ahead and their closed frontier (rule 5 of the multi-stream design): per
+//! partition, the largest prefix of the records read ahead in which every accepted group has all
+//! of its records. Records past it
 //! stay read ahead for a later batch. Phantom groups (no accepted ledger row for their
 //! (append id, attempt id)) and records of no group never wait.
 
@@ -7,6 +8,45 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::group::GroupKey;
 use crate::index_batch::Pending;
+
+/// Records read ahead, per partition in offset order, and their size.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
+    pub(crate) buffers: BTreeMap<i32, VecDeque<Pending>>,
+    /// Events held (by the records' `event_count`).
+    pub(crate) events: usize,
+    /// Bytes of record values held.
+    pub(crate) bytes: usize,
+}
+
+impl ReadAhead {
+    pub(crate) fn push(&mut self, record: Pending) {
+        self.events += record.events;
+        self.bytes += record.payload.len();
+        self.buffers
+            .entry(record.partition)
+            .or_default()
+            .push_back(record);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buffers.values().all(VecDeque::is_empty)
+    }
+
+    /// Takes the first `cut[p]` records of each partition, partition by partition.
+    pub(crate) fn take(&mut self, cut: &BTreeMap<i32, usize>) -> Vec<Pending> {
+        let mut batch = Vec::new();
+        for (partition, buffer) in &mut self.buffers {
+            let n = cut.get(partition).copied().unwrap_or(0).min(buffer.len());
+            for record in buffer.drain(..n) {
+                self.events = self.events.saturating_sub(record.events);
+                self.bytes = self.bytes.saturating_sub(record.payload.len());
+                batch.push(record);
+            }
+        }
+        batch
+    }
+}
 
 /// How many records of each partition's read-ahead the next batch may take: `accepted` holds
 /// the groups the ledger accepted; records in `quarantined` are set aside, never waited for.

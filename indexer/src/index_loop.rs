@@ -5,7 +5,7 @@
 //! narrows refused batches down to the block at fault, whose partitions halt. A leader that
 //! loses its lock connection drops its consumer and everything read ahead, and stands by.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use crate::commit::{CommitError, Mode};
 use crate::committed_tail::CommittedTail;
 use crate::config::IndexerConfig;
 use crate::election::{Leadership, COMMITTER_LOCK};
+use crate::frontier::ReadAhead;
 use crate::group::{GroupKey, GroupTag};
 use crate::halts::Halts;
 use crate::index_batch::{BatchIndexer, Pending};
@@ -65,43 +66,6 @@ const FAILURES_BEFORE_UNHEALTHY: u32 = 3;
 
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// Records read ahead, per partition in offset order, and their size.
-#[derive(Debug, Default)]
-struct ReadAhead {
-    buffers: BTreeMap<i32, VecDeque<Pending>>,
-    events: usize,
-    bytes: usize,
-}
-
-impl ReadAhead {
-    fn push(&mut self, record: Pending) {
-        self.events += record.events;
-        self.bytes += record.payload.len();
-        self.buffers
-            .entry(record.partition)
-            .or_default()
-            .push_back(record);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.buffers.values().all(VecDeque::is_empty)
-    }
-
-    /// Takes the first `cut[p]` records of each partition, partition by partition.
-    fn take(&mut self, cut: &BTreeMap<i32, usize>) -> Vec<Pending> {
-        let mut batch = Vec::new();
-        for (partition, buffer) in &mut self.buffers {
-            let n = cut.get(partition).copied().unwrap_or(0).min(buffer.len());
-            for record in buffer.drain(..n) {
-                self.events = self.events.saturating_sub(record.events);
-                self.bytes = self.bytes.saturating_sub(record.payload.len());
-                batch.push(record);
-            }
-        }
-        batch
-    }
 }
 
 /// What the leader holds while it leads.
