@@ -315,7 +315,9 @@ impl Indexer {
                 if !batch.is_empty() {
                     return batch;
                 }
-                if !under_caps {
+                // While a partition is halted, a group with a part behind the halt cannot
+                // close: reading on would only fill memory until an operator acts.
+                if !under_caps && !self.halts.any() {
                     past_caps = true;
                     self.waiting_for_parts(lead);
                 }
