@@ -145,7 +145,9 @@ impl Publisher {
     /// restart, or rows another indexer committed).
     async fn read_committed(&self, through: i64) -> Result<Vec<CommittedEvent>, PublishError> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS}, group_append_id, group_first_position, group_last_position
+            "SELECT {EVENT_COLUMNS}, group_append_id AS published_group_append_id,
+                    group_first_position AS published_group_first,
+                    group_last_position AS published_group_last
              FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
         );
         let mut rows = sqlx::query(&sql)
@@ -157,9 +159,10 @@ impl Publisher {
         while let Some(row) = rows.try_next().await? {
             let event = canonical_event_from_row(&row)?;
             let group = match (
-                row.try_get::<Option<Uuid>, _>(8)?,
-                row.try_get::<Option<i64>, _>(9)?,
-                row.try_get::<Option<i64>, _>(10)?,
+                // By (aliased) name: whatever EVENT_COLUMNS holds, these are the group's.
+                row.try_get::<Option<Uuid>, _>("published_group_append_id")?,
+                row.try_get::<Option<i64>, _>("published_group_first")?,
+                row.try_get::<Option<i64>, _>("published_group_last")?,
             ) {
                 (Some(append_id), Some(first_position), Some(last_position)) => Some(GroupSpan {
                     append_id,

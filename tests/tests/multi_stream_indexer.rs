@@ -257,61 +257,10 @@ fn check(rows: &[Row], groups: &HashMap<Uuid, usize>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits until `events` holds `count` rows.
-async fn wait_rows(ctx: &TestContext, count: i64, timeout: Duration) -> anyhow::Result<()> {
-    let got = eventually(timeout, || async {
-        let n = indexer::event_count(ctx).await.ok()?;
-        (n >= count).then_some(n)
-    })
-    .await;
-    anyhow::ensure!(
-        got.is_some(),
-        "{} of {count} rows after {timeout:?}",
-        indexer::event_count(ctx).await?
-    );
-    Ok(())
-}
-
-/// The role `/health` shows.
-async fn role(process: &Process) -> Option<String> {
-    let body: serde_json::Value = reqwest::get(format!("{}/health", process.admin))
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()?;
-    body["role"].as_str().map(str::to_owned)
-}
-
-#[tokio::test]
-async fn groups_in_opposite_orders_on_two_partitions_both_commit_whole() -> anyhow::Result<()> {
-    let ctx = TestContext::new("ms_opposite").await?;
-    let producer = kafka::producer(&ctx.brokers)?;
-    let (a, c) = (stream_on(0, "A"), stream_on(0, "C"));
-    let (b, d) = (stream_on(1, "B"), stream_on(1, "D"));
-    let (g1, g2) = (Uuid::new_v4(), Uuid::new_v4());
-    let g1_parts = [Part::new(&a, 1, 2, g1), Part::new(&b, 1, 3, g1)];
-    let g2_parts = [Part::new(&c, 0, 2, g2), Part::new(&d, 1, 1, g2)];
-    let (_, g1_attempt) = accepted_group(&ctx, &[&g1_parts[0], &g1_parts[1]]).await?;
-    let (_, g2_attempt) = accepted_group(&ctx, &[&g2_parts[0], &g2_parts[1]]).await?;
-    // Single appends before the groups on A, B and D, so the groups sit behind other records.
-    single(&ctx, &producer, &a, 0).await?;
-    single(&ctx, &producer, &b, 0).await?;
-    single(&ctx, &producer, &d, 0).await?;
-    // Partition 0: G1 then G2; partition 1: G2 then G1.
-    produce_part(&ctx, &producer, &g1_parts[0], g1_attempt, Some((g1, 2))).await?;
-    produce_part(&ctx, &producer, &g2_parts[0], g2_attempt, Some((g2, 2))).await?;
-    produce_part(&ctx, &producer, &g2_parts[1], g2_attempt, Some((g2, 2))).await?;
-    produce_part(&ctx, &producer, &g1_parts[1], g1_attempt, Some((g1, 2))).await?;
-    single(&ctx, &producer, &a, 3).await?;
-    single(&ctx, &producer, &b, 4).await?;
-    // A batch cap of one record: the closed frontier must read past it.
-    let _indexer = indexer::spawn(&ctx, &[("ESK_INDEXER_MAX_BATCH", "1")]).await?;
-    wait_rows(&ctx, 13, Duration::from_secs(60)).await?;
-    let table = rows(&ctx).await?;
-    assert_eq!(table.len(), 13);
-    check(&table, &HashMap::from([(g1, 5), (g2, 3)]))?;
-
+/// Checks the canonical topic against the table: every grouped row's record names its group
+/// and span in the four group headers, other records carry none; returns how many grouped
+/// records it saw (repeats included).
+fn check_canonical_groups(ctx: &TestContext, table: &[Row]) -> anyhow::Result<usize> {
     // The canonical topic: each grouped record names its group and span.
     let spans: HashMap<Uuid, (i64, i64)> = table
         .iter()
@@ -375,6 +324,65 @@ async fn groups_in_opposite_orders_on_two_partitions_both_commit_whole() -> anyh
             }
         }
     }
+    Ok(grouped)
+}
+
+/// Waits until `events` holds `count` rows.
+async fn wait_rows(ctx: &TestContext, count: i64, timeout: Duration) -> anyhow::Result<()> {
+    let got = eventually(timeout, || async {
+        let n = indexer::event_count(ctx).await.ok()?;
+        (n >= count).then_some(n)
+    })
+    .await;
+    anyhow::ensure!(
+        got.is_some(),
+        "{} of {count} rows after {timeout:?}",
+        indexer::event_count(ctx).await?
+    );
+    Ok(())
+}
+
+/// The role `/health` shows.
+async fn role(process: &Process) -> Option<String> {
+    let body: serde_json::Value = reqwest::get(format!("{}/health", process.admin))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    body["role"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn groups_in_opposite_orders_on_two_partitions_both_commit_whole() -> anyhow::Result<()> {
+    let ctx = TestContext::new("ms_opposite").await?;
+    let producer = kafka::producer(&ctx.brokers)?;
+    let (a, c) = (stream_on(0, "A"), stream_on(0, "C"));
+    let (b, d) = (stream_on(1, "B"), stream_on(1, "D"));
+    let (g1, g2) = (Uuid::new_v4(), Uuid::new_v4());
+    let g1_parts = [Part::new(&a, 1, 2, g1), Part::new(&b, 1, 3, g1)];
+    let g2_parts = [Part::new(&c, 0, 2, g2), Part::new(&d, 1, 1, g2)];
+    let (_, g1_attempt) = accepted_group(&ctx, &[&g1_parts[0], &g1_parts[1]]).await?;
+    let (_, g2_attempt) = accepted_group(&ctx, &[&g2_parts[0], &g2_parts[1]]).await?;
+    // Single appends before the groups on A, B and D, so the groups sit behind other records.
+    single(&ctx, &producer, &a, 0).await?;
+    single(&ctx, &producer, &b, 0).await?;
+    single(&ctx, &producer, &d, 0).await?;
+    // Partition 0: G1 then G2; partition 1: G2 then G1.
+    produce_part(&ctx, &producer, &g1_parts[0], g1_attempt, Some((g1, 2))).await?;
+    produce_part(&ctx, &producer, &g2_parts[0], g2_attempt, Some((g2, 2))).await?;
+    produce_part(&ctx, &producer, &g2_parts[1], g2_attempt, Some((g2, 2))).await?;
+    produce_part(&ctx, &producer, &g1_parts[1], g1_attempt, Some((g1, 2))).await?;
+    single(&ctx, &producer, &a, 3).await?;
+    single(&ctx, &producer, &b, 4).await?;
+    // A batch cap of one record: the closed frontier must read past it.
+    let _indexer = indexer::spawn(&ctx, &[("ESK_INDEXER_MAX_BATCH", "1")]).await?;
+    wait_rows(&ctx, 13, Duration::from_secs(60)).await?;
+    let table = rows(&ctx).await?;
+    assert_eq!(table.len(), 13);
+    check(&table, &HashMap::from([(g1, 5), (g2, 3)]))?;
+
+    let grouped = check_canonical_groups(&ctx, &table)?;
     assert!(
         grouped >= 8,
         "every grouped event was published ({grouped})"
@@ -548,6 +556,19 @@ async fn killed_mid_way_and_restarted_every_group_commits_exactly_once() -> anyh
     let table = rows(&ctx).await?;
     assert_eq!(table.len(), expected);
     check(&table, &groups)?;
+    // Published from the table after each restart (no tail yet), from memory in between.
+    let published = eventually(Duration::from_secs(60), || async {
+        let through: i64 = sqlx::query_scalar("SELECT global_position FROM published_through")
+            .fetch_one(&ctx.pool)
+            .await
+            .ok()?;
+        (through == expected as i64).then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "everything published");
+    let grouped = check_canonical_groups(&ctx, &table)?;
+    let grouped_rows = table.iter().filter(|r| r.group_append_id.is_some()).count();
+    assert!(grouped >= grouped_rows, "every grouped event was published");
     Ok(())
 }
 
