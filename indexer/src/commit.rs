@@ -137,9 +137,7 @@ pub(crate) async fn commit(
         .fetch_one(&mut *tx)
         .await?
         .try_get(0)?;
-        for (i, row) in batch.rows.iter_mut().enumerate() {
-            row.global_position = last - count + 1 + i as i64;
-        }
+        copy_batch::assign_positions(&mut batch.rows, last - count + 1);
         let copy_started = Instant::now();
         copy_batch::copy_rows(&mut tx, &batch.rows).await?;
         metrics

@@ -10,6 +10,25 @@ use std::sync::Mutex;
 
 use esk_model::wire::CanonicalEvent;
 
+use crate::group::GroupSpan;
+
+/// A committed event and the group it belongs to (a multi-stream append), as published.
+#[derive(Debug, Clone)]
+pub(crate) struct CommittedEvent {
+    pub(crate) event: CanonicalEvent,
+    pub(crate) group: Option<GroupSpan>,
+}
+
+impl CommittedEvent {
+    fn size_bytes(&self) -> usize {
+        self.event.size_bytes()
+    }
+
+    fn global_position(&self) -> i64 {
+        self.event.global_position
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct CommittedTail {
     events: Mutex<Held>,
@@ -23,12 +42,12 @@ pub(crate) struct CommittedTail {
 /// The events kept and their size.
 #[derive(Debug, Default)]
 struct Held {
-    events: VecDeque<CanonicalEvent>,
+    events: VecDeque<CommittedEvent>,
     bytes: usize,
 }
 
 impl Held {
-    fn pop_front(&mut self) -> Option<CanonicalEvent> {
+    fn pop_front(&mut self) -> Option<CommittedEvent> {
         let event = self.events.pop_front()?;
         self.bytes = self.bytes.saturating_sub(event.size_bytes());
         Some(event)
@@ -66,8 +85,8 @@ impl CommittedTail {
     }
 
     /// Adds a committed batch, in ascending and gap-free global positions.
-    pub(crate) fn extend(&self, batch: Vec<CanonicalEvent>) {
-        let Some(first) = batch.first().map(|e| e.global_position) else {
+    pub(crate) fn extend(&self, batch: Vec<CommittedEvent>) {
+        let Some(first) = batch.first().map(CommittedEvent::global_position) else {
             return;
         };
         let Ok(mut events) = self.events.lock() else {
@@ -76,11 +95,11 @@ impl CommittedTail {
         if events
             .events
             .back()
-            .is_some_and(|last| last.global_position + 1 != first)
+            .is_some_and(|last| last.global_position() + 1 != first)
         {
             events.clear();
         }
-        events.bytes += batch.iter().map(CanonicalEvent::size_bytes).sum::<usize>();
+        events.bytes += batch.iter().map(CommittedEvent::size_bytes).sum::<usize>();
         events.events.extend(batch);
         while events.events.len() > self.capacity || events.bytes > self.capacity_bytes {
             events.pop_front();
@@ -95,16 +114,16 @@ impl CommittedTail {
         next: i64,
         max: usize,
         max_bytes: usize,
-    ) -> Option<Vec<CanonicalEvent>> {
+    ) -> Option<Vec<CommittedEvent>> {
         let mut events = self.events.lock().ok()?;
         while events
             .events
             .front()
-            .is_some_and(|e| e.global_position < next)
+            .is_some_and(|e| e.global_position() < next)
         {
             events.pop_front();
         }
-        if events.events.front()?.global_position != next {
+        if events.events.front()?.global_position() != next {
             return None;
         }
         let mut taken = Vec::new();
@@ -127,8 +146,8 @@ mod tests {
     use serde_json::value::RawValue;
     use uuid::Uuid;
 
-    fn event(position: i64) -> CanonicalEvent {
-        CanonicalEvent {
+    fn event(position: i64) -> CommittedEvent {
+        let event = CanonicalEvent {
             event_id: Uuid::new_v4(),
             stream_id: "s".into(),
             version: position,
@@ -137,11 +156,12 @@ mod tests {
             data: RawValue::from_string("{}".into()).unwrap_or_else(|_| unreachable!()),
             metadata: None,
             created_at: Utc::now(),
-        }
+        };
+        CommittedEvent { event, group: None }
     }
 
-    fn positions(events: &[CanonicalEvent]) -> Vec<i64> {
-        events.iter().map(|e| e.global_position).collect()
+    fn positions(events: &[CommittedEvent]) -> Vec<i64> {
+        events.iter().map(CommittedEvent::global_position).collect()
     }
 
     #[test]

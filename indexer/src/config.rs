@@ -17,7 +17,8 @@ pub struct IndexerConfig {
     /// for a scraper on a trusted network.
     #[arg(long, env = "ESK_INDEXER_ADMIN_ADDR", default_value = "127.0.0.1:9101")]
     pub admin_addr: String,
-    /// Consumer group on ingest-log.
+    /// Group id the ingest-log consumer is created with. It joins no group: the elected
+    /// committer (a Postgres advisory lock) assigns itself every partition.
     #[arg(long, env = "ESK_INDEXER_GROUP", default_value = "esk-indexer")]
     pub group_id: String,
     /// Most events in one indexing transaction.

@@ -1,5 +1,8 @@
 //! Binary COPY of event rows into `events`: the encoder for Postgres's binary copy format
-//! (sqlx streams the bytes; it has no encoder of its own).
+//! (sqlx streams the bytes; it has no encoder of its own), and the global positions and group
+//! columns of a batch's rows.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -19,11 +22,36 @@ pub(crate) struct EventRow<'a> {
     pub(crate) created_at: DateTime<Utc>,
     pub(crate) kafka_partition: i32,
     pub(crate) kafka_offset: i64,
+    /// The multi-stream append the row belongs to (migration 0010), `None` for single-stream
+    /// appends.
+    pub(crate) group_append_id: Option<Uuid>,
+    /// The group's first and last global positions, set by [`assign_positions`].
+    pub(crate) group_positions: Option<(i64, i64)>,
 }
 
 const COPY_STATEMENT: &str = "COPY events (global_position, event_id, stream_id, category, \
-     event_type, data, metadata, version, created_at, kafka_partition, kafka_offset) \
+     event_type, data, metadata, version, created_at, kafka_partition, kafka_offset, \
+     group_append_id, group_first_position, group_last_position) \
      FROM STDIN (FORMAT binary)";
+
+/// Gives the rows the positions `first`, `first + 1`, ... in their order, and each grouped row
+/// its group's first and last position (the rows of a group are contiguous: `units.rs`).
+pub(crate) fn assign_positions(rows: &mut [EventRow<'_>], first: i64) {
+    let mut spans: HashMap<Uuid, (i64, i64)> = HashMap::new();
+    for (i, row) in rows.iter_mut().enumerate() {
+        row.global_position = first + i as i64;
+        if let Some(append) = row.group_append_id {
+            let span = spans
+                .entry(append)
+                .or_insert((row.global_position, row.global_position));
+            span.0 = span.0.min(row.global_position);
+            span.1 = span.1.max(row.global_position);
+        }
+    }
+    for row in rows.iter_mut() {
+        row.group_positions = row.group_append_id.and_then(|a| spans.get(&a).copied());
+    }
+}
 
 /// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01).
 const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
@@ -35,7 +63,7 @@ pub(crate) fn encode(rows: &[EventRow<'_>]) -> Vec<u8> {
     buf.extend_from_slice(&0i32.to_be_bytes()); // flags
     buf.extend_from_slice(&0i32.to_be_bytes()); // header extension length
     for row in rows {
-        buf.extend_from_slice(&11i16.to_be_bytes());
+        buf.extend_from_slice(&14i16.to_be_bytes());
         put_field(&mut buf, &row.global_position.to_be_bytes());
         put_field(&mut buf, row.event_id.as_bytes());
         put_field(&mut buf, row.stream_id.as_bytes());
@@ -51,6 +79,18 @@ pub(crate) fn encode(rows: &[EventRow<'_>]) -> Vec<u8> {
         put_field(&mut buf, &micros.to_be_bytes());
         put_field(&mut buf, &row.kafka_partition.to_be_bytes());
         put_field(&mut buf, &row.kafka_offset.to_be_bytes());
+        match (row.group_append_id, row.group_positions) {
+            (Some(append), Some((first, last))) => {
+                put_field(&mut buf, append.as_bytes());
+                put_field(&mut buf, &first.to_be_bytes());
+                put_field(&mut buf, &last.to_be_bytes());
+            }
+            _ => {
+                for _ in 0..3 {
+                    buf.extend_from_slice(&(-1i32).to_be_bytes());
+                }
+            }
+        }
     }
     buf.extend_from_slice(&(-1i16).to_be_bytes());
     buf
@@ -99,15 +139,58 @@ mod tests {
             created_at,
             kafka_partition: 2,
             kafka_offset: 3,
+            group_append_id: None,
+            group_positions: None,
         };
-        let bytes = encode(&[row]);
+        let bytes = encode(std::slice::from_ref(&row));
         assert!(bytes.starts_with(b"PGCOPY\n\xff\r\n\0"));
         assert!(bytes.ends_with(&[0xff, 0xff]));
-        // header 19 + count 2 + 11 length words + payloads + trailer 2
+        // header 19 + count 2 + 14 length words + payloads + trailer 2
         let payload = 8 + 16 + 1 + 1 + 1 + 2 + 8 + 8 + 4 + 8;
-        assert_eq!(bytes.len(), 19 + 2 + 11 * 4 + payload + 2);
+        assert_eq!(bytes.len(), 19 + 2 + 14 * 4 + payload + 2);
         // created_at at Postgres's epoch encodes as zero microseconds.
         let micros_at = 19 + 2 + 4 + 8 + 4 + 16 + 4 + 1 + 4 + 1 + 4 + 1 + 4 + 2 + 4 + 4 + 8 + 4;
         assert_eq!(&bytes[micros_at..micros_at + 8], &[0u8; 8]);
+        // A grouped row carries the append id and both positions: 16 + 8 + 8 more bytes.
+        let mut grouped = row;
+        grouped.group_append_id = Some(Uuid::nil());
+        grouped.group_positions = Some((1, 1));
+        assert_eq!(encode(&[grouped]).len(), bytes.len() + 16 + 8 + 8);
+    }
+
+    #[test]
+    fn a_groups_rows_carry_its_first_and_last_position() {
+        let created_at = Utc::now();
+        let group = Uuid::new_v4();
+        let row = |g: Option<Uuid>| EventRow {
+            global_position: 0,
+            event_id: Uuid::new_v4(),
+            stream_id: "s",
+            category: "s",
+            event_type: "t",
+            data: "{}",
+            metadata: None,
+            version: 0,
+            created_at,
+            kafka_partition: 0,
+            kafka_offset: 0,
+            group_append_id: g,
+            group_positions: None,
+        };
+        let mut rows = vec![row(None), row(Some(group)), row(Some(group)), row(None)];
+        assign_positions(&mut rows, 10);
+        let got: Vec<(i64, Option<(i64, i64)>)> = rows
+            .iter()
+            .map(|r| (r.global_position, r.group_positions))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (10, None),
+                (11, Some((11, 12))),
+                (12, Some((11, 12))),
+                (13, None)
+            ]
+        );
     }
 }

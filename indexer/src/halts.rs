@@ -1,17 +1,15 @@
 //! Partitions halted at a record Postgres refuses, and the operator's way out: a quarantine
 //! request (`esk indexer quarantine`) resumes the partition, and the record is set aside in
-//! the transaction that moves past it. Nothing is dropped; a halt outlives rebalances until
-//! the process restarts.
+//! the transaction that moves past it. Nothing is dropped. A record of a multi-stream append
+//! halts every partition holding a part of its group (the group never commits partially), and a
+//! quarantine of one part sets the whole group aside. A leader that steps down forgets its
+//! halts: the next leader reads the refused record again and halts there again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use esk_model::ingest_log;
-use esk_runtime::kafka::RebalanceLog;
 use esk_runtime::telemetry::Health;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 use crate::commit::CommitError;
@@ -26,6 +24,8 @@ pub(crate) struct Halts {
     topic: String,
     /// Halted partition → the offset it stands at.
     halted: HashMap<i32, i64>,
+    /// Halted partition → the other (partition, offset) halted with it (parts of one group).
+    linked: HashMap<i32, Vec<(i32, i64)>>,
     /// Records an operator quarantined, to be set aside when they come round again.
     quarantined: HashSet<(i32, i64)>,
     health: Arc<Health>,
@@ -37,6 +37,7 @@ impl Halts {
         Halts {
             topic: topic.to_owned(),
             halted: HashMap::new(),
+            linked: HashMap::new(),
             quarantined: HashSet::new(),
             health,
             metrics,
@@ -57,14 +58,35 @@ impl Halts {
         &self.quarantined
     }
 
+    /// Halts every partition of `records` (one record each: the refused record, or each part
+    /// of the refused group) together: a quarantine of one of them sets them all aside.
+    pub(crate) fn halt_together(&mut self, records: &[&Pending], refusal: &CommitError) {
+        for record in records {
+            let others: Vec<(i32, i64)> = records
+                .iter()
+                .filter(|r| r.partition != record.partition)
+                .map(|r| (r.partition, r.offset))
+                .collect();
+            self.linked.insert(record.partition, others);
+            self.halt(record, refusal);
+        }
+    }
+
+    /// Forgets every halt (the leader steps down: its consumer is gone, and the next leader
+    /// finds the refused records again).
+    pub(crate) fn forget_halts(&mut self) {
+        for partition in self.halted.keys() {
+            self.health.clear_problem(&format!("partition-{partition}"));
+        }
+        self.halted.clear();
+        self.linked.clear();
+        self.metrics.halted_partitions.set(0);
+    }
+
     /// Stops indexing a partition at a record Postgres refuses: nothing is dropped, the
     /// partition waits for an operator, `/health` and the metrics say where and why.
-    pub(crate) fn halt(
-        &mut self,
-        consumer: &StreamConsumer<RebalanceLog>,
-        record: &Pending,
-        refusal: &CommitError,
-    ) {
+    /// The caller stops reading the partition (it is left out of the assignment).
+    fn halt(&mut self, record: &Pending, refusal: &CommitError) {
         let (partition, offset) = (record.partition, record.offset);
         // The whole record halts, and a quarantine sets the whole record aside: every event in
         // it (format 2: all this attempt's events for the partition), each append named here.
@@ -105,21 +127,12 @@ impl Halts {
                  --offset {offset}` sets the record aside"
             ),
         );
-        let mut list = TopicPartitionList::new();
-        list.add_partition(&self.topic, partition);
-        if let Err(error) = consumer.pause(&list) {
-            tracing::warn!(%error, partition, "cannot pause the halted partition");
-        }
     }
 
-    /// Resumes halted partitions whose record an operator quarantined, seeking the consumer
-    /// to that record; returns them as (partition, offset). The record is set aside when it
-    /// is read again, in the transaction that moves on.
-    pub(crate) async fn release_quarantined(
-        &mut self,
-        pool: &PgPool,
-        consumer: &StreamConsumer<RebalanceLog>,
-    ) -> Vec<(i32, i64)> {
+    /// Resumes halted partitions whose record an operator quarantined; returns them as
+    /// (partition, offset): the caller reads them again from their stored offset (the halted
+    /// record), and the record is set aside in the transaction that moves on.
+    pub(crate) async fn release_quarantined(&mut self, pool: &PgPool) -> Vec<(i32, i64)> {
         let partitions: Vec<i32> = self.halted.keys().copied().collect();
         let requested: Vec<(i32, i64)> = match sqlx::query_as(
             "SELECT partition_id, kafka_offset FROM indexer_quarantine
@@ -137,28 +150,43 @@ impl Halts {
             }
         };
         let mut released = Vec::new();
+        let mut requested: Vec<(i32, i64)> = requested
+            .into_iter()
+            .filter(|(p, o)| self.halted.get(p) == Some(o))
+            .collect();
+        // The other parts of a halted group are set aside with the one the operator named.
+        let mut linked: Vec<(i32, i64)> = Vec::new();
+        for (partition, _) in &requested {
+            for &(p, o) in self.linked.get(partition).into_iter().flatten() {
+                if self.halted.get(&p) == Some(&o) && !requested.contains(&(p, o)) {
+                    linked.push((p, o));
+                }
+            }
+        }
+        linked.sort_unstable();
+        linked.dedup();
+        for &(p, o) in &linked {
+            let reason = "a part of a multi-stream append whose other part was quarantined";
+            if let Err(error) = sqlx::query(
+                "INSERT INTO indexer_quarantine (topic, partition_id, kafka_offset, reason)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(&self.topic)
+            .bind(p)
+            .bind(o)
+            .bind(reason)
+            .execute(pool)
+            .await
+            {
+                tracing::warn!(%error, "cannot record the quarantine of a group's part");
+                return Vec::new();
+            }
+            requested.push((p, o));
+        }
         for (partition, offset) in requested {
-            if self.halted.get(&partition) != Some(&offset) {
-                continue;
-            }
-            let mut list = TopicPartitionList::new();
-            list.add_partition(&self.topic, partition);
-            if let Err(error) = consumer.resume(&list) {
-                tracing::warn!(%error, partition, "cannot resume the partition; will retry");
-                continue;
-            }
-            if let Err(error) = consumer.seek(
-                &self.topic,
-                partition,
-                Offset::Offset(offset),
-                Duration::from_secs(5),
-            ) {
-                tracing::warn!(%error, partition, "cannot seek to the quarantined record; will retry");
-                let _ = consumer.pause(&list);
-                continue;
-            }
             self.quarantined.insert((partition, offset));
             self.halted.remove(&partition);
+            self.linked.remove(&partition);
             self.health.clear_problem(&format!("partition-{partition}"));
             PartitionResumed {
                 metrics: &self.metrics,

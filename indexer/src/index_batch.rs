@@ -15,10 +15,12 @@ use tokio::sync::Notify;
 
 use crate::classify;
 use crate::commit::{self, BatchWrite, CommitError, DeadLetter, Mode, Quarantined};
-use crate::committed_tail::CommittedTail;
+use crate::committed_tail::{CommittedEvent, CommittedTail};
 use crate::copy_batch::EventRow;
+use crate::group::{GroupSpan, GroupTag};
 use crate::internal_events::{PhantomDropped, UndecodableDeadLettered};
 use crate::metrics::IndexerMetrics;
+use crate::units::{self, UnitRecord};
 
 /// A record accepted into the batch.
 #[derive(Debug, Clone)]
@@ -28,8 +30,13 @@ pub(crate) struct Pending {
     /// The record's Kafka timestamp (ms since the epoch): when ingest produced it, just before
     /// it acknowledged the append.
     pub(crate) produced_ms: Option<i64>,
-    /// The record's value (its headers and key are not needed: the value carries everything).
+    /// The record's value (of its headers only the group's are kept: the value carries
+    /// everything else).
     pub(crate) payload: Vec<u8>,
+    /// How many events the record says it holds (for the batch's event budget).
+    pub(crate) events: usize,
+    /// The multi-stream append group the record is a part of, if any.
+    pub(crate) group: Option<GroupTag>,
 }
 
 /// Why a record of a batch is not an event to index.
@@ -44,8 +51,6 @@ enum NotIndexed {
 /// What a kept transaction wrote.
 #[derive(Debug)]
 pub(crate) struct Indexed {
-    /// Per partition, where the batch started and the offset after it.
-    pub(crate) spans: Spans,
     /// Quarantined records set aside instead of indexed, as (partition, offset).
     pub(crate) set_aside: Vec<(i32, i64)>,
 }
@@ -118,7 +123,20 @@ impl BatchIndexer {
         // When the record of write.rows[i] was produced (just before ingest acknowledged it).
         let mut row_produced_ms: Vec<Option<i64>> = Vec::new();
         let mut newest: HashMap<i32, chrono::DateTime<Utc>> = HashMap::new();
-        for (pending, decoded) in batch.iter().zip(&decoded) {
+        // Each group's rows together, every stream in version order (units.rs).
+        let unit_records: Vec<UnitRecord<'_>> = batch
+            .iter()
+            .zip(&decoded)
+            .map(|(pending, decoded)| UnitRecord {
+                group: pending.group.map(|g| g.key()),
+                streams: decoded.as_ref().map_or_else(
+                    |_| Vec::new(),
+                    |events| events.iter().map(|e| e.stream_id.as_str()).collect(),
+                ),
+            })
+            .collect();
+        for index in units::row_order(&unit_records) {
+            let (pending, decoded) = (&batch[index], &decoded[index]);
             match decoded {
                 Ok(events) => {
                     for event in events {
@@ -141,6 +159,11 @@ impl BatchIndexer {
                             created_at: event.created_at,
                             kafka_partition: pending.partition,
                             kafka_offset: pending.offset,
+                            group_append_id: pending
+                                .group
+                                .filter(|g| g.append_id == event.append_id)
+                                .map(|g| g.append_id),
+                            group_positions: None,
                         });
                     }
                 }
@@ -170,7 +193,6 @@ impl BatchIndexer {
                 .iter()
                 .map(|q| (q.partition, q.offset))
                 .collect(),
-            spans: std::mem::take(&mut write.spans),
         };
         if mode == Mode::TryOnly {
             return Ok(indexed);
@@ -180,16 +202,25 @@ impl BatchIndexer {
                 .rows
                 .iter()
                 .zip(&row_events)
-                .map(|(row, event)| CanonicalEvent {
-                    event_id: event.event_id,
-                    stream_id: event.stream_id.clone(),
-                    version: event.version,
-                    global_position: row.global_position,
-                    event_type: event.event_type.clone(),
-                    data: event.data.clone(),
-                    metadata: event.metadata.clone(),
-                    // As stored: Postgres keeps microseconds (so does the COPY encoding).
-                    created_at: event.created_at.trunc_subsecs(6),
+                .map(|(row, event)| CommittedEvent {
+                    event: CanonicalEvent {
+                        event_id: event.event_id,
+                        stream_id: event.stream_id.clone(),
+                        version: event.version,
+                        global_position: row.global_position,
+                        event_type: event.event_type.clone(),
+                        data: event.data.clone(),
+                        metadata: event.metadata.clone(),
+                        // As stored: Postgres keeps microseconds (so does the COPY encoding).
+                        created_at: event.created_at.trunc_subsecs(6),
+                    },
+                    group: row.group_append_id.zip(row.group_positions).map(
+                        |(append_id, (first_position, last_position))| GroupSpan {
+                            append_id,
+                            first_position,
+                            last_position,
+                        },
+                    ),
                 })
                 .collect();
             self.tail.extend(committed_events);

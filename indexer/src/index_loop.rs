@@ -1,19 +1,24 @@
-//! The consuming side: one consumer in the group on `ingest-log`, its partitions followed by
-//! the shared partition cursor (positions from Postgres), batches handed to one committer,
-//! transient failures retried, refused batches narrowed down and their partition halted.
+//! The consuming side (rules 4-6 of the multi-stream design): one committer, elected with a
+//! session advisory lock, reads every partition of `ingest-log` by manual assignment from the
+//! offsets stored in Postgres; a standby polls for the lock. The leader reads ahead, commits the
+//! closed frontier (`frontier.rs`) one batch per transaction, retries transient failures, and
+//! narrows refused batches down to the block at fault, whose partitions halt. A leader that
+//! loses its lock connection drops its consumer and everything read ahead, and stands by.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use esk_model::wire::header;
 use esk_runtime::internal_event::InternalEvent;
-use esk_runtime::kafka::RebalanceLog;
-use esk_runtime::partition_cursor::{Admission, PartitionCursor, Spans};
+use esk_runtime::kafka::KafkaSettings;
+use esk_runtime::partition_cursor::{Admission, PartitionCursor};
 use esk_runtime::supervisor::Progress;
 use esk_runtime::telemetry::Health;
 use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -22,15 +27,18 @@ use tokio_util::sync::CancellationToken;
 use crate::commit::{CommitError, Mode};
 use crate::committed_tail::CommittedTail;
 use crate::config::IndexerConfig;
+use crate::election::{Leadership, COMMITTER_LOCK};
+use crate::frontier::ReadAhead;
+use crate::group::{GroupKey, GroupTag};
 use crate::halts::Halts;
 use crate::index_batch::{BatchIndexer, Pending};
 use crate::internal_events::{IndexingFailed, StepFailed, ZombieRollback};
 use crate::metrics::IndexerMetrics;
-use crate::{narrow, offsets};
+use crate::{classify, frontier, narrow, offsets, units};
 
 /// How many events a record says it holds (its `event_count` header, format 2), for the batch's
 /// event budget only: a record without one (format 1) counts as one.
-fn event_count<M: Message>(record: &M) -> usize {
+fn event_count(record: &BorrowedMessage<'_>) -> usize {
     record
         .headers()
         .and_then(|headers| {
@@ -43,18 +51,53 @@ fn event_count<M: Message>(record: &M) -> usize {
         .max(1)
 }
 
-/// How often a process with a halted partition looks for an operator's quarantine request.
-const QUARANTINE_POLL: Duration = Duration::from_secs(2);
+/// How long a wait for records lasts before the leader looks at its lock and at quarantine
+/// requests again.
+const WAIT_FOR_RECORDS: Duration = Duration::from_secs(1);
+/// How often the leader checks that its lock connection is alive (and looks for quarantine
+/// requests while a partition is halted).
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
+/// How often a standby tries to take the lock.
+const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How long the leader pauses after a consumer error.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// Failed indexing transactions in a row before `/health` says so (a blip is not a problem).
 const FAILURES_BEFORE_UNHEALTHY: u32 = 3;
 
+fn gauge(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// What the leader holds while it leads.
+struct Lead {
+    leadership: Leadership,
+    consumer: StreamConsumer,
+    /// Partitions of `ingest-log`.
+    partitions: i32,
+    /// The assigned partitions and the next offset of each.
+    cursor: PartitionCursor,
+    ahead: ReadAhead,
+    confirmed: Instant,
+    /// When the leader last said it reads past the caps.
+    warned_past_caps: Option<Instant>,
+}
+
+/// Why a leader stops leading.
+#[derive(Debug, thiserror::Error)]
+enum StepDown {
+    #[error("the committer lock's connection is lost: {0}")]
+    LockLost(sqlx::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
 pub(crate) struct Indexer {
-    consumer: StreamConsumer<RebalanceLog>,
+    kafka: KafkaSettings,
+    group_id: String,
+    topic: String,
     pool: PgPool,
     metrics: Arc<IndexerMetrics>,
     health: Arc<Health>,
-    /// The partitions this consumer owns and the next offset of each.
-    cursor: PartitionCursor,
     /// Partitions halted at a refused record, and quarantined records.
     halts: Halts,
     /// The indexing transaction.
@@ -77,17 +120,12 @@ impl Indexer {
         indexed: Arc<Notify>,
         tail: Arc<CommittedTail>,
         progress: Arc<Progress>,
-    ) -> Result<Self, rdkafka::error::KafkaError> {
-        let mut client =
-            esk_runtime::kafka::consumer_config(&config.common.kafka(), &config.group_id);
-        client.set("enable.auto.commit", "false");
-        let consumer: StreamConsumer<RebalanceLog> =
-            client.create_with_context(RebalanceLog::default())?;
+    ) -> Self {
         let topic = &config.common.topics.ingest_log;
-        consumer.subscribe(&[topic])?;
-        Ok(Indexer {
-            consumer,
-            cursor: PartitionCursor::new(topic.as_str()),
+        Indexer {
+            kafka: config.common.kafka(),
+            group_id: config.group_id.clone(),
+            topic: topic.clone(),
             halts: Halts::new(topic, health.clone(), metrics.clone()),
             batches: BatchIndexer {
                 pool: pool.clone(),
@@ -104,138 +142,320 @@ impl Indexer {
             linger: Duration::from_millis(config.linger_ms),
             failures: 0,
             progress,
-        })
+        }
     }
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         loop {
-            if self.halts.any() {
-                for (partition, offset) in self
-                    .halts
-                    .release_quarantined(&self.pool, &self.consumer)
+            self.health.set_role("standby");
+            self.metrics.committer_leader.set(0);
+            self.progress.idle();
+            let leadership = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                l = Leadership::try_acquire(&self.pool, COMMITTER_LOCK) => l,
+            };
+            let Some(leadership) = leadership else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(STANDBY_POLL) => continue,
+                }
+            };
+            let mut lead = match self.take_over(leadership).await {
+                Ok(lead) => lead,
+                Err((leadership, error)) => {
+                    tracing::warn!(%error, "cannot read ingest-log as the committer; standing by");
+                    leadership.release().await;
+                    tokio::time::sleep(STANDBY_POLL).await;
+                    continue;
+                }
+            };
+            self.health.set_role("leader");
+            self.metrics.committer_leader.set(1);
+            tracing::info!(
+                partitions = lead.partitions,
+                "elected index committer: reading every ingest-log partition"
+            );
+            let outcome = self.lead(&mut lead, &shutdown).await;
+            self.halts.forget_halts();
+            self.indexing_recovered();
+            self.metrics.read_ahead_events.set(0);
+            lead.leadership.release().await;
+            match outcome {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "index committer stepping down");
+                    self.progress.blocked_by(&error);
+                    tokio::time::sleep(STANDBY_POLL).await;
+                }
+            }
+        }
+        tracing::info!("indexer stopped");
+    }
+
+    /// Becomes the committer: a consumer assigned every partition at its stored offset.
+    async fn take_over(
+        &mut self,
+        leadership: Leadership,
+    ) -> Result<Lead, (Leadership, KafkaError)> {
+        let kafka = self.kafka.clone();
+        let topic = self.topic.clone();
+        let counted = tokio::task::spawn_blocking(move || {
+            esk_runtime::kafka::partition_count(&kafka, &topic)
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled));
+        let partitions = match counted {
+            Ok(n) if n > 0 => n,
+            Ok(_) => {
+                return Err((
+                    leadership,
+                    KafkaError::MetadataFetch(rdkafka::types::RDKafkaErrorCode::UnknownTopic),
+                ))
+            }
+            Err(error) => return Err((leadership, error)),
+        };
+        let mut client = esk_runtime::kafka::consumer_config(&self.kafka, &self.group_id);
+        client.set("enable.auto.commit", "false");
+        let consumer: StreamConsumer = match client.create() {
+            Ok(c) => c,
+            Err(error) => return Err((leadership, error)),
+        };
+        let mut lead = Lead {
+            leadership,
+            consumer,
+            partitions,
+            cursor: PartitionCursor::new(self.topic.as_str()),
+            ahead: ReadAhead::default(),
+            confirmed: Instant::now(),
+            warned_past_caps: None,
+        };
+        if let Err(error) = self.assign(&mut lead).await {
+            return Err((lead.leadership, error));
+        }
+        Ok(lead)
+    }
+
+    /// Assigns every partition that is not halted at its stored offset (an unpinned one from
+    /// its beginning), forgetting what was read ahead: the start, and the re-seek after a lost
+    /// compare-and-set, a narrowed batch or a quarantine.
+    async fn assign(&mut self, lead: &mut Lead) -> Result<(), KafkaError> {
+        lead.ahead = ReadAhead::default();
+        lead.cursor = PartitionCursor::new(self.topic.as_str());
+        let mut list = TopicPartitionList::new();
+        for partition in 0..lead.partitions {
+            if self.halts.is_halted(partition) {
+                continue;
+            }
+            let stored = offsets::load(&self.pool, &self.topic, partition, &self.metrics).await;
+            let offset = stored.next.map_or(Offset::Beginning, Offset::Offset);
+            list.add_partition_offset(&self.topic, partition, offset)?;
+            lead.cursor.track(partition, stored);
+        }
+        lead.consumer.assign(&list)
+    }
+
+    /// Leads until shutdown (`Ok`) or until the lock is lost.
+    async fn lead(
+        &mut self,
+        lead: &mut Lead,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StepDown> {
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if lead.confirmed.elapsed() >= CONFIRM_EVERY {
+                lead.leadership
+                    .confirm()
                     .await
+                    .map_err(StepDown::LockLost)?;
+                lead.confirmed = Instant::now();
+                // Quarantine requests are looked for as often.
+                if self.halts.any() && !self.halts.release_quarantined(&self.pool).await.is_empty()
                 {
-                    self.cursor.sought(partition, offset);
+                    self.assign(lead).await?;
                 }
             }
             let batch = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                b = self.collect() => b,
+                _ = shutdown.cancelled() => return Ok(()),
+                b = self.collect(lead) => b,
             };
             if batch.is_empty() {
                 continue;
             }
             self.progress.busy();
-            self.index(batch, &shutdown).await;
+            self.index(lead, batch, shutdown).await?;
             self.progress.progressed();
             self.progress.idle();
         }
-        tracing::info!("indexer stopped");
     }
 
-    /// Waits for one record, then takes what the client already holds without waiting, until
-    /// the batch is full: under load records pile up while the previous batch commits, so
-    /// batches grow by themselves; when quiet a record is indexed at once. A linger (0 by
-    /// default) waits that much longer for more once nothing is left to take.
-    async fn collect(&mut self) -> Vec<Pending> {
-        let mut batch = Vec::new();
-        let (mut bytes, mut events) = (0usize, 0usize);
+    /// Reads ahead and returns the closed frontier (rule 5): takes what the consumer already
+    /// holds up to the batch caps; when nothing is closed, waits for more, past the caps if
+    /// need be (a group's last part may sit behind them). Returns an empty batch after a quiet
+    /// second, so the caller looks at its lock and at quarantine requests.
+    async fn collect(&mut self, lead: &mut Lead) -> Vec<Pending> {
         let mut deadline = None;
+        // The frontier was empty with the read-ahead at its caps: read on past them.
+        let mut past_caps = false;
         loop {
-            let next = if batch.is_empty() {
-                if self.halts.any() {
-                    // Come back now and then to look for a quarantine request.
-                    match tokio::time::timeout(QUARANTINE_POLL, self.consumer.recv()).await {
-                        Ok(result) => Some(result),
-                        Err(_) => return batch,
-                    }
-                } else {
-                    Some(self.consumer.recv().await)
-                }
-            } else if let Some(ready) = self.consumer.recv().now_or_never() {
-                Some(ready)
-            } else if self.linger.is_zero() {
-                None
-            } else {
-                let deadline =
-                    *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.linger);
-                tokio::time::timeout_at(deadline, self.consumer.recv())
-                    .await
-                    .ok()
-            };
-            let Some(result) = next else { break };
-            // Only where the record is, when it was produced, its value and how many events
-            // it says it holds are kept; nothing else is copied.
-            let result = result.map(|m| {
-                let pending = Pending {
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    produced_ms: m.timestamp().to_millis(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
+            while past_caps || self.under_caps(&lead.ahead) {
+                let Some(next) = lead.consumer.recv().now_or_never() else {
+                    break;
                 };
-                (pending, event_count(&m))
-            });
-            // Partitions a rebalance moved are loaded again (a halt stays until a restart).
-            self.cursor.forget(self.consumer.context().take_changed());
-            match result {
-                Ok((record, count)) => {
-                    if let Some(pending) = self.admit(record).await {
-                        bytes += pending.payload.len();
-                        events += count;
-                        batch.push(pending);
+                if !self.accept(&mut lead.cursor, &lead.consumer, &mut lead.ahead, next) {
+                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                    return Vec::new();
+                }
+            }
+            let under_caps = self.under_caps(&lead.ahead);
+            let lingering = !lead.ahead.is_empty() && under_caps && !self.linger.is_zero();
+            if !lead.ahead.is_empty() && !lingering {
+                let batch = self.take_closed(lead).await;
+                if !batch.is_empty() {
+                    return batch;
+                }
+                // While a partition is halted, a group with a part behind the halt cannot
+                // close: reading on would only fill memory until an operator acts.
+                if !under_caps && !self.halts.any() {
+                    past_caps = true;
+                    self.waiting_for_parts(lead);
+                }
+            }
+            let wait = if lingering {
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + self.linger)
+            } else {
+                tokio::time::Instant::now() + WAIT_FOR_RECORDS
+            };
+            match tokio::time::timeout_at(wait, lead.consumer.recv()).await {
+                Ok(next) => {
+                    if !self.accept(&mut lead.cursor, &lead.consumer, &mut lead.ahead, next) {
+                        tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                        return Vec::new();
                     }
                 }
+                Err(_) if lingering => return self.take_closed(lead).await,
+                Err(_) => return Vec::new(),
+            }
+        }
+    }
+
+    fn under_caps(&self, ahead: &ReadAhead) -> bool {
+        ahead.events < self.max_batch && ahead.bytes < self.max_batch_bytes
+    }
+
+    /// Says (at most every ten seconds) that the read-ahead went past its caps because no
+    /// group in it is whole yet: normal for a moment (a group's last part is in flight), a
+    /// problem if it lasts (a part that never comes holds its partitions).
+    fn waiting_for_parts(&self, lead: &mut Lead) {
+        if lead
+            .warned_past_caps
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        lead.warned_past_caps = Some(Instant::now());
+        let waiting: Vec<String> = lead
+            .ahead
+            .buffers
+            .iter()
+            .filter_map(|(p, b)| Some(format!("partition {p} at offset {}", b.front()?.offset)))
+            .collect();
+        tracing::warn!(
+            events = lead.ahead.events,
+            bytes = lead.ahead.bytes,
+            waiting = ?waiting,
+            "reading past the batch caps: no multi-stream group read ahead is whole yet"
+        );
+    }
+
+    /// Keeps a record the consumer delivered if it is the next of its partition; `false` on a
+    /// consumer error (the caller returns to its loop).
+    fn accept(
+        &self,
+        cursor: &mut PartitionCursor,
+        consumer: &StreamConsumer,
+        ahead: &mut ReadAhead,
+        next: Result<BorrowedMessage<'_>, KafkaError>,
+    ) -> bool {
+        let message = match next {
+            Ok(message) => message,
+            Err(error) => {
+                StepFailed {
+                    metrics: &self.metrics,
+                    stage: "consume",
+                    error: &error,
+                    partition: None,
+                    message: "ingest-log consumer error",
+                }
+                .emit();
+                return false;
+            }
+        };
+        let (partition, offset) = (message.partition(), message.offset());
+        if self.halts.is_halted(partition)
+            || cursor.admit(consumer, partition, offset) != Admission::Take
+        {
+            return true;
+        }
+        ahead.push(Pending {
+            partition,
+            offset,
+            produced_ms: message.timestamp().to_millis(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            events: event_count(&message),
+            group: GroupTag::from_headers(message.headers()),
+        });
+        true
+    }
+
+    /// Takes the closed frontier out of the read-ahead: asks the ledger which groups are
+    /// accepted (waiting on undecided attempts' locks outside any transaction, rule 3).
+    async fn take_closed(&mut self, lead: &mut Lead) -> Vec<Pending> {
+        let groups: HashSet<GroupKey> = frontier::groups(&lead.ahead.buffers);
+        let accepted = if groups.is_empty() {
+            HashSet::new()
+        } else {
+            match classify::committed(&self.pool, &groups).await {
+                Ok(accepted) => accepted,
                 Err(error) => {
                     StepFailed {
                         metrics: &self.metrics,
-                        stage: "consume",
+                        stage: "commit",
                         error: &error,
                         partition: None,
-                        message: "ingest-log consumer error",
+                        message: "cannot read the ledger for the read-ahead groups; retrying",
                     }
                     .emit();
-                    if batch.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                    break;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    return Vec::new();
                 }
             }
-            if events >= self.max_batch || bytes >= self.max_batch_bytes {
-                break;
-            }
-        }
+        };
+        let cut = frontier::closed(&lead.ahead.buffers, &accepted, self.halts.quarantined());
+        let batch = lead.ahead.take(&cut);
+        self.metrics.read_ahead_events.set(gauge(lead.ahead.events));
         batch
     }
 
-    /// Decides whether a record is the next one to index for its partition.
-    async fn admit(&mut self, record: Pending) -> Option<Pending> {
-        let (partition, offset) = (record.partition, record.offset);
-        if self.halts.is_halted(partition) {
-            return None;
-        }
-        let mut admission = self.cursor.admit(&self.consumer, partition, offset);
-        if admission == Admission::Untracked {
-            let stored =
-                offsets::load(&self.pool, self.cursor.topic(), partition, &self.metrics).await;
-            self.cursor.track(partition, stored);
-            admission = self.cursor.admit(&self.consumer, partition, offset);
-        }
-        (admission == Admission::Take).then_some(record)
-    }
-
-    /// Indexes one batch: classify, then commit, retrying transient failures; partitions lost
-    /// to another consumer are dropped from the batch and re-read from their stored offsets; a
-    /// batch Postgres refuses is narrowed to the refused record, whose partition halts.
-    async fn index(&mut self, mut batch: Vec<Pending>, shutdown: &CancellationToken) {
+    /// Indexes one batch: commit, retrying transient failures; a lost compare-and-set (another
+    /// committer moved the offsets) re-seeks every partition; a batch Postgres refuses is
+    /// narrowed to the block at fault, whose partitions halt.
+    async fn index(
+        &mut self,
+        lead: &mut Lead,
+        batch: Vec<Pending>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StepDown> {
         let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(50));
         loop {
-            if batch.is_empty() || shutdown.is_cancelled() {
-                return;
+            if shutdown.is_cancelled() {
+                return Ok(());
             }
             match self.try_index(&batch).await {
                 Ok(()) => {
                     self.indexing_recovered();
-                    return;
+                    return Ok(());
                 }
                 Err(CommitError::NotOwner(lost)) => {
                     ZombieRollback {
@@ -243,13 +463,14 @@ impl Indexer {
                         lost: &lost,
                     }
                     .emit();
-                    self.cursor.forget(lost.iter().copied());
-                    batch.retain(|p| !lost.contains(&p.partition));
+                    self.assign(lead).await?;
+                    return Ok(());
                 }
                 Err(refused @ (CommitError::Refused { .. } | CommitError::Undecodable { .. })) => {
                     self.indexing_recovered();
                     self.isolate_refused(&batch, refused).await;
-                    return;
+                    self.assign(lead).await?;
+                    return Ok(());
                 }
                 Err(CommitError::Database(error)) => {
                     self.failures += 1;
@@ -288,79 +509,55 @@ impl Indexer {
         }
     }
 
-    /// Commits each partition of a refused batch on its own; in a partition that is refused
-    /// again, finds the first refused record, commits what comes before it and halts there.
-    /// Every other partition keeps indexing; nothing is skipped.
+    /// Finds the first refused block of a refused batch, commits the blocks before it and
+    /// halts each partition of that block at its first record there (a group's parts halt
+    /// together). Nothing is skipped; the caller re-reads everything else.
     async fn isolate_refused(&mut self, batch: &[Pending], refused: CommitError) {
         tracing::warn!(error = %refused, records = batch.len(), "Postgres refused a batch; narrowing it down");
-        let mut partitions: Vec<i32> = batch.iter().map(|p| p.partition).collect();
-        partitions.sort_unstable();
-        partitions.dedup();
-        for partition in partitions {
-            let records: Vec<Pending> = batch
-                .iter()
-                .filter(|p| p.partition == partition)
-                .cloned()
-                .collect();
-            let outcome = match self.try_index(&records).await {
-                Ok(()) => continue,
-                Err(refused @ (CommitError::Refused { .. } | CommitError::Undecodable { .. })) => {
-                    narrow::first_refused(
-                        &self.batches,
-                        &records,
-                        self.halts.quarantined(),
-                        refused,
-                    )
-                    .await
-                }
-                Err(other) => Err(other),
-            };
-            match outcome {
-                Ok((index, refusal)) => {
-                    if index > 0 {
-                        if let Err(error) = self.try_index(&records[..index]).await {
-                            // Re-read from the stored offset later; the halt below still holds.
-                            tracing::warn!(%error, partition, "cannot commit the records before the refused one");
-                        }
+        let keys: Vec<(i32, Option<GroupKey>)> = batch
+            .iter()
+            .map(|p| (p.partition, p.group.map(|g| g.key())))
+            .collect();
+        let blocks = units::commit_blocks(&keys);
+        let outcome = narrow::first_refused(
+            &self.batches,
+            batch,
+            &blocks,
+            self.halts.quarantined(),
+            refused,
+        )
+        .await;
+        match outcome {
+            Ok((index, refusal)) => {
+                if index > 0 {
+                    let before = narrow::prefix(batch, &blocks[..index]);
+                    if let Err(error) = self.try_index(&before).await {
+                        // Re-read from the stored offsets later; the halt below still holds.
+                        tracing::warn!(%error, "cannot commit the records before the refused ones");
                     }
-                    self.halts.halt(&self.consumer, &records[index], &refusal);
-                    self.cursor.forget([partition]);
                 }
-                Err(error) => {
-                    // Not narrowed this time (the database went away, the partition moved):
-                    // re-read the partition from its stored offset and try again.
-                    tracing::warn!(%error, partition, "cannot narrow the refused batch now; re-reading the partition");
-                    self.cursor.forget([partition]);
+                let mut firsts: Vec<&Pending> = Vec::new();
+                for &i in &blocks[index] {
+                    if !firsts.iter().any(|p| p.partition == batch[i].partition) {
+                        firsts.push(&batch[i]);
+                    }
                 }
+                self.halts.halt_together(&firsts, &refusal);
+            }
+            Err(error) => {
+                // Not narrowed this time (the database went away): read again and retry.
+                tracing::warn!(%error, "cannot narrow the refused batch now; re-reading");
             }
         }
     }
 
-    /// Indexes `batch` in one kept transaction, then notes what it set aside and hints the
-    /// new positions to Kafka.
+    /// Indexes `batch` in one kept transaction, then notes what it set aside.
     async fn try_index(&mut self, batch: &[Pending]) -> Result<(), CommitError> {
         let indexed = self
             .batches
             .index(batch, self.halts.quarantined(), Mode::Commit)
             .await?;
         self.halts.set_aside(&indexed.set_aside);
-        self.hint_offsets(&indexed.spans);
         Ok(())
-    }
-
-    /// Commits the batch's next offsets to Kafka: only a hint for where to start (Postgres
-    /// decides).
-    fn hint_offsets(&self, spans: &Spans) {
-        let mut offsets = TopicPartitionList::new();
-        for (partition, span) in spans.iter() {
-            let _ = offsets.add_partition_offset(
-                self.cursor.topic(),
-                partition,
-                Offset::Offset(span.next),
-            );
-        }
-        if let Err(error) = self.consumer.commit(&offsets, CommitMode::Async) {
-            tracing::debug!(%error, "kafka offset hint not committed");
-        }
     }
 }

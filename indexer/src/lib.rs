@@ -9,6 +9,9 @@ mod commit;
 mod committed_tail;
 mod config;
 mod copy_batch;
+mod election;
+mod frontier;
+mod group;
 mod halts;
 mod index_batch;
 mod index_loop;
@@ -21,6 +24,7 @@ mod offsets;
 mod publisher;
 mod quarantine;
 mod scavenger;
+mod units;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +74,7 @@ pub async fn run(config: IndexerConfig, shutdown: CancellationToken) -> Result<(
         indexed.clone(),
         tail.clone(),
         watchdog.register("index loop"),
-    )?;
+    );
     supervisor.spawn("index loop", indexer.run(shutdown.clone()));
     if config.publish {
         let publisher = publisher::Publisher {

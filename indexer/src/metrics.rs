@@ -22,6 +22,8 @@ pub(crate) struct IndexerMetrics {
     pub(crate) published: IntCounter,
     pub(crate) publish_lag: IntGauge,
     pub(crate) publisher_leader: IntGauge,
+    pub(crate) committer_leader: IntGauge,
+    pub(crate) read_ahead_events: IntGauge,
     pub(crate) unindexed_appends: IntGauge,
     pub(crate) ledger_pruned: IntCounter,
     pub(crate) scavenged: IntCounter,
@@ -114,6 +116,14 @@ impl IndexerMetrics {
             publisher_leader: m.gauge(
                 "indexer_publisher_leader",
                 "1 when this instance is the elected publisher",
+            ),
+            committer_leader: m.gauge(
+                "indexer_committer_leader",
+                "1 when this instance is the elected index committer (reads every ingest-log partition), 0 on standby",
+            ),
+            read_ahead_events: m.gauge(
+                "indexer_read_ahead_events",
+                "Events read ahead past the last batch (multi-stream groups not yet whole wait here)",
             ),
             unindexed_appends: m.gauge(
                 "indexer_unindexed_appends",

@@ -3,24 +3,27 @@
 //! committed tail when that holds exactly the next position, from the table otherwise: both give
 //! the same bytes, since `events` stores the JSON text as indexed), publishes them to the
 //! canonical topic, and only then advances `published_through`. After a crash it may repeat
-//! records, never reorder them.
+//! records, never reorder them. Every record of a multi-stream append carries the group headers
+//! (append id, first and last position, number of events), so a consumer can apply it whole.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use esk_model::wire::CanonicalEvent;
-use esk_runtime::db::{collect_events_within, EVENT_COLUMNS};
+use esk_runtime::db::{canonical_event_from_row, EVENT_COLUMNS};
 use esk_runtime::kafka::send_all;
 use esk_runtime::records::canonical_record;
 use esk_runtime::supervisor::Progress;
+use futures::TryStreamExt;
 use rdkafka::producer::FutureProducer;
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::committed_tail::CommittedTail;
+use crate::committed_tail::{CommittedEvent, CommittedTail};
+use crate::election::{Leadership, PUBLISHER_LOCK};
+use crate::group::GroupSpan;
 use crate::internal_events::StepFailed;
 use crate::metrics::IndexerMetrics;
 use esk_runtime::internal_event::InternalEvent;
@@ -28,9 +31,6 @@ use esk_runtime::internal_event::InternalEvent;
 /// How often an idle publisher looks for rows committed by other indexer processes (its own
 /// index loop wakes it at once).
 const IDLE_POLL: Duration = Duration::from_millis(200);
-
-/// Advisory lock key of the publisher election.
-const PUBLISHER_LOCK: i64 = 0x0065_736b_5f70_7562; // "esk_pub"
 
 pub(crate) struct Publisher {
     pub(crate) pool: PgPool,
@@ -74,7 +74,7 @@ impl Publisher {
         loop {
             let leader = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                l = self.acquire() => l,
+                l = Leadership::try_acquire(&self.pool, PUBLISHER_LOCK) => l,
             };
             let Some(mut lock) = leader else {
                 // Another process publishes: nothing for this one to do.
@@ -90,8 +90,7 @@ impl Publisher {
             let error = self.lead(&mut lock, &shutdown).await;
             self.tail.set_active(false);
             self.metrics.publisher_leader.set(0);
-            // Dropping the connection releases the session lock.
-            let _ = lock.close().await;
+            lock.release().await;
             match error {
                 Ok(()) => return,
                 Err(error) => {
@@ -110,19 +109,9 @@ impl Publisher {
         }
     }
 
-    async fn acquire(&self) -> Option<PoolConnection<Postgres>> {
-        let mut conn = self.pool.acquire().await.ok()?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(PUBLISHER_LOCK)
-            .fetch_one(&mut *conn)
-            .await
-            .ok()?;
-        got.then_some(conn)
-    }
-
     async fn lead(
         &self,
-        lock: &mut PoolConnection<Postgres>,
+        lock: &mut Leadership,
         shutdown: &CancellationToken,
     ) -> Result<(), PublishError> {
         loop {
@@ -131,7 +120,7 @@ impl Publisher {
             }
             // The lock lives as long as this connection; make sure it still does.
             self.progress.busy();
-            sqlx::query("SELECT 1").execute(&mut **lock).await?;
+            lock.confirm().await?;
             let round = self.publish_round().await?;
             self.progress.progressed();
             if round.caught_up {
@@ -151,18 +140,43 @@ impl Publisher {
         }
     }
 
-    /// The committed rows after `through`, in position order (at most one batch), from the
-    /// table: what the tail cannot supply (after a restart, or rows another indexer committed).
-    async fn read_committed(&self, through: i64) -> Result<Vec<CanonicalEvent>, PublishError> {
+    /// The committed rows after `through`, in position order (at most one batch and about
+    /// `batch_bytes`), with their groups, from the table: what the tail cannot supply (after a
+    /// restart, or rows another indexer committed).
+    async fn read_committed(&self, through: i64) -> Result<Vec<CommittedEvent>, PublishError> {
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events
-             WHERE global_position > $1 ORDER BY global_position LIMIT $2"
+            "SELECT {EVENT_COLUMNS}, group_append_id AS published_group_append_id,
+                    group_first_position AS published_group_first,
+                    group_last_position AS published_group_last
+             FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2"
         );
-        let rows = sqlx::query(&sql)
+        let mut rows = sqlx::query(&sql)
             .bind(through)
             .bind(self.batch)
             .fetch(&self.pool);
-        let (events, _) = collect_events_within(rows, self.batch_bytes).await?;
+        let mut events = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(row) = rows.try_next().await? {
+            let event = canonical_event_from_row(&row)?;
+            let group = match (
+                // By (aliased) name: whatever EVENT_COLUMNS holds, these are the group's.
+                row.try_get::<Option<Uuid>, _>("published_group_append_id")?,
+                row.try_get::<Option<i64>, _>("published_group_first")?,
+                row.try_get::<Option<i64>, _>("published_group_last")?,
+            ) {
+                (Some(append_id), Some(first_position), Some(last_position)) => Some(GroupSpan {
+                    append_id,
+                    first_position,
+                    last_position,
+                }),
+                _ => None,
+            };
+            bytes += event.size_bytes();
+            events.push(CommittedEvent { event, group });
+            if bytes >= self.batch_bytes {
+                break;
+            }
+        }
         Ok(events)
     }
 
@@ -181,7 +195,7 @@ impl Publisher {
             Some(events) => events,
             None => self.read_committed(through).await?,
         };
-        let Some(last) = events.last().map(|e| e.global_position) else {
+        let Some(last) = events.last().map(|e| e.event.global_position) else {
             return Ok(Round {
                 published: 0,
                 caught_up: true,
@@ -189,7 +203,13 @@ impl Publisher {
         };
         let records = events
             .iter()
-            .map(canonical_record)
+            .map(|e| {
+                let mut record = canonical_record(&e.event)?;
+                if let Some(group) = &e.group {
+                    record.headers = group.add_headers(record.headers);
+                }
+                Ok::<_, serde_json::Error>(record)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let delivered = send_all(
             &self.producer,
@@ -203,9 +223,9 @@ impl Publisher {
         for ((partition, offset), event) in delivered.into_iter().zip(&events) {
             let entry = last_per_partition
                 .entry(partition)
-                .or_insert((offset, event.global_position));
+                .or_insert((offset, event.event.global_position));
             if offset >= entry.0 {
-                *entry = (offset, event.global_position);
+                *entry = (offset, event.event.global_position);
             }
         }
         let partitions: Vec<i32> = last_per_partition.keys().copied().collect();

@@ -243,6 +243,10 @@ pub struct HealthReport {
     pub status: HealthStatus,
     /// What keeps the process from doing its job, one line each (empty when healthy).
     pub problems: Vec<String>,
+    /// The role of a process elected among several (the indexer: `leader` or `standby`; a
+    /// standby is healthy). Absent for processes without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
 }
 
 /// Whether a process serves requests (`GET /ready`).

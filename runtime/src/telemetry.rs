@@ -70,6 +70,7 @@ impl<W: std::io::Write> std::io::Write for Redacting<W> {
 pub struct Health {
     ready: AtomicBool,
     problems: Mutex<Vec<(String, String)>>,
+    role: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -106,6 +107,19 @@ impl Health {
         if let Ok(mut problems) = self.problems.lock() {
             problems.retain(|(k, _)| k != key);
         }
+    }
+
+    /// Sets the role `/health` shows (for a process elected among several: `leader`,
+    /// `standby`); a role is not a problem.
+    pub fn set_role(&self, role: &str) {
+        if let Ok(mut current) = self.role.lock() {
+            *current = Some(role.to_owned());
+        }
+    }
+
+    /// The role `/health` shows, if the process has one.
+    pub fn role(&self) -> Option<String> {
+        self.role.lock().ok().and_then(|r| r.clone())
     }
 
     /// Current problems.
@@ -215,6 +229,7 @@ async fn health(State(t): State<Telemetry>) -> Response {
     let report = HealthReport {
         status: health,
         problems,
+        role: t.health.role(),
     };
     (status, axum::Json(report)).into_response()
 }
