@@ -52,3 +52,21 @@ impl Selection for Filter {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sql_filter_numbers_its_parameter_after_the_statements_own() {
+        assert_eq!(Filter::All.sql(3), "");
+        assert_eq!(
+            Filter::Category("Order".into()).sql(3),
+            " AND category = $3"
+        );
+        assert_eq!(
+            Filter::EventTypes(vec!["A".into()]).sql(4),
+            " AND event_type = ANY($4)"
+        );
+    }
+}

@@ -178,3 +178,78 @@ impl BatchGroups {
 pub(crate) fn in_any(groups: &[GroupRef], position: i64) -> bool {
     groups.iter().any(|g| g.contains(position))
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    use super::*;
+
+    fn record(headers: &[(&str, &str)]) -> OwnedMessage {
+        let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(Header {
+                key,
+                value: Some(*value),
+            })
+        });
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"Order-1".to_vec()),
+            "events".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(headers),
+        )
+    }
+
+    #[test]
+    fn a_record_names_its_group_by_its_headers() {
+        let id = "6f1c9a3e-9d1e-4c3b-8a55-0f2a4b6c8d10";
+        let grouped = record(&[
+            (header::GLOBAL_POSITION, "11"),
+            (header::GROUP_APPEND_ID, id),
+            (header::GROUP_FIRST_POSITION, "10"),
+            (header::GROUP_LAST_POSITION, "12"),
+            (header::GROUP_EVENTS, "3"),
+        ]);
+        let group = GroupRef::of(&grouped).expect("a group");
+        assert_eq!(
+            group.span,
+            GroupSpan {
+                first: 10,
+                last: 12
+            }
+        );
+        assert_eq!(group.append_id.to_string(), id);
+        assert!(group.contains(10) && group.contains(12) && !group.contains(13));
+        assert!(in_any(&[group], 11) && !in_any(&[group], 9));
+    }
+
+    #[test]
+    fn a_single_append_or_unreadable_group_headers_name_no_group() {
+        let id = "6f1c9a3e-9d1e-4c3b-8a55-0f2a4b6c8d10";
+        assert_eq!(
+            GroupRef::of(&record(&[(header::GLOBAL_POSITION, "3")])),
+            None
+        );
+        for broken in [
+            vec![
+                (header::GROUP_APPEND_ID, "not a uuid"),
+                (header::GROUP_FIRST_POSITION, "1"),
+                (header::GROUP_LAST_POSITION, "2"),
+            ],
+            vec![
+                (header::GROUP_APPEND_ID, id),
+                (header::GROUP_LAST_POSITION, "2"),
+            ],
+            vec![
+                (header::GROUP_APPEND_ID, id),
+                (header::GROUP_FIRST_POSITION, "5"),
+                (header::GROUP_LAST_POSITION, "2"),
+            ],
+        ] {
+            assert_eq!(GroupRef::of(&record(&broken)), None, "{broken:?}");
+        }
+    }
+}

@@ -250,3 +250,36 @@ async fn read_range(
     let rows = selection.bind(query).fetch(pool);
     Ok(collect(rows, usize::MAX).await?.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: i64) -> CanonicalEvent {
+        serde_json::from_value(serde_json::json!({
+            "global_position": position,
+            "event_id": "00000000-0000-0000-0000-000000000001",
+            "stream_id": "Order-1",
+            "type": "Placed",
+            "data": {},
+            "metadata": null,
+            "version": 0,
+            "created_at": "2024-01-01T00:00:00Z",
+        }))
+        .expect("an event")
+    }
+
+    #[test]
+    fn a_page_covers_through_the_end_of_the_group_it_was_extended_to() {
+        let page = |positions: &[i64], group_end| Page {
+            events: positions.iter().copied().map(event).collect(),
+            cut: false,
+            more: true,
+            group_end,
+        };
+        assert_eq!(page(&[], None).covered_through(), None);
+        assert_eq!(page(&[3, 5], None).covered_through(), Some(5));
+        // A filtered page: the group's last selected row is 5, its last row 8.
+        assert_eq!(page(&[3, 5], Some(8)).covered_through(), Some(8));
+    }
+}
