@@ -277,7 +277,7 @@ impl LiveRun<'_> {
             let mut events = Vec::with_capacity(admitted.len());
             let mut undecodable = Vec::new();
             // The groups met, each with where its events go in the batch (at its first record).
-            let mut groups: Vec<(GroupRef, usize)> = Vec::new();
+            let mut groups: Vec<MetGroup> = Vec::new();
             for message in &admitted {
                 let partition = message.partition;
                 let span = cursor.extend(&mut spans, partition, message.offset);
@@ -302,21 +302,29 @@ impl LiveRun<'_> {
                 if span.is_repeat(event.global_position) {
                     continue;
                 }
-                if let Some(group) = message.group.filter(|g| g.contains(event.global_position)) {
+                let event = ProjectedEvent {
+                    event,
+                    source: Some((partition, message.offset)),
+                };
+                if let Some(group) = message
+                    .group
+                    .filter(|g| g.contains(event.event.global_position))
+                {
                     // The whole group is applied where its first record is met (matching or
-                    // not); its other records are skipped.
-                    if !groups.iter().any(|(g, _)| g.span == group.span) {
-                        groups.push((group, events.len()));
+                    // not); its records are gathered there.
+                    match groups.iter_mut().find(|m| m.group.span == group.span) {
+                        Some(met) => met.arrived.push(event),
+                        None => groups.push(MetGroup {
+                            group,
+                            at: events.len(),
+                            arrived: vec![event],
+                        }),
                     }
                     continue;
                 }
-                if !self.projection.filter.matches(&event) {
-                    continue;
+                if self.projection.filter.matches(&event.event) {
+                    events.push(event);
                 }
-                events.push(ProjectedEvent {
-                    event,
-                    source: Some((partition, message.offset)),
-                });
             }
             let groups = match self.expand_groups(&mut events, groups).await {
                 Ok(groups) => groups,
@@ -393,36 +401,56 @@ impl LiveRun<'_> {
     }
 }
 
+/// A group a live batch met: where its events go in the batch, and its records that arrived in
+/// it (on any partition).
+struct MetGroup {
+    group: GroupRef,
+    at: usize,
+    arrived: Vec<ProjectedEvent>,
+}
+
 impl LiveRun<'_> {
-    /// Puts each group's events (those the projection's filter selects, read from the events
-    /// table: its records on other partitions may not have arrived) into `events` where its
-    /// first record was met, leaving out the groups the projection applied before.
+    /// Puts each group's events that the projection selects into `events` where its first
+    /// record was met, leaving out the groups the projection applied before. A group whose
+    /// records all arrived in the batch is taken from them; otherwise (its records on other
+    /// partitions have not arrived) its rows are read from the events table.
     async fn expand_groups(
         &self,
         events: &mut Vec<ProjectedEvent>,
-        met: Vec<(GroupRef, usize)>,
+        met: Vec<MetGroup>,
     ) -> Result<BatchGroups, sqlx::Error> {
         if met.is_empty() {
             return Ok(BatchGroups::default());
         }
-        let refs: Vec<GroupRef> = met.iter().map(|(g, _)| *g).collect();
+        let refs: Vec<GroupRef> = met.iter().map(|m| m.group).collect();
         let applied = group::applied(self.pool, &self.projection.name, &refs).await?;
         let columns = event_columns(self.projection.needs_data());
         let mut apply = Vec::new();
         // From the last insertion point back, so the earlier ones stay where they were.
-        for (group, at) in met.into_iter().rev() {
+        for MetGroup {
+            group,
+            at,
+            mut arrived,
+        } in met.into_iter().rev()
+        {
             if applied.contains(&group.span.first) {
                 continue;
             }
-            let rows =
-                pages::read_group(self.pool, columns, &self.projection.filter, group.span).await?;
-            events.splice(
-                at..at,
-                rows.into_iter().map(|event| ProjectedEvent {
-                    event,
-                    source: None,
-                }),
-            );
+            let whole = if arrived.len() as i64 == group.span.last - group.span.first + 1 {
+                arrived.sort_by_key(|e| e.event.global_position);
+                arrived.retain(|e| self.projection.filter.matches(&e.event));
+                arrived
+            } else {
+                pages::read_group(self.pool, columns, &self.projection.filter, group.span)
+                    .await?
+                    .into_iter()
+                    .map(|event| ProjectedEvent {
+                        event,
+                        source: None,
+                    })
+                    .collect()
+            };
+            events.splice(at..at, whole);
             apply.push(group);
         }
         apply.reverse();

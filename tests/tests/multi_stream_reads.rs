@@ -501,7 +501,7 @@ async fn applied_groups(ctx: &TestContext) -> anyhow::Result<i64> {
 async fn a_live_projection_applies_a_group_whole_once_though_its_parts_arrive_apart(
 ) -> anyhow::Result<()> {
     let ctx = TestContext::new("ms_proj_live").await?;
-    let _projector = projector::spawn(&ctx, None, &[]).await?;
+    let mut running = projector::spawn(&ctx, None, &[]).await?;
     let live = eventually(Duration::from_secs(60), || async {
         let n: i64 =
             sqlx::query_scalar("SELECT count(DISTINCT projection) FROM projection_partitions")
@@ -606,6 +606,51 @@ async fn a_live_projection_applies_a_group_whole_once_though_its_parts_arrive_ap
     assert!(
         pruned.is_some(),
         "the group is forgotten once every partition passed it"
+    );
+
+    // A second group whose records are all on the topic before the projector (restarted)
+    // reads them, on one partition (two streams may share one), so they come in one fetch and
+    // one batch and are taken from the records themselves rather than read from the table:
+    // applied whole, once, as well.
+    running.kill9()?;
+    let group = Some((Uuid::new_v4(), 5, 7));
+    let second = [
+        Row {
+            group,
+            ..row(5, "Grp-d", 0)
+        },
+        Row {
+            group,
+            ..row(6, "Grp-e", 0)
+        },
+        Row {
+            group,
+            ..row(7, "Grp-e", 1)
+        },
+    ];
+    fabricate(&ctx, &second).await?;
+    for record in &second {
+        produce_to(&ctx, &producer, 2, record).await?;
+    }
+    let _running = projector::spawn(&ctx, None, &[]).await?;
+    let observed = std::sync::Mutex::new(BTreeSet::new());
+    let both = eventually(Duration::from_secs(60), || async {
+        let grouped = group_counts(&ctx).await.ok()?.get("Grouped").copied()?;
+        observed.lock().ok()?.insert(grouped);
+        (grouped > 3).then_some(grouped)
+    })
+    .await;
+    assert_eq!(both, Some(6), "the second group whole");
+    let observed = observed.into_inner().unwrap_or_default();
+    assert!(
+        observed.iter().all(|n| *n == 3 || *n == 6),
+        "never part of the second group: {observed:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        group_counts(&ctx).await?.get("Grouped"),
+        Some(&6),
+        "and nothing of it applied twice"
     );
     Ok(())
 }
