@@ -1,8 +1,8 @@
 //! Multi-stream appends on the canonical topic (rule 7 for projections). A group's records are
 //! spread over partitions by stream; each names the group in its headers. The first record of
-//! a group a live projection meets makes it apply the whole group (its rows read from `events`
-//! by positions first..=last, as the parts on other partitions may not have arrived), and the
-//! group is recorded in `applied_groups` in the transaction of the checkpoint: the group's
+//! a group a live projection meets makes it apply the whole group (from the batch's records when
+//! they are all there, else its rows read from `events` by positions first..=last, as the parts
+//! on other partitions may not have arrived: `live.rs`), and the group is recorded in `applied_groups` in the transaction of the checkpoint: the group's
 //! records that arrive later, on other partitions, are skipped. Rows are pruned once every
 //! partition has read past the group.
 
