@@ -719,3 +719,85 @@ async fn a_projection_replay_never_checkpoints_inside_a_group() -> anyhow::Resul
     assert_eq!(counted, head);
     Ok(())
 }
+
+/// The global positions of each request a webhook receiver acknowledged.
+fn requests(hook: &projector::Webhook) -> Vec<Vec<i64>> {
+    hook.state
+        .lock()
+        .map(|s| {
+            s.bodies
+                .iter()
+                .filter_map(|b| serde_json::from_slice::<Value>(b).ok())
+                .map(|body| {
+                    body["events"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|e| e["global_position"].as_i64())
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_webhook_gets_a_group_together_in_order_and_not_again_for_its_late_part(
+) -> anyhow::Result<()> {
+    let ctx = TestContext::new("ms_proj_hook").await?;
+    let hook = projector::Webhook::start(projector::Receiver::default()).await?;
+    let config = projector::write_webhook_config(&ctx, "hook", &hook.url, "")?;
+    let _projector = projector::spawn(&ctx, Some(&config), &[]).await?;
+    let live = eventually(Duration::from_secs(60), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_partitions")
+            .fetch_one(&ctx.pool)
+            .await
+            .ok()?;
+        (n > 0).then_some(())
+    })
+    .await;
+    anyhow::ensure!(live.is_some(), "the webhook projection never went live");
+    let group = Some((Uuid::new_v4(), 1, 3));
+    let row = |position, stream: &str, version| Row {
+        position,
+        stream: stream.to_owned(),
+        version,
+        event_type: "Grouped".to_owned(),
+        group,
+        size: 8,
+    };
+    let rows = [row(1, "Hk-a", 0), row(2, "Hk-a", 1), row(3, "Hk-b", 0)];
+    let marker = Row {
+        group: None,
+        ..row(4, "Hk-c", 0)
+    };
+    fabricate(&ctx, &rows).await?;
+    fabricate(&ctx, std::slice::from_ref(&marker)).await?;
+    let producer = esk_tests::kafka::producer(&ctx.brokers)?;
+    produce_to(&ctx, &producer, 0, &rows[0]).await?;
+    produce_to(&ctx, &producer, 0, &rows[1]).await?;
+    let first = eventually(Duration::from_secs(60), || async {
+        requests(&hook).into_iter().find(|r| !r.is_empty())
+    })
+    .await;
+    assert_eq!(
+        first,
+        Some(vec![1, 2, 3]),
+        "the whole group in one request, in order, before its part on partition 1 arrived"
+    );
+    produce_to(&ctx, &producer, 1, &rows[2]).await?;
+    produce_to(&ctx, &producer, 1, &marker).await?;
+    let all = eventually(Duration::from_secs(60), || async {
+        let all: Vec<i64> = requests(&hook).into_iter().flatten().collect();
+        all.contains(&4).then_some(all)
+    })
+    .await;
+    assert_eq!(
+        all,
+        Some(vec![1, 2, 3, 4]),
+        "the late part is not delivered again"
+    );
+    Ok(())
+}
