@@ -211,15 +211,15 @@ async fn read_stream(
     headers: HeaderMap,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
     let stream_id = segment(path)?;
     if stream_id == "$all" {
         let known = ["from", "limit", filters::PARAMS[0], filters::PARAMS[1]];
-        return read_filtered(&state, &headers, "$all", query, &known, |p| {
+        return read_filtered(&state, &caller, "$all", query, &known, |p| {
             EventFilter::from_params(p, &state.limits).map_err(|e| filter_error(&e))
         })
         .await;
     }
-    let caller = state.caller(&headers).await?;
     // Before anything about the stream is looked at: a forbidden stream is 403 whether or not
     // it exists.
     require(&caller, Need::ReadStream(&stream_id))?;
@@ -269,21 +269,20 @@ async fn read_stream(
     .into_response())
 }
 
-/// The shape of every read by global position (`$all`, a type, a category): who asks, the
+/// The shape of every read by global position (`$all`, a type, a category), for `caller`: the
 /// filter `build` makes of the path segment and the parameters (with `known` the parameters
-/// taken), its scopes, then the page.
+/// taken), its scopes, then the page, named `name`.
 async fn read_filtered(
     state: &ReadState,
-    headers: &HeaderMap,
+    caller: &Principal,
     name: &str,
     query: Params,
     known: &[&str],
     build: impl FnOnce(&HashMap<String, String>) -> Result<EventFilter, ApiError>,
 ) -> Result<Response, ApiError> {
-    let caller = state.caller(headers).await?;
     let p = params(query)?;
     let filter = build(&p)?;
-    require_filter(&caller, &filter)?;
+    require_filter(caller, &filter)?;
     reject_unknown(&p, known)?;
     let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let from = int_param(&p, "from", 0, i64::MAX)?.unwrap_or(0);
@@ -330,9 +329,10 @@ async fn read_type(
     headers: HeaderMap,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
     let event_type = segment(path)?;
     let known = ["from", "limit", "categories"];
-    read_filtered(&state, &headers, &event_type, query, &known, |p| {
+    read_filtered(&state, &caller, &event_type, query, &known, |p| {
         EventFilter::of_type(&event_type, p, &state.limits).map_err(|e| filter_error(&e))
     })
     .await
@@ -364,11 +364,12 @@ async fn read_category(
     headers: HeaderMap,
     query: Params,
 ) -> Result<Response, ApiError> {
+    let caller = state.caller(&headers).await?;
     let category = segment(path)?;
     // `Order-*` and `Order` name the same category.
     let name = category.strip_suffix("-*").unwrap_or(&category);
     // The category is the path, not a filter parameter: a bad one is `invalid_parameter`.
-    read_filtered(&state, &headers, name, query, &["from", "limit"], |_| {
+    read_filtered(&state, &caller, name, query, &["from", "limit"], |_| {
         EventFilter::of_category(&category, &state.limits)
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string()))
     })
