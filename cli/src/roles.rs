@@ -103,6 +103,8 @@ const PROJECTOR_GRANTS: &[(&str, &str)] = &[
     // checkpoint.rs: checkpoints and partition offsets, deleted by a rebuild.
     ("subscription_checkpoints", "SELECT, INSERT, UPDATE, DELETE"),
     ("projection_partitions", "SELECT, INSERT, UPDATE, DELETE"),
+    // group.rs: multi-stream appends a live projection applied, pruned once passed.
+    ("applied_groups", "SELECT, INSERT, DELETE"),
     // dead_letters.rs: recorded, retried (attempts), marked replayed.
     ("dead_letters", "SELECT, INSERT, UPDATE"),
 ];

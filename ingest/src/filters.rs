@@ -1,7 +1,8 @@
-//! The event filters of `$all` reads, type reads and `$all` subscriptions: `types=A,B` and
-//! `categories=Order,Invoice`, parsed and validated here once, turned into one SQL predicate
-//! over `events.event_type` and `events.category` (the category column the indexer fills from
-//! the stream id: the part before its first `-`), and into the scopes a caller needs.
+//! The event filters of `$all` reads, type reads, category reads (a one-category filter) and
+//! `$all` subscriptions: `types=A,B` and `categories=Order,Invoice`, parsed and validated here
+//! once, turned into one SQL predicate over `events.event_type` and `events.category` (the
+//! category column the indexer fills from the stream id: the part before its first `-`), and
+//! into the scopes a caller needs.
 
 use std::collections::HashMap;
 
@@ -80,6 +81,15 @@ impl EventFilter {
         let mut filter = EventFilter::from_params(params, limits)?;
         filter.types = vec![event_type(name, limits)?];
         Ok(filter)
+    }
+
+    /// The filter of `GET /categories/{category}/events`: that one category (`Order` or
+    /// `Order-*`).
+    pub(crate) fn of_category(name: &str, limits: &Limits) -> Result<Self, InvalidFilter> {
+        Ok(EventFilter {
+            types: Vec::new(),
+            categories: vec![category(name, limits)?],
+        })
     }
 
     /// What the caller needs to read what the filter selects: read on every category it names,

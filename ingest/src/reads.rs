@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use esk_model::api::{Direction, PositionedPage, StreamPage, WaitResponse};
 use esk_model::validate::Limits;
-use esk_model::wire::CanonicalEvent;
 use esk_model::wire::ErrorEnvelope;
 use esk_runtime::db::EVENT_COLUMNS;
+use esk_runtime::pages::{self, Key, Page, PgQuery, Selection, Window};
 use sqlx::PgPool;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -59,14 +59,42 @@ impl ReadState {
             .map_err(|e| ApiError::auth(&e))
     }
 
-    /// The events `query` selects, up to the page's byte budget; true when cut short by it.
-    async fn page(
-        &self,
-        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<(Vec<CanonicalEvent>, bool), ApiError> {
-        esk_runtime::db::collect_events_within(query.fetch(&self.pool), self.max_page_bytes)
+    /// The page of `selection` in `window` (whole groups only: rule 7), up to the page's
+    /// byte budget.
+    async fn page(&self, selection: Visible<'_>, window: Window) -> Result<Page, ApiError> {
+        let window = Window {
+            max_bytes: self.max_page_bytes,
+            ..window
+        };
+        pages::read_page(&self.pool, EVENT_COLUMNS, &selection, window)
             .await
             .map_err(db_error)
+    }
+}
+
+/// The rows a reader may see of a stream or of a filter: the retention rules and deletes
+/// applied ([`VISIBLE`]). The one selection of every read and subscription page.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Visible<'a> {
+    /// The events a filter selects, across streams.
+    Filtered(&'a EventFilter),
+    /// One stream's events.
+    Stream(&'a str),
+}
+
+impl Selection for Visible<'_> {
+    fn sql(&self, first: usize) -> String {
+        match self {
+            Visible::Filtered(filter) => format!(" AND {VISIBLE}{}", filter.sql(first)),
+            Visible::Stream(_) => format!(" AND {VISIBLE} AND stream_id = ${first}"),
+        }
+    }
+
+    fn bind<'q>(&self, query: PgQuery<'q>) -> PgQuery<'q> {
+        match self {
+            Visible::Filtered(filter) => filter.bind(query),
+            Visible::Stream(stream) => query.bind(stream.to_string()),
+        }
     }
 }
 
@@ -186,14 +214,11 @@ async fn read_stream(
     let caller = state.caller(&headers).await?;
     let stream_id = segment(path)?;
     if stream_id == "$all" {
-        let p = params(query)?;
-        let filter = EventFilter::from_params(&p, &state.limits).map_err(|e| filter_error(&e))?;
-        require_filter(&caller, &filter)?;
-        reject_unknown(
-            &p,
-            &["from", "limit", filters::PARAMS[0], filters::PARAMS[1]],
-        )?;
-        return read_positioned(&state, "$all", &filter, &p).await;
+        let known = ["from", "limit", filters::PARAMS[0], filters::PARAMS[1]];
+        return read_filtered(&state, &caller, "$all", query, &known, |p| {
+            EventFilter::from_params(p, &state.limits).map_err(|e| filter_error(&e))
+        })
+        .await;
     }
     // Before anything about the stream is looked at: a forbidden stream is 403 whether or not
     // it exists.
@@ -214,21 +239,19 @@ async fn read_stream(
         }
     };
     refuse_deleted(&state.pool, &stream_id).await?;
-    let sql = if backward {
-        format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version <= $2
-             AND {VISIBLE} ORDER BY version DESC LIMIT $3"
-        )
+    let window = if backward {
+        Window {
+            backward: true,
+            high: from.unwrap_or(i64::MAX),
+            ..Window::forward(Key::Version, 0, limit, 0)
+        }
     } else {
-        format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version >= $2
-             AND {VISIBLE} ORDER BY version LIMIT $3"
-        )
+        Window::forward(Key::Version, from.unwrap_or(0), limit, 0)
     };
-    let start = from.unwrap_or(if backward { i64::MAX } else { 0 });
-    let query = sqlx::query(&sql).bind(&stream_id).bind(start).bind(limit);
-    let (events, cut) = state.page(query).await?;
-    let next = match (events.last(), cut || events.len() as i64 == limit) {
+    let Page { events, more, .. } = state.page(Visible::Stream(&stream_id), window).await?;
+    // A stream's part of a group is contiguous in versions: the page holds all of it, and the
+    // next page starts past it.
+    let next = match (events.last(), more) {
         (Some(last), true) if backward => (last.version > 0).then_some(last.version - 1),
         (Some(last), true) => Some(last.version + 1),
         _ => None,
@@ -246,23 +269,37 @@ async fn read_stream(
     .into_response())
 }
 
-/// A page of the events `filter` selects, by global position from `from`; named `name`.
-async fn read_positioned(
+/// The shape of every read by global position (`$all`, a type, a category), for `caller`: the
+/// filter `build` makes of the path segment and the parameters (with `known` the parameters
+/// taken), its scopes, then the page, named `name`.
+async fn read_filtered(
     state: &ReadState,
+    caller: &Principal,
     name: &str,
-    filter: &EventFilter,
-    p: &HashMap<String, String>,
+    query: Params,
+    known: &[&str],
+    build: impl FnOnce(&HashMap<String, String>) -> Result<EventFilter, ApiError>,
 ) -> Result<Response, ApiError> {
-    let limit = int_param(p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
-    let from = int_param(p, "from", 0, i64::MAX)?.unwrap_or(0);
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 AND {VISIBLE}{}
-         ORDER BY global_position LIMIT $2",
-        filter.sql(3)
-    );
-    let query = filter.bind(sqlx::query(&sql).bind(from).bind(limit));
-    let page = state.page(query).await?;
-    positioned_page(name, page, limit)
+    let p = params(query)?;
+    let filter = build(&p)?;
+    require_filter(caller, &filter)?;
+    reject_unknown(&p, known)?;
+    let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+    let from = int_param(&p, "from", 0, i64::MAX)?.unwrap_or(0);
+    let window = Window::forward(Key::Position, from, limit, 0);
+    let page = state.page(Visible::Filtered(&filter), window).await?;
+    // Past the end of a group the page was extended to: a filtered page's last event need not
+    // be its group's last row, and the next page must not start inside the group.
+    let next = page
+        .more
+        .then(|| page.covered_through().map(|p| p + 1))
+        .flatten();
+    Ok(Json(PositionedPage {
+        source: name.to_owned(),
+        events: page.events,
+        next,
+    })
+    .into_response())
 }
 
 /// Reads the events of one type across every stream, by global position (`categories`
@@ -294,12 +331,11 @@ async fn read_type(
 ) -> Result<Response, ApiError> {
     let caller = state.caller(&headers).await?;
     let event_type = segment(path)?;
-    let p = params(query)?;
-    let filter =
-        EventFilter::of_type(&event_type, &p, &state.limits).map_err(|e| filter_error(&e))?;
-    require_filter(&caller, &filter)?;
-    reject_unknown(&p, &["from", "limit", "categories"])?;
-    read_positioned(&state, &event_type, &filter, &p).await
+    let known = ["from", "limit", "categories"];
+    read_filtered(&state, &caller, &event_type, query, &known, |p| {
+        EventFilter::of_type(&event_type, p, &state.limits).map_err(|e| filter_error(&e))
+    })
+    .await
 }
 
 /// Reads the events of every stream of a category (`Order` or `Order-*` for `Order-…`), by
@@ -331,43 +367,13 @@ async fn read_category(
     let caller = state.caller(&headers).await?;
     let category = segment(path)?;
     // `Order-*` and `Order` name the same category.
-    let category = category.strip_suffix("-*").unwrap_or(&category).to_owned();
-    require(&caller, Need::ReadCategory(&category))?;
-    let p = params(query)?;
-    reject_unknown(&p, &["from", "limit"])?;
-    if category.is_empty() || category.contains('-') {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "a category is the part of a stream id before its first `-`",
-        ));
-    }
-    let limit = int_param(&p, "limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
-    let from = int_param(&p, "from", 0, i64::MAX)?.unwrap_or(0);
-    let sql = format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE category = $1 AND global_position >= $2
-         AND {VISIBLE} ORDER BY global_position LIMIT $3"
-    );
-    let query = sqlx::query(&sql).bind(&category).bind(from).bind(limit);
-    let page = state.page(query).await?;
-    positioned_page(&category, page, limit)
-}
-
-fn positioned_page(
-    name: &str,
-    (events, cut): (Vec<CanonicalEvent>, bool),
-    limit: i64,
-) -> Result<Response, ApiError> {
-    let next = match events.last() {
-        Some(last) if cut || events.len() as i64 == limit => Some(last.global_position + 1),
-        _ => None,
-    };
-    Ok(Json(PositionedPage {
-        source: name.to_owned(),
-        events,
-        next,
+    let name = category.strip_suffix("-*").unwrap_or(&category);
+    // The category is the path, not a filter parameter: a bad one is `invalid_parameter`.
+    read_filtered(&state, &caller, name, query, &["from", "limit"], |_| {
+        EventFilter::of_category(&category, &state.limits)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", e.to_string()))
     })
-    .into_response())
+    .await
 }
 
 /// `GET /wait?stream_id=S&version=N` or `GET /wait?position=P`, with `timeout_ms`: answers

@@ -24,6 +24,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use esk_model::wire::{CanonicalEvent, ErrorEnvelope};
 use esk_runtime::db::EVENT_COLUMNS;
+use esk_runtime::pages::{self, Key, Page, Window};
 use esk_runtime::scope::Need;
 use esk_runtime::telemetry::MetricFactory;
 use futures::Stream;
@@ -38,7 +39,7 @@ use crate::api::ApiError;
 use crate::filters::{self, EventFilter};
 use crate::reads::{
     db_error, filter_error, int_param, params, reject_unknown, require, require_filter, segment,
-    Params, ReadState, VISIBLE,
+    Params, ReadState, Visible,
 };
 use crate::wait::{indexed_head, stream_version};
 
@@ -257,12 +258,17 @@ impl Feeder {
             // Seen before the head is read: a head that moves after this wakes the wait below.
             self.head.borrow_and_update();
             let head = self.read(indexed_head(&self.pool)).await?;
-            let (events, more) = self.read(self.page(head)).await?;
-            for event in &events {
+            // A page is sent as one burst, a group whole within it.
+            let page = self.read(self.page(head)).await?;
+            for event in &page.events {
                 self.send(event).await?;
                 told = self.cursor;
             }
-            if more {
+            if let (Source::All(_), Some(end)) = (&self.source, page.group_end) {
+                // Past the rest of the group the page ended in (rows the filter left out).
+                self.cursor = self.cursor.max(end);
+            }
+            if page.more {
                 continue;
             }
             if let Source::All(_) = self.source {
@@ -278,31 +284,24 @@ impl Feeder {
         }
     }
 
-    /// The events after the cursor, up to `head` (`$all`); whether more may follow them.
-    async fn page(&self, head: i64) -> Result<(Vec<CanonicalEvent>, bool), sqlx::Error> {
-        let (sql, query);
-        match &self.source {
-            Source::All(filter) => {
-                sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events
-                     WHERE global_position > $1 AND global_position <= $2 AND {VISIBLE}{}
-                     ORDER BY global_position LIMIT {PAGE}",
-                    filter.sql(3)
-                );
-                query = filter.bind(sqlx::query(&sql).bind(self.cursor).bind(head));
-            }
-            Source::Stream(stream) => {
-                sql = format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2
-                     AND {VISIBLE} ORDER BY version LIMIT {PAGE}"
-                );
-                query = sqlx::query(&sql).bind(stream).bind(self.cursor);
-            }
-        }
-        let (events, cut) =
-            esk_runtime::db::collect_events_within(query.fetch(&self.pool), PAGE_BYTES).await?;
-        let more = cut || events.len() as i64 == PAGE;
-        Ok((events, more))
+    /// The events after the cursor, up to `head` (`$all`), whole groups only (rule 7: the
+    /// same pages as reads).
+    async fn page(&self, head: i64) -> Result<Page, sqlx::Error> {
+        let after = self.cursor.saturating_add(1);
+        let (selection, window) = match &self.source {
+            Source::All(filter) => (
+                Visible::Filtered(filter),
+                Window {
+                    high: head,
+                    ..Window::forward(Key::Position, after, PAGE, PAGE_BYTES)
+                },
+            ),
+            Source::Stream(stream) => (
+                Visible::Stream(stream),
+                Window::forward(Key::Version, after, PAGE, PAGE_BYTES),
+            ),
+        };
+        pages::read_page(&self.pool, EVENT_COLUMNS, &selection, window).await
     }
 
     /// `query`'s answer, unless shutdown comes first or Postgres fails (then the subscription

@@ -3,15 +3,14 @@
 
 use std::time::{Duration, Instant};
 
-use esk_model::wire::CanonicalEvent;
-use esk_runtime::db::collect_events_within;
+use esk_runtime::pages::{self, Key, Window};
 use indicatif::{ProgressBar, ProgressStyle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::{self, Progress};
 use crate::event::{event_columns, ProjectedEvent};
-use crate::filter::Filter;
+use crate::group::BatchGroups;
 use crate::projection::{ProcessError, Projection};
 
 /// How progress is shown: a bar on a terminal, a line every few seconds otherwise.
@@ -86,14 +85,25 @@ pub(crate) async fn catch_up(
         let (head, _) = checkpoint::heads(pool).await?;
         // Replay up to the head as it was when this pass began.
         while through < head {
-            let (events, cut) = fetch(pool, projection, through, head, batch, max_bytes).await?;
-            // The page covered every position up to here (positions have no gaps); a page cut
-            // short by its byte budget covered up to its last event.
-            let next = match events.last() {
-                Some(last) if cut => last.global_position,
-                _ => head.min(through + batch),
+            // Positions are gap-free, so bounding the range by the page size keeps every page
+            // a short primary-key range scan, whatever the planner's statistics say (an
+            // unanalysed table otherwise got a scan-and-sort of the whole remaining range).
+            let high = head.min(through.saturating_add(batch));
+            let window = Window {
+                high,
+                ..Window::forward(Key::Position, through + 1, batch, max_bytes)
             };
-            let events: Vec<ProjectedEvent> = events
+            let columns = event_columns(projection.needs_data());
+            let page = pages::read_page(pool, columns, &projection.filter, window).await?;
+            // The page covered every position up to its window's end (positions have no gaps);
+            // one cut short by its byte budget covered up to its last event; either way, to
+            // the end of the group it was extended to (rule 7), never into one.
+            let next = match page.covered_through() {
+                Some(last) if page.cut => last,
+                _ => page.group_end.map_or(high, |end| end.max(high)),
+            };
+            let events: Vec<ProjectedEvent> = page
+                .events
                 .into_iter()
                 .map(|event| ProjectedEvent {
                     event,
@@ -109,10 +119,14 @@ pub(crate) async fn catch_up(
                     pool,
                     &matching,
                     &[],
-                    &Progress::Replay {
-                        from: through,
-                        through: next,
-                    },
+                    // Replay pages hold whole groups and never end inside one: nothing to record.
+                    (
+                        &Progress::Replay {
+                            from: through,
+                            through: next,
+                        },
+                        &BatchGroups::default(),
+                    ),
                     shutdown,
                 )
                 .await
@@ -150,39 +164,4 @@ pub(crate) async fn catch_up(
         // The publisher moved past what we replayed: replay the rest first.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn fetch(
-    pool: &PgPool,
-    projection: &Projection,
-    after: i64,
-    head: i64,
-    batch: i64,
-    max_bytes: usize,
-) -> Result<(Vec<CanonicalEvent>, bool), sqlx::Error> {
-    let sql = format!(
-        // Positions are gap-free, so bounding the range by the page size keeps every page a
-        // short primary-key range scan, whatever the planner's statistics say (an unanalysed
-        // table otherwise got a scan-and-sort of the whole remaining range per page).
-        "SELECT {} FROM events
-         WHERE global_position > $1 AND global_position <= least($4, $1 + $2) AND {}
-         ORDER BY global_position LIMIT $2",
-        event_columns(projection.needs_data()),
-        projection.filter.sql()
-    );
-    let query = sqlx::query(&sql).bind(after).bind(batch);
-    let query = match &projection.filter {
-        Filter::All => query.bind(Option::<String>::None),
-        Filter::Category(c) => query.bind(Some(c.clone())),
-        Filter::EventTypes(types) => {
-            let rows = sqlx::query(&sql)
-                .bind(after)
-                .bind(batch)
-                .bind(types)
-                .bind(head)
-                .fetch(pool);
-            return collect_events_within(rows, max_bytes).await;
-        }
-    };
-    collect_events_within(query.bind(head).fetch(pool), max_bytes).await
 }

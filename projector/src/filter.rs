@@ -2,6 +2,7 @@
 
 use esk_model::event::category_of;
 use esk_model::wire::CanonicalEvent;
+use esk_runtime::pages::{PgQuery, Selection};
 
 use crate::projections_file::ProjectionSpec;
 
@@ -31,13 +32,41 @@ impl Filter {
             Filter::EventTypes(types) => types.contains(&event.event_type),
         }
     }
+}
 
-    /// A SQL condition (with `$3`) narrowing a replay; matches are re-checked in Rust.
-    pub(crate) fn sql(&self) -> &'static str {
+/// The same filter in SQL, for replays and for reading a group's rows from the events table.
+impl Selection for Filter {
+    fn sql(&self, first: usize) -> String {
         match self {
-            Filter::All => "$3::text IS NULL",
-            Filter::Category(_) => "category = $3::text",
-            Filter::EventTypes(_) => "event_type = ANY($3::text[])",
+            Filter::All => String::new(),
+            Filter::Category(_) => format!(" AND category = ${first}"),
+            Filter::EventTypes(_) => format!(" AND event_type = ANY(${first})"),
         }
+    }
+
+    fn bind<'q>(&self, query: PgQuery<'q>) -> PgQuery<'q> {
+        match self {
+            Filter::All => query,
+            Filter::Category(c) => query.bind(c.clone()),
+            Filter::EventTypes(types) => query.bind(types.clone()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sql_filter_numbers_its_parameter_after_the_statements_own() {
+        assert_eq!(Filter::All.sql(3), "");
+        assert_eq!(
+            Filter::Category("Order".into()).sql(3),
+            " AND category = $3"
+        );
+        assert_eq!(
+            Filter::EventTypes(vec!["A".into()]).sql(4),
+            " AND event_type = ANY($4)"
+        );
     }
 }

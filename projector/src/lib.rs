@@ -13,6 +13,7 @@ mod connections;
 mod dead_letters;
 mod event;
 mod filter;
+mod group;
 mod handlers;
 mod internal_events;
 mod live;

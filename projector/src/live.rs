@@ -1,7 +1,8 @@
 //! Live projection from the canonical topic: one consumer group per projection, a bounded queue
 //! between the consumer and the handler, partitions paused when the queue is full and resumed
 //! below a low watermark (the consumer keeps polling, so it stays in its group), positions per
-//! partition checked against Postgres, repeats skipped by global position.
+//! partition checked against Postgres, repeats skipped by global position. A record of a
+//! multi-stream append makes the projection apply the whole group at once (`group.rs`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use esk_model::wire::CanonicalEvent;
 use esk_runtime::kafka::RebalanceLog;
+use esk_runtime::pages;
 use esk_runtime::partition_cursor::{Admission, PartitionCursor, Spans};
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -22,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::{self, Progress};
 use crate::config::Tuning;
 use crate::dead_letters::UndecodableRecord;
-use crate::event::ProjectedEvent;
+use crate::event::{event_columns, ProjectedEvent};
+use crate::group::{self, BatchGroups, GroupRef};
 use crate::internal_events::{Paused, Resumed, ZombieRollback};
 use crate::projection::{ProcessError, Projection};
 use esk_runtime::internal_event::InternalEvent;
@@ -35,13 +38,15 @@ pub(crate) enum Exit {
     NeedsCatchUp,
 }
 
-/// A canonical record as the queue holds it: where it came from and its payload. Headers and
-/// key are not copied (the payload carries everything a projection reads).
+/// A canonical record as the queue holds it: where it came from, its payload and the
+/// multi-stream group its headers name. Other headers and the key are not copied (the payload
+/// carries everything a projection reads).
 #[derive(Debug)]
 struct QueuedRecord {
     partition: i32,
     offset: i64,
     payload: Vec<u8>,
+    group: Option<GroupRef>,
 }
 
 impl QueuedRecord {
@@ -50,6 +55,7 @@ impl QueuedRecord {
             partition: message.partition(),
             offset: message.offset(),
             payload: message.payload().unwrap_or_default().to_vec(),
+            group: GroupRef::of(message),
         }
     }
 }
@@ -270,6 +276,8 @@ impl LiveRun<'_> {
             let mut spans = Spans::default();
             let mut events = Vec::with_capacity(admitted.len());
             let mut undecodable = Vec::new();
+            // The groups met, each with where its events go in the batch (at its first record).
+            let mut groups: Vec<MetGroup> = Vec::new();
             for message in &admitted {
                 let partition = message.partition;
                 let span = cursor.extend(&mut spans, partition, message.offset);
@@ -291,24 +299,58 @@ impl LiveRun<'_> {
                 // A repeat (after a publisher crash or a broker outage) was applied already:
                 // before this batch (the partition's position), or earlier in this batch (a
                 // record and its repeat can arrive together).
-                if span.is_repeat(event.global_position) || !self.projection.filter.matches(&event)
-                {
+                if span.is_repeat(event.global_position) {
                     continue;
                 }
-                events.push(ProjectedEvent {
+                let event = ProjectedEvent {
                     event,
                     source: Some((partition, message.offset)),
-                });
+                };
+                if let Some(group) = message
+                    .group
+                    .filter(|g| g.contains(event.event.global_position))
+                {
+                    // The whole group is applied where its first record is met (matching or
+                    // not); its records are gathered there.
+                    match groups.iter_mut().find(|m| m.group.span == group.span) {
+                        Some(met) => met.arrived.push(event),
+                        None => groups.push(MetGroup {
+                            group,
+                            at: events.len(),
+                            arrived: vec![event],
+                        }),
+                    }
+                    continue;
+                }
+                if self.projection.filter.matches(&event.event) {
+                    events.push(event);
+                }
             }
+            let groups = match self.expand_groups(&mut events, groups).await {
+                Ok(groups) => groups,
+                Err(error) => {
+                    tracing::warn!(projection = %name, %error, "reading a group's events failed; retrying");
+                    tokio::time::sleep(
+                        backoff
+                            .next()
+                            .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY),
+                    )
+                    .await;
+                    continue;
+                }
+            };
             match self
                 .projection
                 .process(
                     self.pool,
                     &events,
                     &undecodable,
-                    &Progress::Live {
-                        spans: spans.clone(),
-                    },
+                    (
+                        &Progress::Live {
+                            spans: spans.clone(),
+                        },
+                        &groups,
+                    ),
                     shutdown,
                 )
                 .await
@@ -356,6 +398,63 @@ impl LiveRun<'_> {
                 }
             }
         }
+    }
+}
+
+/// A group a live batch met: where its events go in the batch, and its records that arrived in
+/// it (on any partition).
+struct MetGroup {
+    group: GroupRef,
+    at: usize,
+    arrived: Vec<ProjectedEvent>,
+}
+
+impl LiveRun<'_> {
+    /// Puts each group's events that the projection selects into `events` where its first
+    /// record was met, leaving out the groups the projection applied before. A group whose
+    /// records all arrived in the batch is taken from them; otherwise (its records on other
+    /// partitions have not arrived) its rows are read from the events table.
+    async fn expand_groups(
+        &self,
+        events: &mut Vec<ProjectedEvent>,
+        met: Vec<MetGroup>,
+    ) -> Result<BatchGroups, sqlx::Error> {
+        if met.is_empty() {
+            return Ok(BatchGroups::default());
+        }
+        let refs: Vec<GroupRef> = met.iter().map(|m| m.group).collect();
+        let applied = group::applied(self.pool, &self.projection.name, &refs).await?;
+        let columns = event_columns(self.projection.needs_data());
+        let mut apply = Vec::new();
+        // From the last insertion point back, so the earlier ones stay where they were.
+        for MetGroup {
+            group,
+            at,
+            mut arrived,
+        } in met.into_iter().rev()
+        {
+            if applied.contains(&group.span.first) {
+                continue;
+            }
+            let whole = if arrived.len() as i64 == group.span.last - group.span.first + 1 {
+                arrived.sort_by_key(|e| e.event.global_position);
+                arrived.retain(|e| self.projection.filter.matches(&e.event));
+                arrived
+            } else {
+                pages::read_group(self.pool, columns, &self.projection.filter, group.span)
+                    .await?
+                    .into_iter()
+                    .map(|event| ProjectedEvent {
+                        event,
+                        source: None,
+                    })
+                    .collect()
+            };
+            events.splice(at..at, whole);
+            apply.push(group);
+        }
+        apply.reverse();
+        Ok(BatchGroups { apply, seen: true })
     }
 }
 

@@ -7,6 +7,7 @@ pub mod db;
 pub mod http_server;
 pub mod internal_event;
 pub mod kafka;
+pub mod pages;
 pub mod partition_cursor;
 pub mod records;
 pub mod redact;

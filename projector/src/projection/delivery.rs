@@ -1,6 +1,9 @@
 //! A webhook or topic projection's batch: deliver, then record the progress (at least once).
 //! A rejected batch is delivered again event by event; an event rejected `max_attempts` times
-//! is dead-lettered with the progress.
+//! is dead-lettered with the progress. A multi-stream group's events are in one batch, in order,
+//! so they are delivered together (one request, or one by one in order after a rejection); the
+//! group is recorded with the progress so its records on other partitions are not delivered
+//! again (a crash between delivery and record delivers it again: at least once).
 
 use esk_runtime::internal_event::InternalEvent;
 use sqlx::PgPool;
@@ -11,6 +14,7 @@ use super::{ProcessError, Projection, TryError};
 use crate::checkpoint::{self, Progress};
 use crate::dead_letters::{self, UndecodableRecord};
 use crate::event::ProjectedEvent;
+use crate::group::BatchGroups;
 use crate::handlers::HandlerError;
 use crate::internal_events::Retrying;
 
@@ -61,7 +65,7 @@ impl Projection {
         pool: &PgPool,
         events: &[ProjectedEvent],
         undecodable: &[UndecodableRecord<'_>],
-        progress: &Progress,
+        progress: (&Progress, &BatchGroups),
         stall: &mut Stall<'_>,
         shutdown: &CancellationToken,
     ) -> Result<(), ProcessError> {
@@ -107,7 +111,7 @@ impl Projection {
         pool: &PgPool,
         poisoned: &[(&ProjectedEvent, HandlerError)],
         undecodable: &[UndecodableRecord<'_>],
-        progress: &Progress,
+        (progress, groups): (&Progress, &BatchGroups),
     ) -> Result<(), TryError> {
         let mut tx = pool.begin().await?;
         for (event, error) in poisoned {
@@ -122,6 +126,9 @@ impl Projection {
         }
         self.store_undecodable(&mut tx, undecodable).await?;
         checkpoint::write(&mut tx, &self.name, progress).await?;
+        // Delivered already: whether another consumer recorded the group too changes nothing.
+        groups.claim(&mut tx, &self.name).await?;
+        groups.prune(&mut tx, &self.name).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -23,6 +23,7 @@ use crate::config::Tuning;
 use crate::dead_letters::{self, UndecodableRecord};
 use crate::event::ProjectedEvent;
 use crate::filter::Filter;
+use crate::group::{self, BatchGroups};
 use crate::handlers::{Handler, HandlerError, HandlerSetupError};
 use crate::internal_events::{EventDeadLettered, UndecodableDeadLettered};
 use crate::metrics::ProjectorMetrics;
@@ -107,8 +108,8 @@ impl Projection {
         self.handler.needs_data()
     }
 
-    /// Applies `events` (already filtered, in order), dead-letters `undecodable` records, and
-    /// records `progress`. Transient failures are waited out (until `shutdown`: then
+    /// Applies `events` (already filtered, in order; the groups in `groups` whole), dead-letters
+    /// `undecodable` records, and records `progress` and the groups applied (live). Transient failures are waited out (until `shutdown`: then
     /// [`ProcessError::Stopped`] and nothing is recorded); rejected events are dead-lettered in
     /// the transaction that records the progress.
     pub(crate) async fn process(
@@ -116,7 +117,7 @@ impl Projection {
         pool: &PgPool,
         events: &[ProjectedEvent],
         undecodable: &[UndecodableRecord<'_>],
-        progress: &Progress,
+        (progress, groups): (&Progress, &BatchGroups),
         shutdown: &CancellationToken,
     ) -> Result<(), ProcessError> {
         let mut stall = Stall::new(self);
@@ -127,15 +128,22 @@ impl Projection {
                     handler.as_ref(),
                     events,
                     undecodable,
-                    progress,
+                    (progress, groups),
                     &mut stall,
                     shutdown,
                 )
                 .await
             }
             _ => {
-                self.process_delivery(pool, events, undecodable, progress, &mut stall, shutdown)
-                    .await
+                self.process_delivery(
+                    pool,
+                    events,
+                    undecodable,
+                    (progress, groups),
+                    &mut stall,
+                    shutdown,
+                )
+                .await
             }
         };
         if !matches!(result, Err(ProcessError::Stopped)) {
@@ -189,6 +197,7 @@ impl Projection {
             handler.reset(&mut tx, &self.name).await?;
         }
         checkpoint::reset(&mut tx, &self.name).await?;
+        group::reset(&mut tx, &self.name).await?;
         tx.commit().await
     }
 }

@@ -1,6 +1,9 @@
-//! A SQL projection's batch: its writes, dead letters and checkpoint in one transaction
-//! (exactly once). A rejected batch is applied again event by event under savepoints, so the
+//! A SQL projection's batch: its writes, dead letters, checkpoint and the multi-stream groups it
+//! applied in one transaction (exactly once; a group another consumer recorded first is left
+//! out). A rejected batch is applied again event by event under savepoints, so the
 //! poison is dead-lettered and the rest still commits.
+
+use std::borrow::Cow;
 
 use sqlx::{Acquire, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -10,6 +13,7 @@ use super::{ProcessError, Projection, TryError};
 use crate::checkpoint::{self, Progress};
 use crate::dead_letters::{self, UndecodableRecord};
 use crate::event::ProjectedEvent;
+use crate::group::{self, BatchGroups};
 use crate::handlers::HandlerError;
 use crate::sql_projections::SqlProjection;
 
@@ -24,7 +28,7 @@ impl Projection {
         handler: &dyn SqlProjection,
         events: &[ProjectedEvent],
         undecodable: &[UndecodableRecord<'_>],
-        progress: &Progress,
+        progress: (&Progress, &BatchGroups),
         stall: &mut Stall<'_>,
         shutdown: &CancellationToken,
     ) -> Result<(), ProcessError> {
@@ -65,17 +69,30 @@ impl Projection {
         handler: &dyn SqlProjection,
         events: &'e [ProjectedEvent],
         undecodable: &[UndecodableRecord<'_>],
-        progress: &Progress,
+        (progress, groups): (&Progress, &BatchGroups),
     ) -> Result<Vec<DeadLetter<'e>>, TryError> {
         let mut tx = pool.begin().await?;
-        if !events.is_empty() {
+        let lost = groups.claim(&mut tx, &self.name).await?;
+        let kept: Cow<'_, [ProjectedEvent]> = if lost.is_empty() {
+            Cow::Borrowed(events)
+        } else {
+            Cow::Owned(
+                events
+                    .iter()
+                    .filter(|e| !group::in_any(&lost, e.event.global_position))
+                    .cloned()
+                    .collect(),
+            )
+        };
+        if !kept.is_empty() {
             handler
-                .apply(&mut tx, &self.name, events)
+                .apply(&mut tx, &self.name, &kept)
                 .await
                 .map_err(|e| TryError::Handler(HandlerError::database(e)))?;
         }
         self.store_undecodable(&mut tx, undecodable).await?;
         checkpoint::write(&mut tx, &self.name, progress).await?;
+        groups.prune(&mut tx, &self.name).await?;
         tx.commit().await?;
         Ok(Vec::new())
     }
@@ -88,11 +105,15 @@ impl Projection {
         handler: &dyn SqlProjection,
         events: &'e [ProjectedEvent],
         undecodable: &[UndecodableRecord<'_>],
-        progress: &Progress,
+        (progress, groups): (&Progress, &BatchGroups),
     ) -> Result<Vec<DeadLetter<'e>>, TryError> {
         let mut tx = pool.begin().await?;
+        let lost = groups.claim(&mut tx, &self.name).await?;
         let mut dead = Vec::new();
         for event in events {
+            if group::in_any(&lost, event.event.global_position) {
+                continue;
+            }
             let mut savepoint = tx.begin().await?;
             match handler
                 .apply(&mut savepoint, &self.name, std::slice::from_ref(event))
@@ -110,6 +131,7 @@ impl Projection {
         }
         self.store_undecodable(&mut tx, undecodable).await?;
         checkpoint::write(&mut tx, &self.name, progress).await?;
+        groups.prune(&mut tx, &self.name).await?;
         tx.commit().await?;
         Ok(dead)
     }
