@@ -55,6 +55,20 @@ impl AttemptError {
     }
 }
 
+/// Step 1: begins the attempt's transaction holding its advisory lock, which lets the indexer
+/// wait for the transaction's end. The lock is taken by the BEGIN's own round trip (the key is
+/// an integer, formatted, never text).
+pub(crate) async fn begin(
+    pool: &PgPool,
+    attempt_id: Uuid,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with(format!(
+        "BEGIN; SELECT pg_advisory_xact_lock({})",
+        advisory_key(attempt_id)
+    ))
+    .await
+}
+
 /// Runs one attempt over `appends` (distinct append ids, in arrival order) and returns the
 /// outcome of each, in the same order.
 pub(crate) async fn run(
@@ -66,14 +80,8 @@ pub(crate) async fn run(
     let attempt_id = Uuid::new_v4();
     let started = Instant::now();
 
-    // Step 1: the attempt's advisory lock lets the indexer wait for this transaction's end. It
-    // is taken by the BEGIN's own round trip (the key is an integer, formatted, never text).
-    let mut tx = pool
-        .begin_with(format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({})",
-            advisory_key(attempt_id)
-        ))
-        .await?;
+    // Step 1.
+    let mut tx = begin(pool, attempt_id).await?;
 
     // Step 2: claim the append ids; those already decided are answered from the ledger.
     let claimed_appends: HashSet<Uuid> = ledger::claim(&mut tx, attempt_id, appends)

@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use chrono::Utc;
-use esk_model::event::{advisory_key, Append, GroupAppend};
+use esk_model::event::{Append, GroupAppend};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -28,13 +28,8 @@ pub(crate) async fn run(
     let attempt_id = Uuid::new_v4();
     let started = Instant::now();
 
-    // Step 1: the attempt's advisory lock lets the indexer wait for this transaction's end.
-    let mut tx = pool
-        .begin_with(format!(
-            "BEGIN; SELECT pg_advisory_xact_lock({})",
-            advisory_key(attempt_id)
-        ))
-        .await?;
+    // Step 1: the attempt's transaction, holding its advisory lock.
+    let mut tx = crate::attempt::begin(pool, attempt_id).await?;
 
     // Step 2: one ledger row for the whole append; decided earlier, it answers (the
     // transaction wrote nothing and rolls back when dropped).

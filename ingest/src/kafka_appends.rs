@@ -39,7 +39,7 @@ use crate::auth::{Auth, AuthError};
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::offsets::OffsetTracker;
-use crate::outcome::{AppendOutcome, AppendReply, GroupOutcome, GroupReply};
+use crate::outcome::{AppendOutcome, AppendReply, GroupOutcome, GroupReply, Unavailable};
 use crate::pipeline::{AppendCommand, GroupCommand, Pipeline};
 
 /// Where a request came from and where its answer goes.
@@ -437,38 +437,57 @@ fn refusal_result(context: &RequestContext, refusal: &Refusal) -> AppendResult {
     result
 }
 
-/// Waits for the append's outcome. "Unavailable" is not an outcome: the same append is
-/// submitted again (idempotent by its append id) until it gets a definite one.
-async fn await_and_respond(
-    shared: Arc<Shared>,
-    context: RequestContext,
-    append: Append,
-    mut reply: tokio::sync::oneshot::Receiver<AppendReply>,
-) {
+/// Waits for a definite outcome of the request `append_id` names. "Unavailable" is not one:
+/// the request is submitted again with `resubmit` (idempotent by its append id), with backoff,
+/// until it gets one. `None`: shutdown, or the pipeline is gone.
+async fn until_definite<O, F, Fut>(
+    shared: &Shared,
+    append_id: Uuid,
+    mut reply: tokio::sync::oneshot::Receiver<Result<O, Unavailable>>,
+    mut resubmit: F,
+) -> Option<O>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<
+        Output = Option<tokio::sync::oneshot::Receiver<Result<O, Unavailable>>>,
+    >,
+{
     let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(100));
-    let outcome = loop {
+    loop {
         match reply.await {
-            Ok(Ok(outcome)) => break outcome,
+            Ok(Ok(outcome)) => return Some(outcome),
             Ok(Err(unavailable)) => {
-                tracing::warn!(stream_id = %append.stream_id, append_id = %append.append_id,
-                    code = unavailable.code, "append unavailable; resubmitting");
+                tracing::warn!(%append_id, code = unavailable.code, "append unavailable; resubmitting");
             }
             Err(_) => {
-                tracing::warn!(append_id = %append.append_id, "pipeline dropped an append; resubmitting")
+                tracing::warn!(%append_id, "pipeline dropped an append; resubmitting")
             }
         }
         let delay = backoff
             .next()
             .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY);
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            _ = shared.shutdown.cancelled() => return None,
             _ = tokio::time::sleep(delay) => {}
         }
+        reply = resubmit().await?;
+    }
+}
+
+/// Waits for the append's outcome ([`until_definite`]), then delivers its result.
+async fn await_and_respond(
+    shared: Arc<Shared>,
+    context: RequestContext,
+    append: Append,
+    reply: tokio::sync::oneshot::Receiver<AppendReply>,
+) {
+    let resubmit = || {
         let (command, next) = AppendCommand::new(append.clone());
-        if shared.pipeline.submit(command).await.is_err() {
-            return;
-        }
-        reply = next;
+        let pipeline = &shared.pipeline;
+        async move { pipeline.submit(command).await.ok().map(|()| next) }
+    };
+    let Some(outcome) = until_definite(&shared, append.append_id, reply, resubmit).await else {
+        return;
     };
     let mut result = base_result(&context, Outcome::Accepted);
     result.append_id = Some(append.append_id);
@@ -488,38 +507,20 @@ async fn await_and_respond(
     respond(shared, context, result).await;
 }
 
-/// Waits for a multi-stream append's outcome, resubmitting it while it is "unavailable" (as
-/// [`await_and_respond`] does for single appends), then delivers its result.
+/// Waits for a multi-stream append's outcome ([`until_definite`]), then delivers its result.
 async fn await_group_and_respond(
     shared: Arc<Shared>,
     context: RequestContext,
     group: GroupAppend,
-    mut reply: tokio::sync::oneshot::Receiver<GroupReply>,
+    reply: tokio::sync::oneshot::Receiver<GroupReply>,
 ) {
-    let mut backoff = esk_runtime::retry::until_stopped(Duration::from_millis(100));
-    let outcome = loop {
-        match reply.await {
-            Ok(Ok(outcome)) => break outcome,
-            Ok(Err(unavailable)) => {
-                tracing::warn!(append_id = %group.append_id, code = unavailable.code,
-                    "multi-stream append unavailable; resubmitting");
-            }
-            Err(_) => {
-                tracing::warn!(append_id = %group.append_id, "pipeline dropped an append; resubmitting")
-            }
-        }
-        let delay = backoff
-            .next()
-            .unwrap_or(esk_runtime::retry::MAX_RETRY_DELAY);
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
+    let resubmit = || {
         let (command, next) = GroupCommand::new(group.clone());
-        if shared.pipeline.submit_group(command).await.is_err() {
-            return;
-        }
-        reply = next;
+        let pipeline = &shared.pipeline;
+        async move { pipeline.submit_group(command).await.ok().map(|()| next) }
+    };
+    let Some(outcome) = until_definite(&shared, group.append_id, reply, resubmit).await else {
+        return;
     };
     let mut result = base_result(&context, Outcome::Accepted);
     result.append_id = Some(group.append_id);
