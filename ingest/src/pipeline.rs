@@ -10,6 +10,7 @@ use backon::{ExponentialBuilder, Retryable};
 use esk_model::event::{Append, GroupAppend};
 use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::supervisor::{Progress, Watchdog};
+use futures::StreamExt;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -111,6 +112,8 @@ struct Worker {
     metrics: Arc<IngestMetrics>,
     max_batch: usize,
     retries: usize,
+    /// Multi-stream appends decided at once (each its own attempt and connection).
+    group_concurrency: usize,
 }
 
 impl Pipeline {
@@ -139,6 +142,9 @@ impl Pipeline {
                 metrics: metrics.clone(),
                 max_batch: config.max_batch.max(1),
                 retries: config.attempt_retries,
+                // A worker's share of the pool: a worker runs its single appends' attempt or
+                // its multi-stream appends' attempts, never both at once.
+                group_concurrency: (config.pg_connections as usize / workers).max(1),
             };
             loops.push(worker.run(rx));
         }
@@ -257,8 +263,10 @@ impl Worker {
             if !batch.is_empty() {
                 self.process(batch).await;
             }
-            for group in groups {
-                self.process_group(group).await;
+            for wave in waves(groups) {
+                futures::stream::iter(wave)
+                    .for_each_concurrent(self.group_concurrency, |group| self.process_group(group))
+                    .await;
             }
             self.progress.progressed();
             if rx.is_empty() {
@@ -311,6 +319,38 @@ impl Worker {
             let _ = command.reply.send(reply);
         }
     }
+}
+
+/// Splits multi-stream appends (in arrival order) into waves, run one after another, the
+/// appends of a wave at once: an append goes into the wave after the last one holding an append
+/// that shares a stream with it, so appends with a stream in common are still decided in arrival
+/// order (as single appends to one stream are, chained in their batch). Appends with no stream
+/// in common have no order to keep; each is its own attempt, locking its rows in sorted order
+/// like every attempt, so running them at once cannot deadlock.
+fn waves(groups: Vec<GroupCommand>) -> Vec<Vec<GroupCommand>> {
+    let mut last_wave: HashMap<&str, usize> = HashMap::new();
+    let wave_of: Vec<usize> = groups
+        .iter()
+        .map(|command| {
+            let streams = || command.group.parts.iter().map(|p| p.subject());
+            let wave = streams()
+                .filter_map(|s| last_wave.get(s).map(|w| w + 1))
+                .max()
+                .unwrap_or(0);
+            for stream in streams() {
+                last_wave.insert(stream, wave);
+            }
+            wave
+        })
+        .collect();
+    let mut waves: Vec<Vec<GroupCommand>> = Vec::new();
+    for (command, wave) in groups.into_iter().zip(wave_of) {
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(command);
+    }
+    waves
 }
 
 impl Worker {
@@ -462,5 +502,56 @@ fn log_outcome(append: &Append, outcome: &AppendOutcome) {
             correlation_id = correlation_id.unwrap_or(""),
             reason = rejection.code(), "append rejected"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use esk_model::event::ExpectedVersion;
+
+    use super::*;
+
+    fn group(id: u128, streams: &[&str]) -> GroupCommand {
+        let parts = streams
+            .iter()
+            .map(|stream| Append {
+                stream_id: (*stream).to_owned(),
+                expected_version: ExpectedVersion::Any,
+                append_id: Uuid::from_u128(id),
+                events: Vec::new(),
+                lifecycle: None,
+            })
+            .collect();
+        GroupCommand::new(GroupAppend {
+            append_id: Uuid::from_u128(id),
+            parts,
+        })
+        .0
+    }
+
+    fn ids(waves: &[Vec<GroupCommand>]) -> Vec<Vec<u128>> {
+        waves
+            .iter()
+            .map(|wave| wave.iter().map(|c| c.group.append_id.as_u128()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn appends_sharing_a_stream_keep_their_arrival_order_and_the_others_run_together() {
+        let waves = waves(vec![
+            group(1, &["A", "B"]),
+            group(2, &["C", "D"]),
+            group(3, &["B", "E"]),
+            group(4, &["F", "G"]),
+            group(5, &["E", "C"]),
+            group(6, &["A", "H"]),
+        ]);
+        // 3 follows 1 (B); 5 follows 3 (E) and 2 (C); 6 follows 1 (A) only.
+        assert_eq!(ids(&waves), vec![vec![1, 2, 4], vec![3, 6], vec![5]]);
+    }
+
+    #[test]
+    fn no_appends_no_waves() {
+        assert!(waves(Vec::new()).is_empty());
     }
 }
