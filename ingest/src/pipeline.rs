@@ -22,24 +22,25 @@ use crate::ingest_log::IngestLog;
 use crate::internal_events::{AttemptGaveUp, AttemptRetried};
 use crate::metrics::IngestMetrics;
 use crate::outcome::{
-    AppendOutcome, AppendReply, GroupOutcome, GroupRejection, GroupReply, Rejection, Unavailable,
+    AppendOutcome, AppendReply, GroupOutcome, GroupRejection, Rejection, Unavailable,
 };
 
-/// An append waiting for its outcome.
+/// A request waiting in a shard's queue for its outcome: a single append
+/// ([`AppendCommand`]) or a multi-stream one ([`GroupCommand`]).
 #[derive(Debug)]
-pub(crate) struct AppendCommand {
-    pub(crate) append: Append,
-    pub(crate) reply: oneshot::Sender<AppendReply>,
+pub(crate) struct Queued<R, O> {
+    pub(crate) request: R,
+    pub(crate) reply: oneshot::Sender<Result<O, Unavailable>>,
     pub(crate) received: Instant,
 }
 
-impl AppendCommand {
-    /// A command and the receiver of its reply.
-    pub(crate) fn new(append: Append) -> (Self, oneshot::Receiver<AppendReply>) {
+impl<R, O> Queued<R, O> {
+    /// A queued request and the receiver of its reply.
+    pub(crate) fn new(request: R) -> (Self, oneshot::Receiver<Result<O, Unavailable>>) {
         let (reply, rx) = oneshot::channel();
         (
-            AppendCommand {
-                append,
+            Queued {
+                request,
                 reply,
                 received: Instant::now(),
             },
@@ -47,29 +48,12 @@ impl AppendCommand {
         )
     }
 }
+
+/// An append waiting for its outcome.
+pub(crate) type AppendCommand = Queued<Append, AppendOutcome>;
 
 /// A multi-stream append waiting for its outcome.
-#[derive(Debug)]
-pub(crate) struct GroupCommand {
-    pub(crate) group: GroupAppend,
-    pub(crate) reply: oneshot::Sender<GroupReply>,
-    pub(crate) received: Instant,
-}
-
-impl GroupCommand {
-    /// A command and the receiver of its reply.
-    pub(crate) fn new(group: GroupAppend) -> (Self, oneshot::Receiver<GroupReply>) {
-        let (reply, rx) = oneshot::channel();
-        (
-            GroupCommand {
-                group,
-                reply,
-                received: Instant::now(),
-            },
-            rx,
-        )
-    }
-}
+pub(crate) type GroupCommand = Queued<GroupAppend, GroupOutcome>;
 
 /// What a shard's queue carries.
 #[derive(Debug)]
@@ -85,8 +69,8 @@ impl Command {
     /// its other streams' rows are locked in sorted order like any attempt's).
     fn shard_key(&self) -> &str {
         match self {
-            Command::Single(c) => c.append.subject(),
-            Command::Group(c) => c.group.first_stream(),
+            Command::Single(c) => c.request.subject(),
+            Command::Group(c) => c.request.first_stream(),
         }
     }
 }
@@ -283,10 +267,12 @@ impl Worker {
         let mut primaries: Vec<&Append> = Vec::with_capacity(batch.len());
         let mut primary_index: Vec<usize> = Vec::with_capacity(batch.len());
         for command in &batch {
-            let slot = *first_of.entry(command.append.append_id).or_insert_with(|| {
-                primaries.push(&command.append);
-                primaries.len() - 1
-            });
+            let slot = *first_of
+                .entry(command.request.append_id)
+                .or_insert_with(|| {
+                    primaries.push(&command.request);
+                    primaries.len() - 1
+                });
             primary_index.push(slot);
         }
         let events: usize = primaries.iter().map(|a| a.events.len()).sum();
@@ -303,7 +289,7 @@ impl Worker {
             .iter()
             .zip(&primary_index)
             .map(|(command, slot)| match &decided[*slot] {
-                Ok(_) if primaries[*slot].fingerprint() != command.append.fingerprint() => {
+                Ok(_) if primaries[*slot].fingerprint() != command.request.fingerprint() => {
                     Ok(AppendOutcome::Rejected(Rejection::AppendIdReused))
                 }
                 reply => reply.clone(),
@@ -311,9 +297,9 @@ impl Worker {
             .collect();
         for (command, reply) in batch.into_iter().zip(outcomes) {
             self.metrics
-                .record(&command.append, &reply, command.received.elapsed());
+                .record(&command.request, &reply, command.received.elapsed());
             if let Ok(outcome) = &reply {
-                log_outcome(&command.append, outcome);
+                log_outcome(&command.request, outcome);
             }
             // The client may have gone; its outcome is in the ledger either way.
             let _ = command.reply.send(reply);
@@ -332,7 +318,7 @@ fn waves(groups: Vec<GroupCommand>) -> Vec<Vec<GroupCommand>> {
     let wave_of: Vec<usize> = groups
         .iter()
         .map(|command| {
-            let streams = || command.group.parts.iter().map(|p| p.subject());
+            let streams = || command.request.parts.iter().map(|p| p.subject());
             let wave = streams()
                 .filter_map(|s| last_wave.get(s).map(|w| w + 1))
                 .max()
@@ -358,7 +344,7 @@ impl Worker {
     /// transiently) and answers it.
     async fn process_group(&self, command: GroupCommand) {
         self.metrics.in_flight.dec();
-        let group = &command.group;
+        let group = &command.request;
         self.metrics.batch_appends.observe(1.0);
         self.metrics
             .batch_events
@@ -532,7 +518,7 @@ mod tests {
     fn ids(waves: &[Vec<GroupCommand>]) -> Vec<Vec<u128>> {
         waves
             .iter()
-            .map(|wave| wave.iter().map(|c| c.group.append_id.as_u128()).collect())
+            .map(|wave| wave.iter().map(|c| c.request.append_id.as_u128()).collect())
             .collect()
     }
 
