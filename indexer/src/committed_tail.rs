@@ -10,13 +10,13 @@ use std::sync::Mutex;
 
 use esk_model::wire::CanonicalEvent;
 
-use crate::group::GroupSpan;
+use esk_runtime::records::CanonicalGroup;
 
 /// A committed event and the group it belongs to (a multi-stream append), as published.
 #[derive(Debug, Clone)]
 pub(crate) struct CommittedEvent {
     pub(crate) event: CanonicalEvent,
-    pub(crate) group: Option<GroupSpan>,
+    pub(crate) group: Option<CanonicalGroup>,
 }
 
 impl CommittedEvent {

@@ -1,8 +1,10 @@
 //! Multi-stream append groups (design note `multi-stream.md`, rules 2 and 5-6): what an
-//! `ingest-log` record says of its group, and what a committed group's rows carry on.
+//! `ingest-log` record says of its group. What a committed group's canonical records say is
+//! `esk_runtime::records::CanonicalGroup`.
 
 use esk_model::wire::header;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use esk_runtime::records::header_text;
+use rdkafka::message::Headers;
 use uuid::Uuid;
 
 /// A group's key: (append id, attempt id). Parts of an earlier attempt of the same append are
@@ -31,12 +33,7 @@ impl GroupTag {
     /// its events are still committed only if the ledger says so).
     pub(crate) fn from_headers<H: Headers>(headers: Option<&H>) -> Option<GroupTag> {
         let headers = headers?;
-        let text = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| std::str::from_utf8(h.value?).ok())
-        };
+        let text = |name: &str| header_text(headers, name);
         let append_id = text(header::GROUP_APPEND_ID)?.parse().ok()?;
         let attempt_id = text(header::ATTEMPT_ID)?.parse().ok()?;
         let records = text(header::GROUP_RECORDS)?.parse::<usize>().ok()?.max(1);
@@ -48,51 +45,10 @@ impl GroupTag {
     }
 }
 
-/// A committed group as its rows carry it: the append and its contiguous global positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct GroupSpan {
-    /// The multi-stream append.
-    pub(crate) append_id: Uuid,
-    /// The group's first global position.
-    pub(crate) first_position: i64,
-    /// The group's last global position.
-    pub(crate) last_position: i64,
-}
-
-impl GroupSpan {
-    /// How many events the group wrote (its positions are contiguous).
-    pub(crate) fn events(&self) -> i64 {
-        self.last_position - self.first_position + 1
-    }
-
-    /// Adds the group headers to a canonical record's headers.
-    pub(crate) fn add_headers(&self, headers: OwnedHeaders) -> OwnedHeaders {
-        let append_id = self.append_id.to_string();
-        let first = self.first_position.to_string();
-        let last = self.last_position.to_string();
-        let events = self.events().to_string();
-        headers
-            .insert(Header {
-                key: header::GROUP_APPEND_ID,
-                value: Some(&append_id),
-            })
-            .insert(Header {
-                key: header::GROUP_FIRST_POSITION,
-                value: Some(&first),
-            })
-            .insert(Header {
-                key: header::GROUP_LAST_POSITION,
-                value: Some(&last),
-            })
-            .insert(Header {
-                key: header::GROUP_EVENTS,
-                value: Some(&events),
-            })
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use rdkafka::message::{Header, OwnedHeaders};
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
@@ -123,27 +79,5 @@ mod tests {
         let single = headers(&[(header::ATTEMPT_ID, &attempt.to_string())]);
         assert_eq!(GroupTag::from_headers(Some(&single)), None);
         assert_eq!(GroupTag::from_headers::<OwnedHeaders>(None), None);
-    }
-
-    #[test]
-    fn the_canonical_headers_name_the_group() {
-        let span = GroupSpan {
-            append_id: Uuid::nil(),
-            first_position: 5,
-            last_position: 7,
-        };
-        let h = span.add_headers(OwnedHeaders::new());
-        let value = |name: &str| {
-            h.iter()
-                .find(|x| x.key == name)
-                .and_then(|x| std::str::from_utf8(x.value?).ok().map(str::to_owned))
-        };
-        assert_eq!(value(header::GROUP_FIRST_POSITION).as_deref(), Some("5"));
-        assert_eq!(value(header::GROUP_LAST_POSITION).as_deref(), Some("7"));
-        assert_eq!(value(header::GROUP_EVENTS).as_deref(), Some("3"));
-        assert_eq!(
-            value(header::GROUP_APPEND_ID),
-            Some(Uuid::nil().to_string())
-        );
     }
 }

@@ -17,10 +17,12 @@ use crate::classify;
 use crate::commit::{self, BatchWrite, CommitError, DeadLetter, Mode, Quarantined};
 use crate::committed_tail::{CommittedEvent, CommittedTail};
 use crate::copy_batch::EventRow;
-use crate::group::{GroupSpan, GroupTag};
+use crate::group::GroupTag;
 use crate::internal_events::{PhantomDropped, UndecodableDeadLettered};
 use crate::metrics::IndexerMetrics;
 use crate::units::{self, UnitRecord};
+use esk_runtime::pages::GroupSpan;
+use esk_runtime::records::CanonicalGroup;
 
 /// A record accepted into the batch.
 #[derive(Debug, Clone)]
@@ -215,10 +217,9 @@ impl BatchIndexer {
                         created_at: event.created_at.trunc_subsecs(6),
                     },
                     group: row.group_append_id.zip(row.group_positions).map(
-                        |(append_id, (first_position, last_position))| GroupSpan {
+                        |(append_id, (first, last))| CanonicalGroup {
                             append_id,
-                            first_position,
-                            last_position,
+                            span: GroupSpan { first, last },
                         },
                     ),
                 })

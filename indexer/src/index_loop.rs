@@ -13,12 +13,13 @@ use esk_model::wire::header;
 use esk_runtime::internal_event::InternalEvent;
 use esk_runtime::kafka::KafkaSettings;
 use esk_runtime::partition_cursor::{Admission, PartitionCursor};
+use esk_runtime::records::header_text;
 use esk_runtime::supervisor::Progress;
 use esk_runtime::telemetry::Health;
 use futures::FutureExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -41,12 +42,7 @@ use crate::{classify, frontier, narrow, offsets, units};
 fn event_count(record: &BorrowedMessage<'_>) -> usize {
     record
         .headers()
-        .and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == header::EVENT_COUNT)
-                .and_then(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-        })
+        .and_then(|headers| header_text(headers, header::EVENT_COUNT)?.parse().ok())
         .unwrap_or(1)
         .max(1)
 }

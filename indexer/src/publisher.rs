@@ -23,10 +23,11 @@ use uuid::Uuid;
 
 use crate::committed_tail::{CommittedEvent, CommittedTail};
 use crate::election::{Leadership, PUBLISHER_LOCK};
-use crate::group::GroupSpan;
 use crate::internal_events::StepFailed;
 use crate::metrics::IndexerMetrics;
 use esk_runtime::internal_event::InternalEvent;
+use esk_runtime::pages::GroupSpan;
+use esk_runtime::records::CanonicalGroup;
 
 /// How often an idle publisher looks for rows committed by other indexer processes (its own
 /// index loop wakes it at once).
@@ -164,10 +165,9 @@ impl Publisher {
                 row.try_get::<Option<i64>, _>("published_group_first")?,
                 row.try_get::<Option<i64>, _>("published_group_last")?,
             ) {
-                (Some(append_id), Some(first_position), Some(last_position)) => Some(GroupSpan {
+                (Some(append_id), Some(first), Some(last)) => Some(CanonicalGroup {
                     append_id,
-                    first_position,
-                    last_position,
+                    span: GroupSpan { first, last },
                 }),
                 _ => None,
             };

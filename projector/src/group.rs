@@ -6,55 +6,27 @@
 //! records that arrive later, on other partitions, are skipped. Rows are pruned once every
 //! partition has read past the group.
 
-use esk_model::wire::header;
-use esk_runtime::pages::GroupSpan;
-use rdkafka::message::{Headers, Message};
+use esk_runtime::records::CanonicalGroup;
+use rdkafka::message::Message;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// A multi-stream append, as a canonical record's headers name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct GroupRef {
-    /// The append.
-    pub(crate) append_id: Uuid,
-    /// Its global positions (contiguous).
-    pub(crate) span: GroupSpan,
-}
+pub(crate) type GroupRef = CanonicalGroup;
 
-impl GroupRef {
-    /// The group `record` belongs to, if its headers name one. Headers that name one but do
-    /// not parse are logged and ignored: the record is then applied alone, as before groups.
-    pub(crate) fn of<M: Message>(record: &M) -> Option<Self> {
-        let headers = record.headers()?;
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| std::str::from_utf8(h.value?).ok())
-        };
-        let append_id = get(header::GROUP_APPEND_ID)?;
-        let parsed = (|| {
-            let append_id = Uuid::parse_str(append_id).ok()?;
-            let first = get(header::GROUP_FIRST_POSITION)?.parse().ok()?;
-            let last = get(header::GROUP_LAST_POSITION)?.parse().ok()?;
-            (first <= last).then_some(GroupRef {
-                append_id,
-                span: GroupSpan { first, last },
-            })
-        })();
-        if parsed.is_none() {
+/// The group `record` belongs to, if its headers name one. Headers that name one but do not
+/// parse are logged and ignored: the record is then applied alone, as before groups.
+pub(crate) fn of<M: Message>(record: &M) -> Option<GroupRef> {
+    match CanonicalGroup::from_headers(record.headers()?) {
+        Ok(group) => group,
+        Err(error) => {
             tracing::warn!(
                 partition = record.partition(),
                 offset = record.offset(),
-                "a canonical record names a group with headers that do not parse; applying it alone"
+                "{error}; applying it alone"
             );
+            None
         }
-        parsed
-    }
-
-    /// Whether `position` is one of the group's.
-    pub(crate) fn contains(&self, position: i64) -> bool {
-        (self.span.first..=self.span.last).contains(&position)
     }
 }
 
@@ -181,6 +153,8 @@ pub(crate) fn in_any(groups: &[GroupRef], position: i64) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use esk_model::wire::header;
+    use esk_runtime::pages::GroupSpan;
     use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
 
     use super::*;
@@ -213,7 +187,7 @@ mod tests {
             (header::GROUP_LAST_POSITION, "12"),
             (header::GROUP_EVENTS, "3"),
         ]);
-        let group = GroupRef::of(&grouped).expect("a group");
+        let group = of(&grouped).expect("a group");
         assert_eq!(
             group.span,
             GroupSpan {
@@ -229,10 +203,7 @@ mod tests {
     #[test]
     fn a_single_append_or_unreadable_group_headers_name_no_group() {
         let id = "6f1c9a3e-9d1e-4c3b-8a55-0f2a4b6c8d10";
-        assert_eq!(
-            GroupRef::of(&record(&[(header::GLOBAL_POSITION, "3")])),
-            None
-        );
+        assert_eq!(of(&record(&[(header::GLOBAL_POSITION, "3")])), None);
         for broken in [
             vec![
                 (header::GROUP_APPEND_ID, "not a uuid"),
@@ -249,7 +220,7 @@ mod tests {
                 (header::GROUP_LAST_POSITION, "2"),
             ],
         ] {
-            assert_eq!(GroupRef::of(&record(&broken)), None, "{broken:?}");
+            assert_eq!(of(&record(&broken)), None, "{broken:?}");
         }
     }
 }

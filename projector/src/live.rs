@@ -55,7 +55,7 @@ impl QueuedRecord {
             partition: message.partition(),
             offset: message.offset(),
             payload: message.payload().unwrap_or_default().to_vec(),
-            group: GroupRef::of(message),
+            group: group::of(message),
         }
     }
 }
