@@ -57,14 +57,24 @@ async fn payloads_are_stored_read_and_published_exactly_as_sent() -> anyhow::Res
         request.as_bytes(),
     )
     .await?;
-    indexer::wait_indexed(&ctx, 2, Duration::from_secs(60)).await?;
+    // A multi-stream append keeps every part's payload exactly as well.
+    let multi = format!(
+        r#"{{"appends": [{{"stream_id": "Exact-multi-a", "expected_version": "no_stream", "events": [{}]}}, {{"stream_id": "Exact-multi-b", "expected_version": "no_stream", "events": [{}]}}]}}"#,
+        exact_event(Uuid::new_v4()),
+        exact_event(Uuid::new_v4())
+    );
+    let multi_reply = client
+        .post_raw("/appends", "application/json", multi.into_bytes())
+        .await?;
+    assert_eq!(multi_reply.status, 201, "{:?}", multi_reply.body);
+    indexer::wait_indexed(&ctx, 4, Duration::from_secs(60)).await?;
 
     let stored: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT stream_id, data::text, metadata::text FROM events ORDER BY stream_id",
     )
     .fetch_all(&ctx.pool)
     .await?;
-    assert_eq!(stored.len(), 2);
+    assert_eq!(stored.len(), 4);
     for (stream, data, metadata) in &stored {
         assert_eq!(data, DATA, "{stream}: data in Postgres");
         assert_eq!(metadata.as_deref(), Some(METADATA), "{stream}: metadata");
@@ -72,7 +82,12 @@ async fn payloads_are_stored_read_and_published_exactly_as_sent() -> anyhow::Res
 
     let expected_fragment = format!(r#""data":{DATA},"metadata":{METADATA}"#);
     let http = ctx.http()?;
-    for stream in ["Exact-http", "Exact-kafka"] {
+    for stream in [
+        "Exact-http",
+        "Exact-kafka",
+        "Exact-multi-a",
+        "Exact-multi-b",
+    ] {
         let text = http
             .get(format!("{}/streams/{stream}/events", ingest_process.http))
             .send()
@@ -89,12 +104,12 @@ async fn payloads_are_stored_read_and_published_exactly_as_sent() -> anyhow::Res
             .await?
             .text()
             .await?;
-        assert_eq!(all.matches(&expected_fragment).count(), 2, "$all: {all}");
+        assert_eq!(all.matches(&expected_fragment).count(), 4, "$all: {all}");
     }
 
     let published =
-        kafka::read_topic(&ctx.brokers, &ctx.topics.events, 2, Duration::from_secs(60))?;
-    assert_eq!(published.len(), 2);
+        kafka::read_topic(&ctx.brokers, &ctx.topics.events, 4, Duration::from_secs(60))?;
+    assert_eq!(published.len(), 4);
     for record in &published {
         let value = std::str::from_utf8(record.payload().unwrap_or_default())?;
         assert!(
@@ -138,6 +153,14 @@ async fn storage_hostile_input_is_refused_over_http_and_kafka_with_nothing_writt
             .into_bytes()
     };
     let raw_event = |event: &str| append_body(event).into_bytes();
+    // A multi-stream append whose second part is `part` (the first is valid).
+    let multi = |part: &str| {
+        format!(
+            r#"{{"appends": [{{"stream_id": "H-1", "expected_version": "any", "events": [{{"id": "{}", "type": "T", "data": 1}}]}}, {part}]}}"#,
+            Uuid::new_v4()
+        )
+        .into_bytes()
+    };
     let json_ct = || vec![("content-type", b"application/json".to_vec())];
     let with_header = |name: &'static str, value: Vec<u8>| {
         vec![
@@ -166,6 +189,10 @@ async fn storage_hostile_input_is_refused_over_http_and_kafka_with_nothing_writt
         ("non-ASCII causation id", "/streams/H-1/events".into(), with_header("x-causation-id", "caus\u{e9}".as_bytes().to_vec()), ok_body(), 400, "invalid_trace_id"),
         ("wrong content type with a 200 KB body", "/streams/H-1/events".into(), vec![("content-type", b"text/plain".to_vec())], vec![b'x'; 200 * 1024], 415, "unsupported_media_type"),
         ("no content type", "/streams/H-1/events".into(), vec![], ok_body(), 415, "unsupported_media_type"),
+        ("multi-stream: NUL in a part's stream id", "/appends".into(), json_ct(), multi(&format!(r#"{{"stream_id": "H\u0000x", "expected_version": "any", "events": [{{"id": "{}", "type": "T", "data": 1}}]}}"#, Uuid::new_v4())), 422, "invalid_stream_id"),
+        ("multi-stream: bidi override in a part's type", "/appends".into(), json_ct(), multi(&format!(r#"{{"stream_id": "H-2", "expected_version": "any", "events": [{{"id": "{}", "type": "a\u202Eb", "data": 1}}]}}"#, Uuid::new_v4())), 422, "invalid_event_type"),
+        ("multi-stream: lone surrogate in a part's data", "/appends".into(), json_ct(), multi(&format!(r#"{{"stream_id": "H-2", "expected_version": "any", "events": [{{"id": "{}", "type": "T", "data": "\udc00"}}]}}"#, Uuid::new_v4())), 422, "unstorable_json"),
+        ("multi-stream: duplicate field in a part", "/appends".into(), json_ct(), multi(&format!(r#"{{"stream_id": "H-2", "stream_id": "H-3", "expected_version": "any", "events": [{{"id": "{}", "type": "T", "data": 1}}]}}"#, Uuid::new_v4())), 422, "duplicate_field"),
     ];
     let http = ctx.http()?;
     for (what, path, headers, body, status, code) in cases {
