@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use esk_model::event::{Append, GroupAppend};
-use esk_runtime::telemetry::{MetricFactory, SECONDS_BUCKETS, SIZE_BUCKETS};
+use esk_runtime::telemetry::{MetricFactory, LATENCY_BUCKETS, SIZE_BUCKETS};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry};
 
 use crate::outcome::{AppendOutcome, AppendReply, GroupOutcome, GroupReply, Rejection};
@@ -85,19 +85,19 @@ impl IngestMetrics {
             append_latency: m.histogram(
                 "ingest_append_latency_seconds",
                 "Time from receipt to outcome",
-                SECONDS_BUCKETS,
+                LATENCY_BUCKETS,
             ),
             attempt_seconds: m.histogram(
                 "ingest_attempt_seconds",
                 "Duration of an ingest transaction, retries included",
-                SECONDS_BUCKETS,
+                LATENCY_BUCKETS,
             ),
             in_flight: m.gauge("ingest_in_flight_appends", "Appends queued for a worker"),
             stage_seconds: m.histogram_vec(
                 "ingest_attempt_stage_seconds",
                 "Time per attempt stage: decide (steps 1-4), produce (5), commit (6)",
                 &["stage"],
-                SECONDS_BUCKETS,
+                LATENCY_BUCKETS,
             ),
         }
     }

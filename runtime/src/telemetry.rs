@@ -351,11 +351,12 @@ pub const SECONDS_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Buckets for how long an event took from one service to the next (acknowledged by ingest →
-/// indexed, → projected), 2 ms to 30 s: fine-grained below 100 ms, where the targets are.
+/// Buckets for latencies an event sees (an append's answer and its stages, acknowledged by
+/// ingest → indexed, → projected), 0.5 ms to 30 s: fine-grained below 100 ms, where the targets
+/// are.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0,
-    10.0, 30.0,
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
 /// Buckets for batch sizes, 1 to 10,000.

@@ -63,8 +63,8 @@ impl CurvePoint {
     /// A step's point from loadgen's line and the scrapes around the step (the projector's
     /// and the indexer's, merged).
     pub(crate) fn new(step: &Step, load: &Line, before: &Scrape, after: &Scrape) -> Self {
-        let delta = bucket_delta(before, after, PROJECTED_LAG);
-        let indexed = bucket_delta(before, after, INDEXED_LAG);
+        let delta = bucket_delta(before, after, PROJECTED_LAG, "");
+        let indexed = bucket_delta(before, after, INDEXED_LAG, "");
         let ms_of = |q: f64, delta: &[(f64, f64)]| quantile(q, delta).map(|s| round(1000.0 * s, 1));
         let ms = |q: f64| ms_of(q, &delta);
         // loadgen prints 0 ms when it measured no append: no latency, not a fast one.

@@ -215,9 +215,19 @@ impl Bench {
         writers: u32,
         args: &[String],
     ) -> anyhow::Result<super::services::Finished> {
+        self.loadgen_against(&e2e.ingest, writers, args).await
+    }
+
+    /// Runs loadgen against `ingest` with `writers` writers and `args`.
+    pub(crate) async fn loadgen_against(
+        &self,
+        ingest: &Service,
+        writers: u32,
+        args: &[String],
+    ) -> anyhow::Result<super::services::Finished> {
         let mut all = vec![
             "--url".to_owned(),
-            e2e.ingest.url().to_owned(),
+            ingest.url().to_owned(),
             "--writers".into(),
             writers.to_string(),
             "--batch".into(),
@@ -311,7 +321,15 @@ impl Bench {
         say(&format!(
             "live lag: loadgen at {rate} appends/s ({writers} writers) for {seconds}s"
         ));
+        let watched = self.watched(&[
+            ("ingest", &e2e.ingest),
+            ("indexer", &e2e.indexer),
+            ("projector", e2e.projector()?),
+        ]);
+        let cpu = Sample::take(&watched);
+        let start = Instant::now();
         let finished = self.loadgen(e2e, writers, &paced(seconds)).await?;
+        let elapsed = start.elapsed().as_secs_f64();
         if !finished.status.success() {
             self.fail(&format!("loadgen exited with {}", finished.status));
         }
@@ -329,6 +347,70 @@ impl Bench {
             Some(&ingest_before),
         );
         emit(&averages.to_text());
+        let cpu_line = cpu.report("projector-live-lag-cpu", load.events(), elapsed);
+        emit(&cpu_line.to_text());
+        Ok(())
+    }
+
+    /// The lag benchmark's load on ingest alone (fresh database and topics, nothing consuming
+    /// them): its append latency and stages at that rate, and the broker's CPU, beside the
+    /// full pipeline's (`live_lag`). What the consumers' fetches cost the producers shows in
+    /// the difference.
+    pub(crate) async fn lag_ingest_alone(&mut self) -> anyhow::Result<()> {
+        let (rate, _) = self.settings.lag_rate.clone();
+        let writers = self.settings.lag_writers;
+        let auth = self.settings.auth;
+        let mut ingest = self
+            .start_ingest(
+                "esk_bench_lag_ingest_alone",
+                "lag-ingest-alone",
+                auth,
+                "bench-lag-ingest-alone.log",
+            )
+            .await?;
+        say(&format!(
+            "lag, ingest alone: warm-up at {rate} appends/s for {LAG_WARMUP_SECONDS}s (not measured)"
+        ));
+        let warmup = paced(&rate, &LAG_WARMUP_SECONDS.to_string());
+        let warmup = self.loadgen_against(&ingest, writers, &warmup).await?;
+        if !warmup.status.success() {
+            say(&format!("warm-up loadgen exited with {}", warmup.status));
+        }
+        let seconds = self.settings.seconds.clone();
+        say(&format!(
+            "lag, ingest alone: loadgen at {rate} appends/s ({writers} writers) for {seconds}s"
+        ));
+        let before = ingest.scrape().await;
+        let cpu = Sample::take(&self.watched(&[("ingest", &ingest)]));
+        let start = Instant::now();
+        let finished = self
+            .loadgen_against(&ingest, writers, &paced(&rate, &seconds))
+            .await?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let after = ingest.scrape().await;
+        if !finished.status.success() {
+            self.fail(&format!("loadgen exited with {}", finished.status));
+        }
+        let load = Line::parse(&finished.last_line.context("loadgen printed no result")?)?;
+        // Read before ingest stops: its CPU time goes with its process.
+        let cpu_line = cpu.report("lag-ingest-alone-cpu", load.events(), elapsed);
+        if !ingest.check_alive() {
+            self.failed = true;
+        }
+        ingest.stop().await?;
+        let mut line = Line::bench("lag-ingest-alone");
+        line.set("writers", load.value("writers"))
+            .set("achieved_appends_per_s", load.value("appends_per_s"))
+            .set("rate_events_per_s", load.value("events_per_s"))
+            .set("seconds", load.value("seconds"))
+            .set("append_p50_ms", load.value("p50_ms"))
+            .set("append_p99_ms", load.value("p99_ms"))
+            .set("errors", load.value("errors"));
+        emit(&line.to_text());
+        let averages =
+            report::ingest_averages("lag-ingest-alone-ingest-metrics", &after, Some(&before));
+        emit(&averages.to_text());
+        emit(&cpu_line.to_text());
         Ok(())
     }
 }

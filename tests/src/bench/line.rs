@@ -52,6 +52,12 @@ impl Line {
         self.get(key).and_then(Value::as_f64)
     }
 
+    /// The events a loadgen line stands for: its rate times its seconds.
+    pub(crate) fn events(&self) -> i64 {
+        let rate = self.number("events_per_s").unwrap_or(0.0);
+        (rate * self.number("seconds").unwrap_or(0.0)).round() as i64
+    }
+
     /// The value of `key`, or null.
     pub(crate) fn value(&self, key: &str) -> Value {
         self.get(key).cloned().unwrap_or(Value::Null)

@@ -66,7 +66,14 @@
 //!     `esk_projector_event_lag_seconds` (acceptance at ingest → applied by a live projection)
 //!     and of `esk_indexer_ack_to_indexed_seconds` (ingest's produce of the record, just before
 //!     the acknowledgement → indexed) over a run of loadgen at a fixed rate
-//!   - `{"bench": "projector-live-lag-ingest-metrics", ...}` ingest's averages over that run
+//!   - `{"bench": "projector-live-lag-ingest-metrics", ...}` ingest's averages (and p50/p99 of
+//!     each stage) over that run, and `{"bench": "projector-live-lag-cpu", ...}` the cores
+//!     ingest, the indexer, the projector and the broker used during it
+//!   - first, on a quiet machine: `{"bench": "lag-ingest-alone", "append_p50_ms": ..,
+//!     "append_p99_ms": .., ...}` the same load on ingest alone (a fresh database and topics
+//!     that nothing consumes), with its `-ingest-metrics` and `-cpu` lines: what the
+//!     consumers' fetches cost appends shows in the difference (on Tansu 0.6's memory engine
+//!     every fetch that returns records lists every batch its partition ever took)
 //! - `curve` (on the same services as `e2e`, after it and `lag`; about 5 × `ESK_BENCH_SECONDS`
 //!   plus a warm-up and the drains):
 //!   - `{"bench": "latency-curve-max", "source": "end-to-end", "events_per_s": ..}` the maximum
@@ -297,6 +304,10 @@ impl Bench {
             );
             emit(&ratio.to_text());
             self.stop_e2e(services).await?;
+        }
+        if lag {
+            // Before the pipeline's services start: ingest alone, with nothing else running.
+            self.lag_ingest_alone().await?;
         }
         if e2e || lag || curve {
             let mut services = self.start_e2e("e2e").await?;

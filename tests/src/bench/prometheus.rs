@@ -55,12 +55,16 @@ impl Scrape {
         )
     }
 
-    /// A histogram's cumulative buckets `(upper bound, count)`, summed over label sets and
-    /// sorted by bound.
-    pub(crate) fn buckets(&self, metric: &str) -> Vec<(f64, f64)> {
+    /// A histogram's cumulative buckets `(upper bound, count)`, summed over the label sets whose
+    /// text contains `label` (all if empty) and sorted by bound.
+    pub(crate) fn buckets(&self, metric: &str, label: &str) -> Vec<(f64, f64)> {
         let name = format!("{metric}_bucket");
         let mut out: Vec<(f64, f64)> = Vec::new();
-        for s in self.0.iter().filter(|s| s.name == name) {
+        for s in self
+            .0
+            .iter()
+            .filter(|s| s.name == name && (label.is_empty() || s.labels.contains(label)))
+        {
             let Some(bound) = le(&s.labels) else { continue };
             match out.iter_mut().find(|(b, _)| *b == bound) {
                 Some((_, count)) => *count += s.value,
@@ -111,11 +115,17 @@ fn le(labels: &str) -> Option<f64> {
     }
 }
 
-/// The buckets of `metric` in `after` minus those in `before` (what was observed in between).
-pub(crate) fn bucket_delta(before: &Scrape, after: &Scrape, metric: &str) -> Vec<(f64, f64)> {
-    let before = before.buckets(metric);
+/// The buckets of `metric` (label sets containing `label`, all if empty) in `after` minus those
+/// in `before` (what was observed in between).
+pub(crate) fn bucket_delta(
+    before: &Scrape,
+    after: &Scrape,
+    metric: &str,
+    label: &str,
+) -> Vec<(f64, f64)> {
+    let before = before.buckets(metric, label);
     after
-        .buckets(metric)
+        .buckets(metric, label)
         .into_iter()
         .map(|(bound, count)| {
             let earlier = before
@@ -172,21 +182,22 @@ mod tests {
         assert_eq!(scrape.value_of("stage_seconds_sum"), 3.5);
         assert_eq!(scrape.total("stage_seconds_sum", "stage=\"decide\""), 1.5);
         assert_eq!(
-            scrape.buckets("lag_seconds"),
+            scrape.buckets("lag_seconds", ""),
             vec![(0.1, 4.0), (1.0, 8.0), (f64::INFINITY, 10.0)]
         );
+        assert_eq!(scrape.buckets("lag_seconds", "p=\"a\""), vec![(0.1, 2.0)]);
     }
 
     #[test]
     fn quantiles_like_prometheus() {
         let after = Scrape::parse(TEXT);
-        let delta = bucket_delta(&Scrape::default(), &after, "lag_seconds");
+        let delta = bucket_delta(&Scrape::default(), &after, "lag_seconds", "");
         // rank 5 lies in (0.1, 1]: 0.1 + 0.9 * (5 - 4) / (8 - 4)
         assert_eq!(quantile(0.5, &delta), Some(0.1 + 0.9 * 0.25));
         // rank 9.9 lies in the +Inf bucket: its lower bound
         assert_eq!(quantile(0.99, &delta), Some(1.0));
         assert_eq!(
-            quantile(0.5, &bucket_delta(&after, &after, "lag_seconds")),
+            quantile(0.5, &bucket_delta(&after, &after, "lag_seconds", "")),
             None
         );
         assert_eq!(quantile(0.5, &[]), None);

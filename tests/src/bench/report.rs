@@ -85,7 +85,8 @@ const INGEST_SPECS: [(&str, &str, &str); 6] = [
 ];
 
 /// Averages (sum/count) of the ingest's histograms, over the difference of two scrapes when
-/// `before` is given; seconds are shown in ms.
+/// `before` is given; seconds are shown in ms, with their p50 and p99 (interpolated within the
+/// buckets, as Prometheus's `histogram_quantile`).
 pub(crate) fn ingest_averages(name: &str, after: &Scrape, before: Option<&Scrape>) -> Line {
     let empty = Scrape::default();
     let before = before.unwrap_or(&empty);
@@ -99,6 +100,11 @@ pub(crate) fn ingest_averages(name: &str, after: &Scrape, before: Option<&Scrape
         if metric.ends_with("_seconds") {
             let avg = (count != 0.0).then(|| round(1000.0 * sum / count, 2));
             line.set(&format!("{key}_avg_ms"), avg);
+            let buckets = bucket_delta(before, after, metric, label);
+            for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+                let ms = quantile(q, &buckets).map(|s| round(1000.0 * s, 2));
+                line.set(&format!("{key}_{name}_ms"), ms);
+            }
         } else {
             let avg = (count != 0.0).then(|| round(sum / count, 1));
             line.set(&format!("{key}_avg"), avg);
@@ -148,8 +154,8 @@ pub(crate) fn end_to_end(
 /// produce, just before the acknowledgement → indexed, as `ack_to_indexed_p50_s`/`_p99_s`),
 /// observed between two scrapes of the projector and the indexer (merged).
 pub(crate) fn lag(load: &Line, rate_appends_per_s: f64, before: &Scrape, after: &Scrape) -> Line {
-    let projected = bucket_delta(before, after, "esk_projector_event_lag_seconds");
-    let indexed = bucket_delta(before, after, "esk_indexer_ack_to_indexed_seconds");
+    let projected = bucket_delta(before, after, "esk_projector_event_lag_seconds", "");
+    let indexed = bucket_delta(before, after, "esk_indexer_ack_to_indexed_seconds", "");
     let observations = |delta: &[(f64, f64)]| delta.last().map_or(0, |&(_, count)| count as i64);
     let q = |q: f64, delta: &[(f64, f64)]| quantile(q, delta).map(|v| round(v, 4));
     let mut line = Line::bench("projector-live-lag");
