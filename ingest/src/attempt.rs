@@ -1,7 +1,7 @@
 //! One ingest attempt: a single Postgres transaction over a micro-batch of appends, following
 //! the brief's steps 1–6 in order (the order is what keeps idempotency, I4).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use chrono::Utc;
@@ -9,7 +9,6 @@ use esk_model::event::{advisory_key, Append};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::claim_and_lock::claim_and_lock;
 use crate::decide::{self, DecideError, Inputs};
 use crate::ingest_log::{IngestLog, ProduceError};
 use crate::metrics::IngestMetrics;
@@ -84,14 +83,11 @@ pub(crate) async fn run(
     // Step 1.
     let mut tx = begin(pool, attempt_id).await?;
 
-    // Steps 2–4 in one round trip: claim the append ids, then the event ids of the appends
-    // claimed now, then (when both claimed everything) lock every stream in sorted order.
-    let claimed =
-        claim_and_lock(&mut tx, attempt_id, appends, &decide::all_streams(appends)).await?;
-    let claimed_appends = claimed.appends;
-    let claimed_events = claimed.events;
-
-    // Step 2's follow-up: the appends decided earlier are answered from the ledger.
+    // Step 2: claim the append ids; those already decided are answered from the ledger.
+    let claimed_appends: HashSet<Uuid> = ledger::claim(&mut tx, attempt_id, appends)
+        .await?
+        .into_iter()
+        .collect();
     let decided_earlier = decide::decided_earlier(appends, &claimed_appends);
     let ledger_rows = if decided_earlier.is_empty() {
         HashMap::new()
@@ -99,28 +95,25 @@ pub(crate) async fn run(
         ledger::load(&mut tx, &decided_earlier).await?
     };
 
-    // Step 3's follow-up: the owners of the ids someone else holds tell a duplicate from an
-    // expired retry.
+    // Step 3: claim the event ids of the appends claimed now; the owners of the ids someone
+    // else holds tell a duplicate from an expired retry.
     let new_appends = decide::claimed_now(appends, &claimed_appends);
-    let unclaimed = decide::unclaimed_events(&new_appends, &claimed_events);
-    let event_owners = if unclaimed.is_empty() {
+    let mut claimed_events = decide::EventClaims::new();
+    let mut event_owners = HashMap::new();
+    if !new_appends.is_empty() {
+        claimed_events = event_claims::claim(&mut tx, &new_appends).await?;
+        let unclaimed = decide::unclaimed_events(&new_appends, &claimed_events);
+        if !unclaimed.is_empty() {
+            event_owners = event_claims::owners(&mut tx, &unclaimed).await?;
+        }
+    }
+
+    // Step 4: lock the stream index rows of the appends still undecided, in sorted order.
+    let streams = decide::streams_to_lock(appends, &claimed_appends, &claimed_events);
+    let stream_versions = if streams.is_empty() {
         HashMap::new()
     } else {
-        event_claims::owners(&mut tx, &unclaimed).await?
-    };
-
-    // Step 4, when the fold left it: lock the stream index rows of the appends still
-    // undecided, in sorted order.
-    let stream_versions = match claimed.locked {
-        Some(locked) => locked,
-        None => {
-            let streams = decide::streams_to_lock(appends, &claimed_appends, &claimed_events);
-            if streams.is_empty() {
-                HashMap::new()
-            } else {
-                stream_index::lock(&mut tx, &streams).await?
-            }
-        }
+        stream_index::lock(&mut tx, &streams).await?
     };
 
     // Every rule that is not SQL: a ledger row that vanished fails the attempt here (it rolls

@@ -192,25 +192,11 @@ pub(crate) fn streams_to_lock<'a>(
     claimed_appends: &HashSet<Uuid>,
     claimed_events: &EventClaims,
 ) -> Vec<&'a str> {
-    streams_of(
-        appends
-            .iter()
-            .copied()
-            .filter(|a| reaches_stream_index(a, claimed_appends, claimed_events)),
-    )
-}
-
-/// Step 4's input when steps 2 and 3 claim everything: every append reaches the stream index
-/// (what [`streams_to_lock`] returns then), for the fold that runs steps 2–4 at once.
-pub(crate) fn all_streams<'a>(appends: &[&'a Append]) -> Vec<&'a str> {
-    streams_of(appends.iter().copied())
-}
-
-/// The streams `appends` lock, sorted and distinct.
-fn streams_of<'a>(appends: impl Iterator<Item = &'a Append>) -> Vec<&'a str> {
     // A lifecycle change also locks the stream it is about: the tombstone is checked and set
     // under that stream's lock, so no append can slip past it.
     let mut streams: Vec<&str> = appends
+        .iter()
+        .filter(|a| reaches_stream_index(a, claimed_appends, claimed_events))
         .flat_map(|a| [a.stream_id.as_str(), a.subject()])
         .collect();
     streams.sort_unstable();

@@ -15,7 +15,15 @@ pub(crate) async fn claim(
     conn: &mut PgConnection,
     appends: &[&Append],
 ) -> Result<HashMap<Uuid, Uuid>, sqlx::Error> {
-    let (event_ids, owners) = columns(appends);
+    let total = appends.iter().map(|a| a.events.len()).sum();
+    let mut event_ids = Vec::with_capacity(total);
+    let mut owners = Vec::with_capacity(total);
+    for append in appends {
+        for event in &append.events {
+            event_ids.push(event.id);
+            owners.push(append.append_id);
+        }
+    }
     let claimed: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "INSERT INTO event_claims (event_id, append_id)
          SELECT e, a FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(e, a, arrival)
@@ -28,20 +36,6 @@ pub(crate) async fn claim(
     .fetch_all(conn)
     .await?;
     Ok(claimed.into_iter().collect())
-}
-
-/// The claims' columns: every event id of `appends` in arrival order, and its append's id.
-pub(crate) fn columns(appends: &[&Append]) -> (Vec<Uuid>, Vec<Uuid>) {
-    let total = appends.iter().map(|a| a.events.len()).sum();
-    let mut event_ids = Vec::with_capacity(total);
-    let mut owners = Vec::with_capacity(total);
-    for append in appends {
-        for event in &append.events {
-            event_ids.push(event.id);
-            owners.push(append.append_id);
-        }
-    }
-    (event_ids, owners)
 }
 
 /// The appends owning these event ids.

@@ -11,6 +11,25 @@ use uuid::Uuid;
 use crate::decide::LedgerEntry;
 use crate::outcome::{AppendOutcome, GroupOutcome, GroupRejection, Rejection};
 
+/// Inserts a pending row per append, in append-id order (so concurrent attempts cannot
+/// deadlock); waits for an in-flight attempt holding the same id. Returns the ids claimed now.
+pub(crate) async fn claim(
+    conn: &mut PgConnection,
+    attempt_id: Uuid,
+    appends: &[&Append],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let rows: Vec<Claim<'_>> = appends
+        .iter()
+        .map(|a| Claim {
+            append_id: a.append_id,
+            stream_id: &a.stream_id,
+            fingerprint: a.fingerprint(),
+            event_count: a.events.len(),
+        })
+        .collect();
+    claim_rows(conn, attempt_id, &rows).await
+}
+
 /// Claims the one ledger row of a multi-stream append (rule 1): its fingerprint covers every
 /// part, it names the first stream, and counts every event. True when claimed now; false when
 /// an earlier attempt decided it (waiting for one still in flight).
@@ -36,58 +55,19 @@ struct Claim<'a> {
     event_count: usize,
 }
 
-impl<'a> Claim<'a> {
-    /// A single append's row.
-    fn of(append: &'a Append) -> Self {
-        Claim {
-            append_id: append.append_id,
-            stream_id: &append.stream_id,
-            fingerprint: append.fingerprint(),
-            event_count: append.events.len(),
-        }
-    }
-}
-
-/// The claim's columns, one array each, as the claim statements bind them.
-pub(crate) struct ClaimColumns<'a> {
-    pub(crate) ids: Vec<Uuid>,
-    pub(crate) streams: Vec<&'a str>,
-    pub(crate) fingerprints: Vec<Uuid>,
-    pub(crate) counts: Vec<i32>,
-}
-
-impl<'a> ClaimColumns<'a> {
-    /// The columns of a pending row per single append.
-    pub(crate) fn of_appends(appends: &[&'a Append]) -> Self {
-        let rows: Vec<Claim<'a>> = appends.iter().map(|a| Claim::of(a)).collect();
-        Self::of(&rows)
-    }
-
-    fn of(rows: &[Claim<'a>]) -> Self {
-        ClaimColumns {
-            ids: rows.iter().map(|r| r.append_id).collect(),
-            streams: rows.iter().map(|r| r.stream_id).collect(),
-            fingerprints: rows.iter().map(|r| r.fingerprint).collect(),
-            counts: rows
-                .iter()
-                .map(|r| i32::try_from(r.event_count).unwrap_or(i32::MAX))
-                .collect(),
-        }
-    }
-}
-
 /// The claim statement: `ON CONFLICT DO NOTHING` waits for an in-flight holder of the id.
 async fn claim_rows(
     conn: &mut PgConnection,
     attempt_id: Uuid,
     rows: &[Claim<'_>],
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    let ClaimColumns {
-        ids,
-        streams,
-        fingerprints,
-        counts,
-    } = ClaimColumns::of(rows);
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.append_id).collect();
+    let streams: Vec<&str> = rows.iter().map(|r| r.stream_id).collect();
+    let fingerprints: Vec<Uuid> = rows.iter().map(|r| r.fingerprint).collect();
+    let counts: Vec<i32> = rows
+        .iter()
+        .map(|r| i32::try_from(r.event_count).unwrap_or(i32::MAX))
+        .collect();
     sqlx::query_scalar(
         "INSERT INTO append_ledger (append_id, attempt_id, stream_id, fingerprint, event_count, status)
          SELECT a, $1, s, f, c, 'pending'

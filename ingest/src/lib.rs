@@ -5,7 +5,6 @@
 mod api;
 mod attempt;
 mod auth;
-mod claim_and_lock;
 mod config;
 mod credential_cache;
 mod decide;

@@ -3,15 +3,13 @@
 use std::collections::HashMap;
 
 use esk_model::event::{StreamVersion, Version};
-use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
 use crate::decide::{FlagChange, MetadataWrite, StreamState};
 
 /// The `streams.version` of a placeholder row: a stream without events, locked by an attempt.
-/// The store's only sentinel; nothing above this module and the step 2–4 fold
-/// (`claim_and_lock.rs`, which binds it) sees it.
-pub(crate) const PLACEHOLDER_VERSION: i64 = -1;
+/// The store's only sentinel; nothing above this module sees it.
+const PLACEHOLDER_VERSION: i64 = -1;
 
 /// Reads a `streams.version` value.
 fn stream_version(stored: i64) -> Result<StreamVersion, sqlx::Error> {
@@ -48,29 +46,25 @@ pub(crate) async fn lock(
     .fetch_all(&mut *conn)
     .await?;
     let mut versions = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let (stream, state) = locked_row(row)?;
-        versions.insert(stream, state);
+    for row in rows {
+        let deleted_through: Option<i64> = row.try_get("deleted_through")?;
+        versions.insert(
+            row.try_get("stream_id")?,
+            StreamState {
+                version: stream_version(row.try_get("version")?)?,
+                deleted_through: deleted_through
+                    .map(|v| {
+                        Version::try_from(v).map_err(|e| sqlx::Error::ColumnDecode {
+                            index: "deleted_through".to_owned(),
+                            source: Box::new(e),
+                        })
+                    })
+                    .transpose()?,
+                tombstoned: row.try_get("tombstoned")?,
+            },
+        );
     }
     Ok(versions)
-}
-
-/// A locked row's stream and state (`stream_id`, `version`, `deleted_through`, `tombstoned`).
-pub(crate) fn locked_row(row: &PgRow) -> Result<(String, StreamState), sqlx::Error> {
-    let deleted_through: Option<i64> = row.try_get("deleted_through")?;
-    let state = StreamState {
-        version: stream_version(row.try_get("version")?)?,
-        deleted_through: deleted_through
-            .map(|v| {
-                Version::try_from(v).map_err(|e| sqlx::Error::ColumnDecode {
-                    index: "deleted_through".to_owned(),
-                    source: Box::new(e),
-                })
-            })
-            .transpose()?,
-        tombstoned: row.try_get("tombstoned")?,
-    };
-    Ok((row.try_get("stream_id")?, state))
 }
 
 /// Removes placeholders that no accepted append filled (their streams stay absent).
