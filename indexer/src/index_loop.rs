@@ -57,6 +57,9 @@ const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How long the leader pauses after a consumer error.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+/// The `/health` problem of records held in the read-ahead past the stall limit.
+const HELD_PROBLEM: &str = "indexer_read_ahead_held";
+
 /// Failed indexing transactions in a row before `/health` says so (a blip is not a problem).
 const FAILURES_BEFORE_UNHEALTHY: u32 = 3;
 
@@ -76,6 +79,9 @@ struct Lead {
     confirmed: Instant,
     /// When the leader last said it reads past the caps.
     warned_past_caps: Option<Instant>,
+    /// Since when records have been read ahead without a batch to take (a multi-stream group
+    /// still misses a part); `None` while batches are taken or nothing is held.
+    held_since: Option<Instant>,
 }
 
 /// Why a leader stops leading.
@@ -105,6 +111,8 @@ pub(crate) struct Indexer {
     failures: u32,
     /// Tells the watchdog whether indexing moves.
     progress: Arc<Progress>,
+    /// How long records may be held in the read-ahead before `/health` says so.
+    stall_after: Duration,
 }
 
 impl Indexer {
@@ -138,6 +146,7 @@ impl Indexer {
             linger: Duration::from_millis(config.linger_ms),
             failures: 0,
             progress,
+            stall_after: config.common.stall_after(),
         }
     }
 
@@ -175,6 +184,8 @@ impl Indexer {
             self.halts.forget_halts();
             self.indexing_recovered();
             self.metrics.read_ahead_events.set(0);
+            // A standby holds nothing: what its leadership held is forgotten.
+            self.health.clear_problem(HELD_PROBLEM);
             lead.leadership.release().await;
             match outcome {
                 Ok(()) => break,
@@ -224,6 +235,7 @@ impl Indexer {
             ahead: ReadAhead::default(),
             confirmed: Instant::now(),
             warned_past_caps: None,
+            held_since: None,
         };
         if let Err(error) = self.assign(&mut lead).await {
             return Err((lead.leadership, error));
@@ -276,6 +288,7 @@ impl Indexer {
                 _ = shutdown.cancelled() => return Ok(()),
                 b = self.collect(lead) => b,
             };
+            self.check_held(lead, batch.is_empty());
             if batch.is_empty() {
                 continue;
             }
@@ -334,6 +347,39 @@ impl Indexer {
                 Err(_) => return Vec::new(),
             }
         }
+    }
+
+    /// Turns `/health` unhealthy while records have been read ahead for the stall limit with no
+    /// batch to take: their partitions cannot move until the group they wait for is whole (a
+    /// part lost on the broker, or a producer that never finished), or until its ledger rows
+    /// can be read. Healthy again once a batch is taken or nothing is held.
+    fn check_held(&self, lead: &mut Lead, nothing_taken: bool) {
+        if !nothing_taken || lead.ahead.is_empty() {
+            if lead.held_since.take().is_some() {
+                self.health.clear_problem(HELD_PROBLEM);
+            }
+            return;
+        }
+        let since = *lead.held_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.stall_after {
+            return;
+        }
+        let held: Vec<String> = lead
+            .ahead
+            .buffers
+            .iter()
+            .filter_map(|(p, b)| Some(format!("partition {p} at offset {}", b.front()?.offset)))
+            .collect();
+        self.health.set_problem(
+            HELD_PROBLEM,
+            format!(
+                "{} events read ahead have waited {}s with no batch to take (a multi-stream \
+                 group misses a part, or its ledger rows cannot be read): {}",
+                lead.ahead.events,
+                since.elapsed().as_secs(),
+                held.join(", ")
+            ),
+        );
     }
 
     fn under_caps(&self, ahead: &ReadAhead) -> bool {

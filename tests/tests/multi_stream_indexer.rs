@@ -342,6 +342,16 @@ async fn wait_rows(ctx: &TestContext, count: i64, timeout: Duration) -> anyhow::
     Ok(())
 }
 
+/// `/health`'s status and body (`None` when it does not answer).
+async fn health(process: &Process) -> Option<(u16, serde_json::Value)> {
+    let response = reqwest::get(format!("{}/health", process.admin))
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let body = response.json().await.ok()?;
+    Some((status, body))
+}
+
 /// The role `/health` shows.
 async fn role(process: &Process) -> Option<String> {
     let body: serde_json::Value = reqwest::get(format!("{}/health", process.admin))
@@ -394,7 +404,8 @@ async fn groups_in_opposite_orders_on_two_partitions_both_commit_whole() -> anyh
 async fn a_group_missing_a_part_waits_while_other_partitions_keep_indexing() -> anyhow::Result<()> {
     let ctx = TestContext::new("ms_missing").await?;
     let producer = kafka::producer(&ctx.brokers)?;
-    let _indexer = indexer::spawn(&ctx, &[]).await?;
+    // A short stall limit: held records turn /health unhealthy after 2 s.
+    let indexer = indexer::spawn(&ctx, &[("ESK_STALL_AFTER_SECS", "2")]).await?;
     let (a, after_a) = (stream_on(0, "A"), stream_on(0, "After"));
     let (b, x) = (stream_on(1, "B"), stream_on(2, "X"));
     let g = Uuid::new_v4();
@@ -412,9 +423,26 @@ async fn a_group_missing_a_part_waits_while_other_partitions_keep_indexing() -> 
     let table = rows(&ctx).await?;
     assert_eq!(table.len(), 5, "only partition 2's appends: {table:?}");
     assert!(table.iter().all(|r| r.stream_id == x));
+    // Held past the stall limit, the waiting partition shows in /health.
+    let unhealthy = eventually(Duration::from_secs(30), || async {
+        health(&indexer).await.filter(|(status, _)| *status == 503)
+    })
+    .await;
+    let held = unhealthy
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    assert!(
+        held.contains("partition 0 at offset"),
+        "held records make /health unhealthy, naming the partition: {held:?}"
+    );
     // The missing part arrives: the group commits whole, then what waited behind it.
     produce_part(&ctx, &producer, &parts[1], attempt, Some((g, 2))).await?;
     wait_rows(&ctx, 10, Duration::from_secs(60)).await?;
+    let healthy = eventually(Duration::from_secs(30), || async {
+        health(&indexer).await.filter(|(status, _)| *status == 200)
+    })
+    .await;
+    assert!(healthy.is_some(), "healthy again once the group committed");
     let table = rows(&ctx).await?;
     assert_eq!(table.len(), 10);
     check(&table, &HashMap::from([(g, 4)]))?;
