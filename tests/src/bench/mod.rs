@@ -59,7 +59,8 @@
 //!   - `{"bench": "end-to-end-ingest-indexer-vs-copy", "ratio_events_per_s": ..}`
 //! - `e2e`: the same with the projector running its two projections:
 //!   `{"bench": "end-to-end", ...}` (with `projected_seconds`, `projected_events_per_s`),
-//!   `end-to-end-indexer-metrics`, `end-to-end-ingest-metrics`, `end-to-end-vs-copy`
+//!   `end-to-end-indexer-metrics`, `end-to-end-ingest-metrics`, `end-to-end-vs-copy` (both
+//!   rates: indexed, and applied by both projections)
 //! - `lag`:
 //!   - `{"bench": "projector-live-lag", "rate_events_per_s": .., "p50_s": .., "p99_s": ..,
 //!     "ack_to_indexed_p50_s": .., "ack_to_indexed_p99_s": .., "append_p99_ms": ..}` p50/p99 of
@@ -74,8 +75,9 @@
 //!     that nothing consumes), with its `-ingest-metrics` and `-cpu` lines: what the
 //!     consumers' fetches cost appends shows in the difference (on Tansu 0.6's memory engine
 //!     every fetch that returns records lists every batch its partition ever took)
-//! - `curve` (on the same services as `e2e`, after it and `lag`; about 5 × `ESK_BENCH_SECONDS`
-//!   plus a warm-up and the drains):
+//! - `curve` (on services and topics of its own, like `e2e` and `lag`: the in-memory broker
+//!   lists every batch a partition ever took on each fetch, so leftovers of an earlier run
+//!   would slow it; about 5 × `ESK_BENCH_SECONDS` plus a warm-up and the drains):
 //!   - `{"bench": "latency-curve-max", "source": "end-to-end", "events_per_s": ..}` the maximum
 //!     the steps take fractions of: the `end-to-end` line's `projected_events_per_s` when `e2e`
 //!     ran; otherwise `"source": "closed-loop"`, a loadgen run like `e2e`'s of at most 10 s,
@@ -132,7 +134,8 @@
 //!
 //! Databases it (re)creates and leaves for inspection: esk_bench_anchor, esk_bench_emmett,
 //! esk_bench_eventsourcing, esk_bench_ingest, esk_bench_indexer, esk_bench_e2e,
-//! esk_bench_e2e_core, esk_bench_reads. Service logs:
+//! esk_bench_e2e_core, esk_bench_lag, esk_bench_lag_ingest_alone, esk_bench_curve,
+//! esk_bench_reads. Service logs:
 //! `$ESK_STATE_DIR/bench-*.log`. The services and tools it runs are the release binaries next
 //! to its own executable (`deploy/local/bench` builds them).
 
@@ -309,22 +312,28 @@ impl Bench {
             // Before the pipeline's services start: ingest alone, with nothing else running.
             self.lag_ingest_alone().await?;
         }
-        if e2e || lag || curve {
+        // Each on services of its own, with fresh topics: Tansu's in-memory broker keeps every
+        // batch and lists them all on each fetch, so a run after another one's half a million
+        // events would measure what the broker carries, not the load at hand.
+        let mut end_to_end = None;
+        if e2e {
             let mut services = self.start_e2e("e2e").await?;
-            let mut end_to_end = None;
-            if e2e {
-                let line = self.end_to_end(&mut services, "end-to-end").await?;
-                let ratio = report::ratio("end-to-end-vs-copy", &line, &copy, &["events_per_s"]);
-                emit(&ratio.to_text());
-                end_to_end = Some(line);
-            }
-            if lag {
-                self.live_lag(&mut services).await?;
-            }
-            if curve {
-                self.latency_curve(&mut services, end_to_end.as_ref())
-                    .await?;
-            }
+            let line = self.end_to_end(&mut services, "end-to-end").await?;
+            let fields = ["events_per_s", "projected_events_per_s"];
+            let ratio = report::ratio("end-to-end-vs-copy", &line, &copy, &fields);
+            emit(&ratio.to_text());
+            end_to_end = Some(line);
+            self.stop_e2e(services).await?;
+        }
+        if lag {
+            let mut services = self.start_e2e("lag").await?;
+            self.live_lag(&mut services).await?;
+            self.stop_e2e(services).await?;
+        }
+        if curve {
+            let mut services = self.start_e2e("curve").await?;
+            self.latency_curve(&mut services, end_to_end.as_ref())
+                .await?;
             self.stop_e2e(services).await?;
         }
         if reads {
