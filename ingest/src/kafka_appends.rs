@@ -24,7 +24,9 @@ use std::time::Duration;
 use esk_model::event::{Append, GroupAppend};
 use esk_model::group::{parse_group, APPENDS_FIELD};
 use esk_model::lifecycle::parse_lifecycle_request;
-use esk_model::validate::{parse_append, parse_object, InvalidAppend, Limits, TraceDefaults};
+use esk_model::validate::{
+    parse_append, parse_object, parse_stream_id_member, InvalidAppend, Limits, TraceDefaults,
+};
 use esk_model::wire::{AppendResult, Outcome, APPEND_SCHEMA_VERSION};
 use esk_runtime::scope::Need;
 use esk_runtime::supervisor::{Progress, Watchdog};
@@ -333,14 +335,7 @@ fn decode_request(
         )?;
         return Ok(Request::Group(group));
     }
-    let stream_id = object
-        .last("stream_id")
-        .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?;
-    let stream_id =
-        serde_json::from_str::<String>(stream_id.get()).map_err(|_| InvalidAppend::WrongType {
-            field: "stream_id".into(),
-            expected: "a string",
-        })?;
+    let stream_id = parse_stream_id_member(&object)?;
     context.stream_id = Some(stream_id.clone());
     let extra = ["schema_version", "request_id", "reply_to", "stream_id"];
     let default_id = || lifecycle_append_id(&stream_id, context);

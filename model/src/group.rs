@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use crate::event::{derived_group_append_id, GroupAppend};
 use crate::raw_json::{kind, Kind, Members};
-use crate::validate::{parse_append, parse_object, parse_optional_uuid};
+use crate::validate::{parse_append, parse_object, parse_optional_uuid, parse_stream_id_member};
 use crate::validate::{InvalidAppend, Limits, TraceDefaults};
 
 /// The field of a request that makes it a multi-stream append.
@@ -125,14 +125,7 @@ fn parse_part(
     if object.last("append_id").is_some() {
         return Err(InvalidAppend::UnknownField("append_id".into()));
     }
-    let stream_id = object
-        .last("stream_id")
-        .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?;
-    let stream_id =
-        serde_json::from_str::<String>(stream_id.get()).map_err(|_| InvalidAppend::WrongType {
-            field: "stream_id".into(),
-            expected: "a string",
-        })?;
+    let stream_id = parse_stream_id_member(&object)?;
     parse_append(&stream_id, &object, &["stream_id"], limits, trace)
 }
 

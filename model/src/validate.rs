@@ -554,6 +554,18 @@ fn with_trace_defaults(
     (metadata, correlation_id, causation_id)
 }
 
+/// A request object's `stream_id`: required, a JSON string (what the stream id must be beyond
+/// that is [`validate_stream_id`]'s, run with the append).
+pub fn parse_stream_id_member(object: &Members<'_>) -> Result<String, InvalidAppend> {
+    let stream_id = object
+        .last("stream_id")
+        .ok_or_else(|| InvalidAppend::MissingField("stream_id".into()))?;
+    serde_json::from_str::<String>(stream_id.get()).map_err(|_| InvalidAppend::WrongType {
+        field: "stream_id".into(),
+        expected: "a string",
+    })
+}
+
 /// Reads an optional UUID field: absent or null is `None`.
 pub fn parse_optional_uuid(
     value: Option<&RawValue>,
