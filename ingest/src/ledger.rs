@@ -146,6 +146,30 @@ fn stored_version(column: &str, stored: i64) -> Result<Version, sqlx::Error> {
     })
 }
 
+/// An outcome statement that first writes the new versions of the streams the attempt holds
+/// locked: `$1` their ids, `$2` their versions ([`stream_version_columns`]); the statement's own
+/// parameters start at `$3`.
+macro_rules! with_stream_versions {
+    ($statement:literal) => {
+        concat!(
+            "WITH stream_versions AS (
+                 UPDATE streams AS s SET version = v.version
+                 FROM unnest($1::text[], $2::int8[]) AS v(stream_id, version)
+                 WHERE s.stream_id = v.stream_id
+             ) ",
+            $statement
+        )
+    };
+}
+
+/// The `$1` and `$2` of [`with_stream_versions`].
+fn stream_version_columns<'a>(stream_versions: &[(&'a str, Version)]) -> (Vec<&'a str>, Vec<i64>) {
+    stream_versions
+        .iter()
+        .map(|(stream, version)| (*stream, version.get()))
+        .unzip()
+}
+
 /// Writes the end of step 4 in one statement: the new version of every stream this attempt
 /// moved (rows it holds locked) and the final outcome of every append it claimed (rows it
 /// inserted). Both sets of rows are this transaction's own, so nothing is waited for and the
@@ -188,31 +212,23 @@ pub(crate) async fn record_outcomes_and_versions(
             }
         }
     }
-    let (streams, versions): (Vec<&str>, Vec<i64>) = stream_versions
-        .iter()
-        .map(|(stream, version)| (*stream, version.get()))
-        .unzip();
-    sqlx::query(
-        "WITH stream_versions AS (
-             UPDATE streams AS s SET version = v.version
-             FROM unnest($7::text[], $8::int8[]) AS v(stream_id, version)
-             WHERE s.stream_id = v.stream_id
-         )
-         UPDATE append_ledger AS l
+    let (streams, versions) = stream_version_columns(stream_versions);
+    sqlx::query(with_stream_versions!(
+        "UPDATE append_ledger AS l
          SET status = u.st, first_version = u.f, last_version = u.l,
              reject_code = u.c, actual_version = u.av
-         FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[])
+         FROM unnest($3::uuid[], $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[])
               AS u(a, st, f, l, c, av)
-         WHERE l.append_id = u.a",
-    )
+         WHERE l.append_id = u.a"
+    ))
+    .bind(&streams)
+    .bind(&versions)
     .bind(&ids)
     .bind(&statuses)
     .bind(&firsts)
     .bind(&lasts)
     .bind(&codes)
     .bind(&actuals)
-    .bind(&streams)
-    .bind(&versions)
     .execute(conn)
     .await?;
     Ok(())
@@ -315,25 +331,17 @@ pub(crate) async fn record_group(
         }),
         GroupOutcome::Rejected(_) => (None, None),
     };
-    let (streams, versions): (Vec<&str>, Vec<i64>) = stream_versions
-        .iter()
-        .map(|(stream, version)| (*stream, version.get()))
-        .unzip();
-    sqlx::query(
-        "WITH stream_versions AS (
-             UPDATE streams AS s SET version = v.version
-             FROM unnest($4::text[], $5::int8[]) AS v(stream_id, version)
-             WHERE s.stream_id = v.stream_id
-         )
-         UPDATE append_ledger SET status = $2, reject_code = $3, parts = $6::jsonb,
+    let (streams, versions) = stream_version_columns(stream_versions);
+    sqlx::query(with_stream_versions!(
+        "UPDATE append_ledger SET status = $4, reject_code = $5, parts = $6::jsonb,
                 first_version = $7, last_version = $8
-         WHERE append_id = $1",
-    )
+         WHERE append_id = $3"
+    ))
+    .bind(&streams)
+    .bind(&versions)
     .bind(append_id)
     .bind(status)
     .bind(code)
-    .bind(&streams)
-    .bind(&versions)
     .bind(parts)
     .bind(first)
     .bind(last)
