@@ -420,13 +420,40 @@ pub(crate) fn event_claim_conflict(
     })
 }
 
+/// A test append: id `append_id`, `events` events of type `T` with data `{}`, whose event ids
+/// are `seed` in the high bits and the event's index below (distinct seeds, distinct ids).
+#[cfg(test)]
+pub(crate) fn test_append(
+    append_id: u128,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: u128,
+    seed: u128,
+) -> Append {
+    Append {
+        stream_id: stream.to_owned(),
+        expected_version: expected,
+        append_id: Uuid::from_u128(append_id),
+        events: (0..events)
+            .map(|e| esk_model::event::NewEvent {
+                id: Uuid::from_u128((seed << 32) | e),
+                event_type: "T".into(),
+                data: serde_json::value::RawValue::from_string("{}".into()).expect("valid JSON"),
+                metadata: None,
+                correlation_id: None,
+                causation_id: None,
+            })
+            .collect(),
+        lifecycle: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
-    use esk_model::event::{ExpectedVersion, NewEvent};
+    use esk_model::event::ExpectedVersion;
     use proptest::prelude::*;
-    use serde_json::value::RawValue;
 
     use super::*;
 
@@ -581,22 +608,7 @@ mod tests {
 
     fn append(index: usize, stream: &str, expected: ExpectedVersion, events: usize) -> Append {
         let id = index as u128 + 1;
-        Append {
-            stream_id: stream.to_owned(),
-            expected_version: expected,
-            append_id: Uuid::from_u128(id),
-            events: (0..events as u128)
-                .map(|e| NewEvent {
-                    id: Uuid::from_u128((id << 32) | e),
-                    event_type: "T".into(),
-                    data: RawValue::from_string("{}".into()).expect("valid JSON"),
-                    metadata: None,
-                    correlation_id: None,
-                    causation_id: None,
-                })
-                .collect(),
-            lifecycle: None,
-        }
+        test_append(id, stream, expected, events as u128, id)
     }
 
     fn version(v: u32) -> Version {

@@ -133,28 +133,12 @@ pub(crate) fn decide_group<'a>(
 
 #[cfg(test)]
 mod tests {
-    use esk_model::event::{Append, ExpectedVersion, NewEvent};
-    use serde_json::value::RawValue;
+    use esk_model::event::{Append, ExpectedVersion};
 
     use super::*;
 
     fn part(stream: &str, expected: ExpectedVersion, events: u128, seed: u128) -> Append {
-        Append {
-            stream_id: stream.to_owned(),
-            expected_version: expected,
-            append_id: Uuid::from_u128(1),
-            events: (0..events)
-                .map(|e| NewEvent {
-                    id: Uuid::from_u128((seed << 32) | e),
-                    event_type: "T".into(),
-                    data: RawValue::from_string("{}".into()).expect("valid JSON"),
-                    metadata: None,
-                    correlation_id: None,
-                    causation_id: None,
-                })
-                .collect(),
-            lifecycle: None,
-        }
+        crate::decide::test_append(1, stream, expected, events, seed)
     }
 
     fn group(parts: Vec<Append>) -> GroupAppend {
