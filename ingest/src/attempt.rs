@@ -9,7 +9,8 @@ use esk_model::event::{advisory_key, Append};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::decide::{self, DecideError, Inputs};
+use crate::claim_mode::{self, OnHeld};
+use crate::decide::{self, DecideError, Inputs, LedgerEntry};
 use crate::ingest_log::{IngestLog, ProduceError};
 use crate::metrics::IngestMetrics;
 use crate::outcome::{AppendOutcome, Rejection};
@@ -80,33 +81,23 @@ pub(crate) async fn run(
     let attempt_id = Uuid::new_v4();
     let started = Instant::now();
 
-    // Step 1.
+    // Steps 1–3, claiming with plain inserts; an id someone holds redoes them skipping it.
     let mut tx = begin(pool, attempt_id).await?;
-
-    // Step 2: claim the append ids; those already decided are answered from the ledger.
-    let claimed_appends: HashSet<Uuid> = ledger::claim(&mut tx, attempt_id, appends)
-        .await?
-        .into_iter()
-        .collect();
-    let decided_earlier = decide::decided_earlier(appends, &claimed_appends);
-    let ledger_rows = if decided_earlier.is_empty() {
-        HashMap::new()
-    } else {
-        ledger::load(&mut tx, &decided_earlier).await?
-    };
-
-    // Step 3: claim the event ids of the appends claimed now; the owners of the ids someone
-    // else holds tell a duplicate from an expired retry.
-    let new_appends = decide::claimed_now(appends, &claimed_appends);
-    let mut claimed_events = decide::EventClaims::new();
-    let mut event_owners = HashMap::new();
-    if !new_appends.is_empty() {
-        claimed_events = event_claims::claim(&mut tx, &new_appends).await?;
-        let unclaimed = decide::unclaimed_events(&new_appends, &claimed_events);
-        if !unclaimed.is_empty() {
-            event_owners = event_claims::owners(&mut tx, &unclaimed).await?;
+    let claims = match claim(&mut tx, attempt_id, appends, OnHeld::Fail).await {
+        Err(error) if claim_mode::is_held(&error) => {
+            tx.rollback().await?;
+            metrics.claims_redone.inc();
+            tx = begin(pool, attempt_id).await?;
+            claim(&mut tx, attempt_id, appends, OnHeld::Skip).await?
         }
-    }
+        claimed => claimed?,
+    };
+    let Claims {
+        appends: claimed_appends,
+        ledger: ledger_rows,
+        events: claimed_events,
+        event_owners,
+    } = claims;
 
     // Step 4: lock the stream index rows of the appends still undecided, in sorted order.
     let streams = decide::streams_to_lock(appends, &claimed_appends, &claimed_events);
@@ -164,4 +155,55 @@ pub(crate) async fn run(
     stage("commit", committing);
 
     Ok(decision.outcomes)
+}
+
+/// What steps 2 and 3 found.
+struct Claims {
+    /// The append ids claimed now.
+    appends: HashSet<Uuid>,
+    /// The ledger rows of the appends decided earlier.
+    ledger: HashMap<Uuid, LedgerEntry>,
+    /// The event ids claimed now, with the append of each.
+    events: decide::EventClaims,
+    /// The owners of the event ids of appends claimed now that someone else holds.
+    event_owners: HashMap<Uuid, Uuid>,
+}
+
+/// Steps 2 and 3 in `tx`: claims the append ids, then the event ids of the appends claimed now.
+async fn claim(
+    tx: &mut sqlx::PgConnection,
+    attempt_id: Uuid,
+    appends: &[&Append],
+    on_held: OnHeld,
+) -> Result<Claims, sqlx::Error> {
+    // Step 2: claim the append ids; those already decided are answered from the ledger.
+    let claimed_appends: HashSet<Uuid> = ledger::claim(&mut *tx, attempt_id, appends, on_held)
+        .await?
+        .into_iter()
+        .collect();
+    let decided_earlier = decide::decided_earlier(appends, &claimed_appends);
+    let ledger_rows = if decided_earlier.is_empty() {
+        HashMap::new()
+    } else {
+        ledger::load(&mut *tx, &decided_earlier).await?
+    };
+
+    // Step 3: claim the event ids of the appends claimed now; the owners of the ids someone
+    // else holds tell a duplicate from an expired retry.
+    let new_appends = decide::claimed_now(appends, &claimed_appends);
+    let mut claimed_events = decide::EventClaims::new();
+    let mut event_owners = HashMap::new();
+    if !new_appends.is_empty() {
+        claimed_events = event_claims::claim(&mut *tx, &new_appends, on_held).await?;
+        let unclaimed = decide::unclaimed_events(&new_appends, &claimed_events);
+        if !unclaimed.is_empty() {
+            event_owners = event_claims::owners(&mut *tx, &unclaimed).await?;
+        }
+    }
+    Ok(Claims {
+        appends: claimed_appends,
+        ledger: ledger_rows,
+        events: claimed_events,
+        event_owners,
+    })
 }

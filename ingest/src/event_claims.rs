@@ -7,14 +7,32 @@ use esk_model::event::Append;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::claim_mode::OnHeld;
+
 /// Claims every event id of `appends` for its append, in event-id order (then arrival order, so
 /// of two appends of the batch with the same event id the earlier one claims it). Returns the
 /// ids claimed now with the append that claimed each; an id missing from the result already
-/// belongs to another append.
+/// belongs to another append (with [`OnHeld::Fail`], such an id fails the statement instead).
 pub(crate) async fn claim(
     conn: &mut PgConnection,
     appends: &[&Append],
+    on_held: OnHeld,
 ) -> Result<HashMap<Uuid, Uuid>, sqlx::Error> {
+    macro_rules! claim_sql {
+        ($on_held:literal) => {
+            concat!(
+                "INSERT INTO event_claims (event_id, append_id)
+                 SELECT e, a FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(e, a, arrival)
+                 ORDER BY e, arrival ",
+                $on_held,
+                " RETURNING event_id, append_id"
+            )
+        };
+    }
+    let sql = match on_held {
+        OnHeld::Fail => claim_sql!(""),
+        OnHeld::Skip => claim_sql!("ON CONFLICT (event_id) DO NOTHING"),
+    };
     let total = appends.iter().map(|a| a.events.len()).sum();
     let mut event_ids = Vec::with_capacity(total);
     let mut owners = Vec::with_capacity(total);
@@ -24,17 +42,11 @@ pub(crate) async fn claim(
             owners.push(append.append_id);
         }
     }
-    let claimed: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "INSERT INTO event_claims (event_id, append_id)
-         SELECT e, a FROM unnest($1::uuid[], $2::uuid[]) WITH ORDINALITY AS t(e, a, arrival)
-         ORDER BY e, arrival
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id, append_id",
-    )
-    .bind(&event_ids)
-    .bind(&owners)
-    .fetch_all(conn)
-    .await?;
+    let claimed: Vec<(Uuid, Uuid)> = sqlx::query_as(sql)
+        .bind(&event_ids)
+        .bind(&owners)
+        .fetch_all(conn)
+        .await?;
     Ok(claimed.into_iter().collect())
 }
 

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::attempt::AttemptError;
+use crate::claim_mode::OnHeld;
 use crate::decide::{self, DecideError};
 use crate::decide_group::{claim_conflict, decide_group};
 use crate::ingest_log::IngestLog;
@@ -43,7 +44,7 @@ pub(crate) async fn run(
 
     // Step 3: claim every part's event ids; one held by someone else rejects the whole append.
     let parts: Vec<&Append> = group.parts.iter().collect();
-    let claimed_events = event_claims::claim(&mut tx, &parts).await?;
+    let claimed_events = event_claims::claim(&mut tx, &parts, OnHeld::Skip).await?;
     let unclaimed = decide::unclaimed_events(&parts, &claimed_events);
     if !unclaimed.is_empty() {
         let event_owners = event_claims::owners(&mut tx, &unclaimed).await?;

@@ -8,6 +8,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use crate::claim_mode::OnHeld;
 use crate::decide::LedgerEntry;
 use crate::outcome::{AppendOutcome, GroupOutcome, GroupRejection, Rejection};
 
@@ -17,6 +18,7 @@ pub(crate) async fn claim(
     conn: &mut PgConnection,
     attempt_id: Uuid,
     appends: &[&Append],
+    on_held: OnHeld,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     let rows: Vec<Claim<'_>> = appends
         .iter()
@@ -27,7 +29,7 @@ pub(crate) async fn claim(
             event_count: a.events.len(),
         })
         .collect();
-    claim_rows(conn, attempt_id, &rows).await
+    claim_rows(conn, attempt_id, &rows, on_held).await
 }
 
 /// Claims the one ledger row of a multi-stream append (rule 1): its fingerprint covers every
@@ -44,7 +46,9 @@ pub(crate) async fn claim_group(
         fingerprint: group.fingerprint(),
         event_count: group.event_count(),
     };
-    Ok(!claim_rows(conn, attempt_id, &[row]).await?.is_empty())
+    Ok(!claim_rows(conn, attempt_id, &[row], OnHeld::Skip)
+        .await?
+        .is_empty())
 }
 
 /// A ledger row to claim.
@@ -55,12 +59,30 @@ struct Claim<'a> {
     event_count: usize,
 }
 
-/// The claim statement: `ON CONFLICT DO NOTHING` waits for an in-flight holder of the id.
+/// The claim statement. Either form waits for an in-flight holder of an id; with
+/// [`OnHeld::Skip`] an id held once that holder is done is left out of the answer.
 async fn claim_rows(
     conn: &mut PgConnection,
     attempt_id: Uuid,
     rows: &[Claim<'_>],
+    on_held: OnHeld,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
+    macro_rules! claim_sql {
+        ($on_held:literal) => {
+            concat!(
+                "INSERT INTO append_ledger (append_id, attempt_id, stream_id, fingerprint, event_count, status)
+                 SELECT a, $1, s, f, c, 'pending'
+                 FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::int[]) AS t(a, s, f, c)
+                 ORDER BY a ",
+                $on_held,
+                " RETURNING append_id"
+            )
+        };
+    }
+    let sql = match on_held {
+        OnHeld::Fail => claim_sql!(""),
+        OnHeld::Skip => claim_sql!("ON CONFLICT (append_id) DO NOTHING"),
+    };
     let ids: Vec<Uuid> = rows.iter().map(|r| r.append_id).collect();
     let streams: Vec<&str> = rows.iter().map(|r| r.stream_id).collect();
     let fingerprints: Vec<Uuid> = rows.iter().map(|r| r.fingerprint).collect();
@@ -68,21 +90,14 @@ async fn claim_rows(
         .iter()
         .map(|r| i32::try_from(r.event_count).unwrap_or(i32::MAX))
         .collect();
-    sqlx::query_scalar(
-        "INSERT INTO append_ledger (append_id, attempt_id, stream_id, fingerprint, event_count, status)
-         SELECT a, $1, s, f, c, 'pending'
-         FROM unnest($2::uuid[], $3::text[], $4::uuid[], $5::int[]) AS t(a, s, f, c)
-         ORDER BY a
-         ON CONFLICT (append_id) DO NOTHING
-         RETURNING append_id",
-    )
-    .bind(attempt_id)
-    .bind(&ids)
-    .bind(&streams)
-    .bind(&fingerprints)
-    .bind(&counts)
-    .fetch_all(conn)
-    .await
+    sqlx::query_scalar(sql)
+        .bind(attempt_id)
+        .bind(&ids)
+        .bind(&streams)
+        .bind(&fingerprints)
+        .bind(&counts)
+        .fetch_all(conn)
+        .await
 }
 
 /// Reads the rows of appends decided earlier.

@@ -5,6 +5,7 @@
 mod api;
 mod attempt;
 mod auth;
+mod claim_mode;
 mod config;
 mod credential_cache;
 mod decide;

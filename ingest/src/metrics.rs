@@ -17,6 +17,7 @@ pub(crate) struct IngestMetrics {
     pub(crate) conflicts: IntCounter,
     pub(crate) unavailable: IntCounterVec,
     pub(crate) attempt_failures: IntCounterVec,
+    pub(crate) claims_redone: IntCounter,
     pub(crate) batch_appends: Histogram,
     pub(crate) batch_events: Histogram,
     pub(crate) append_latency: Histogram,
@@ -71,6 +72,11 @@ impl IngestMetrics {
                 "ingest_attempt_failures_total",
                 "Failed ingest transactions, by code",
                 &["code"],
+            ),
+            claims_redone: m.counter(
+                "ingest_claims_redone_total",
+                "Attempts whose plain claims met an append or event id already held (a retry, a \
+                 redelivery, a duplicate event id), redone skipping held ids",
             ),
             batch_appends: m.histogram(
                 "ingest_batch_appends",

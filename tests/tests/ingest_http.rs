@@ -144,12 +144,18 @@ async fn fifty_concurrent_writers_get_one_winner_per_version() -> anyhow::Result
 
 #[tokio::test]
 async fn a_retry_after_success_gets_the_same_versions_and_writes_nothing() -> anyhow::Result<()> {
-    let (ctx, _ingest, client) = start("retry_ok").await?;
+    let (ctx, ingest, client) = start("retry_ok").await?;
     let body = json!({"expected_version": "no_stream", "events": events(3)});
     let first = client.append("Cart-1", &body).await?;
     assert_eq!(first.status, 201);
+    assert_eq!(claims_redone(&ingest).await?, 0.0, "new ids: plain claims");
     let retry = client.append("Cart-1", &body).await?;
     assert_eq!(retry.status, 201, "{:?}", retry.body);
+    assert_eq!(
+        claims_redone(&ingest).await?,
+        1.0,
+        "the retry's plain claim met its own append id and was redone skipping it"
+    );
     assert_eq!(
         retry.body, first.body,
         "the original outcome, same versions and append id"
@@ -202,7 +208,7 @@ async fn a_redelivered_rejection_stays_rejected() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn same_events_under_a_new_append_id_are_duplicate_event_ids() -> anyhow::Result<()> {
-    let (ctx, _ingest, client) = start("dup_events").await?;
+    let (ctx, ingest, client) = start("dup_events").await?;
     let evs = events(2);
     let first = client
         .append("Ship-1", &json!({"expected_version": "any", "events": evs}))
@@ -235,7 +241,21 @@ async fn same_events_under_a_new_append_id_are_duplicate_event_ids() -> anyhow::
         .await?;
     assert_eq!(reuse_fresh.status, 201, "{:?}", reuse_fresh.body);
     assert_eq!(ingest::stream_version(&ctx, "Ship-1").await?, Some(1));
+    assert_eq!(
+        claims_redone(&ingest).await?,
+        2.0,
+        "each append holding a used event id was redone; the fresh ones were not"
+    );
     Ok(())
+}
+
+/// `esk_ingest_claims_redone_total` of an ingest process.
+async fn claims_redone(process: &esk_tests::process::Process) -> anyhow::Result<f64> {
+    let metrics = esk_tests::indexer::metrics(process).await?;
+    metrics
+        .get("esk_ingest_claims_redone_total")
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("no esk_ingest_claims_redone_total in /metrics"))
 }
 
 #[tokio::test]
