@@ -42,8 +42,10 @@ pub struct Tuning {
     )]
     pub admin_addr: String,
     /// Events queued per projection; partitions pause when it is full. Keep it well above the
-    /// batch: pausing drops the client's prefetched records, which are then fetched again.
-    #[arg(long, env = "ESK_PROJECTOR_QUEUE", default_value_t = 20000)]
+    /// batch and above what one fetch brings (up to 8 MiB of records: ~20,000 small events):
+    /// pausing drops the client's prefetched records, which are then fetched again. The byte
+    /// budget (--queue-bytes) is what bounds memory.
+    #[arg(long, env = "ESK_PROJECTOR_QUEUE", default_value_t = 200_000)]
     pub queue_capacity: usize,
     /// Most bytes of records queued per projection (events may be a MiB each); partitions
     /// pause beyond it, as beyond the count.

@@ -158,7 +158,8 @@ impl LiveRun<'_> {
         consumer.subscribe(&[self.topic])?;
         let capacity = self.tuning.queue_capacity.max(1);
         let queue = Arc::new(Queue {
-            items: Mutex::new(VecDeque::with_capacity(capacity)),
+            // Grown as records come: the capacity is a bound, not an allocation.
+            items: Mutex::new(VecDeque::new()),
             bytes: AtomicUsize::new(0),
             capacity,
             capacity_bytes: self.tuning.queue_bytes.max(1),
