@@ -107,7 +107,7 @@ impl CommitError {
     }
 
     pub(crate) fn is_invariant_violation(&self) -> bool {
-        matches!(self, CommitError::Refused { code, .. } if code == "23505")
+        matches!(self, CommitError::Refused { code, .. } if code == esk_runtime::db::UNIQUE_VIOLATION)
     }
 }
 

@@ -16,10 +16,7 @@ pub(crate) enum OnHeld {
     Skip,
 }
 
-/// The SQLSTATE of a unique violation.
-const UNIQUE_VIOLATION: &str = "23505";
-
 /// Whether `error` is a claim statement run with [`OnHeld::Fail`] meeting a held id.
 pub(crate) fn is_held(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(UNIQUE_VIOLATION))
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some(esk_runtime::db::UNIQUE_VIOLATION))
 }

@@ -152,6 +152,9 @@ pub fn is_transient(error: &sqlx::Error) -> bool {
     }
 }
 
+/// The SQLSTATE of a unique violation (a key someone already holds).
+pub const UNIQUE_VIOLATION: &str = "23505";
+
 /// SQLSTATEs that mean "try again": connection exceptions (08), serialization failure,
 /// deadlock and statement completion unknown (40001, 40P01, 40003), insufficient resources
 /// (53), operator intervention such as a shutdown or a statement timeout (57), lock not
