@@ -59,6 +59,9 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     Ok(dir.to_path_buf())
 }
 
+/// How many times `Process::spawn` starts a binary whose port was taken before it bound it.
+const PORT_RACE_ATTEMPTS: u32 = 3;
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -85,9 +88,25 @@ impl Process {
         let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
         let mut env = env.to_vec();
         env.push(("RUST_LOG".into(), rust_log));
-        let mut process = Self::start(&path, &env, listen, args, log)?;
-        process.wait_healthy(Duration::from_secs(60)).await?;
-        Ok(process)
+        // `free_port` only finds a port that was free: until the child binds it, another
+        // process (or an outgoing connection's local port) can take it. Such a start is tried
+        // again with new ports; any other failure is returned as it is.
+        let mut attempt = 1;
+        loop {
+            let mut process = Self::start(&path, &env, listen, args, log.clone())?;
+            match process.wait_healthy(Duration::from_secs(60)).await {
+                Ok(()) => return Ok(process),
+                Err(_) if attempt < PORT_RACE_ATTEMPTS && process.lost_its_port() => {
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Whether it exited because an address it was given was taken meanwhile.
+    fn lost_its_port(&mut self) -> bool {
+        self.exit_status().is_some() && self.log_text().contains("Address already in use")
     }
 
     /// Starts the binary at `path` without waiting for it: `env` on top of this process's
